@@ -1,0 +1,58 @@
+"""adapterhub: a registry and hub for parameter-efficient fine-tuning deltas.
+
+The names below import lazily so that ``import adapterhub`` (and ``adapterhub --help``) stay
+fast: torch is loaded only when a function that needs it is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
+                               ExportError, FormatError, IncompatibleBaseModelError,
+                               IntegrityError, MergeError, PluginLoadError, RegistrationError,
+                               TargetError, UnknownMethodError, UnsafeFormatError)
+from adapterhub.hookspecs import hookimpl
+from adapterhub.methods import AdapterMethod, MethodConfig, Quantizer
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "attach": "adapterhub.api",
+    "attached": "adapterhub.api",
+    "param_groups": "adapterhub.api",
+    "extract": "adapterhub.api",
+    "load": "adapterhub.api",
+    "unload": "adapterhub.api",
+    "AdapterPackage": "adapterhub.package",
+    "AdaptedLayer": "adapterhub.layers",
+    "get_method": "adapterhub.plugins",
+    "get_quantizer": "adapterhub.plugins",
+    "get_plugin_manager": "adapterhub.plugins",
+}
+
+if TYPE_CHECKING:
+    from adapterhub.api import attach, attached, extract, load, param_groups, unload
+    from adapterhub.layers import AdaptedLayer
+    from adapterhub.package import AdapterPackage
+    from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
+
+
+__all__ = [
+    "AdapterHubError", "AdapterMethod", "AdapterNotFoundError", "AdapterPackage",
+    "AdaptedLayer", "ConfigError", "ExportError", "FormatError", "IncompatibleBaseModelError",
+    "IntegrityError", "MergeError", "MethodConfig", "PluginLoadError", "Quantizer",
+    "RegistrationError", "TargetError", "UnknownMethodError", "UnsafeFormatError", "attach",
+    "attached", "extract", "get_method", "get_plugin_manager", "get_quantizer", "hookimpl",
+    "load", "param_groups", "unload",
+]

@@ -1,0 +1,128 @@
+"""The Python API: attach an adapter, train it in any loop, extract it as a package."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.errors import AdapterHubError, IncompatibleBaseModelError
+from adapterhub.methods import AdapterMethod, MethodConfig, adapted_layers
+from adapterhub.plugins import get_method
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from adapterhub.layers import AdaptedLayer
+    from adapterhub.package import AdapterPackage
+
+
+def attach(model: nn.Module, method: str | AdapterMethod = "lora",
+           config: MethodConfig | dict[str, Any] | None = None,
+           **config_fields: Any) -> dict[str, AdaptedLayer]:
+    """Put ``method``'s adapted layers in place of the targeted layers of ``model``.
+
+    Every base parameter is frozen; only the adapter's tensors train. Config fields may be
+    passed as a config object, a dict, or keyword arguments::
+
+        layers = adapterhub.attach(model, "lora", r=16, target_modules=["q_proj", "v_proj"])
+
+    Returns the adapted layers by module path.
+    """
+    method_obj = get_method(method) if isinstance(method, str) else method
+    return method_obj.attach(model, method_obj.make_config(config, **config_fields))
+
+
+def attached(model: nn.Module) -> tuple[AdapterMethod, MethodConfig]:
+    """The method and config of the adapter attached to ``model``."""
+    layers = adapted_layers(model)
+    if not layers:
+        raise AdapterHubError("the model has no adapter attached",
+                              hint="Call adapterhub.attach(model, ...) or adapterhub.load(...)")
+    first = next(iter(layers.values()))
+    for path, layer in layers.items():
+        if layer.method is not first.method or layer.adapter_config is not first.adapter_config:
+            raise AdapterHubError(f"the model carries more than one adapter ({path!r} differs "
+                                  f"from {first.path!r}); extract one at a time")
+    return first.method, first.adapter_config
+
+
+def param_groups(model: nn.Module, lr: float, **kwargs: Any) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for the attached adapter (LoRA+ boosts B, for instance)::
+
+        optimizer = torch.optim.AdamW(adapterhub.param_groups(model, lr=2e-4))
+    """
+    method, _ = attached(model)
+    return method.param_groups(model, lr, **kwargs)
+
+
+def extract(model: nn.Module, *, base: str | os.PathLike[str] | None = None,
+            base_name: str | None = None, base_revision: str | None = None,
+            metrics: dict[str, Any] | None = None, labels: dict[str, Any] | None = None,
+            parents: tuple[str, ...] = ()) -> AdapterPackage:
+    """The attached adapter as an :class:`AdapterPackage` (tensors copied to CPU).
+
+    ``base`` is the base checkpoint directory; its safetensors headers give the base
+    fingerprint. Without it, a local ``model.name_or_path`` is used, and failing that the
+    fingerprint is computed from the model's own state dict.
+    """
+    from adapterhub.checkpoint import Checkpoint, fingerprint_of
+    from adapterhub.package import AdapterPackage
+    from adapterhub.safetensors_io import dtype_name
+
+    method, config = attached(model)
+    layers = adapted_layers(model)
+    local = base or getattr(model, "name_or_path", None)
+    if local and Path(local).is_dir():
+        checkpoint = Checkpoint(local)
+        fingerprint, name = checkpoint.fingerprint, checkpoint.name
+    else:
+        own = {}
+        for key, tensor in model.state_dict().items():
+            own[key.replace(".base_layer.", ".")] = tensor
+        adapter_keys = set(method.state_dict(model))
+        fingerprint = fingerprint_of((k, dtype_name(t.dtype), tuple(t.shape))
+                                     for k, t in own.items() if k not in adapter_keys)
+        name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    quantizations = {repr(q): q for layer in layers.values()
+                     if (q := getattr(layer.base_layer, "adapterhub_quantization", None))}
+    quantization = next(iter(quantizations.values())) if len(quantizations) == 1 else None
+    return AdapterPackage.build(method, config, method.state_dict(model),
+                                base_name=base_name or name, base_revision=base_revision,
+                                base_fingerprint=fingerprint, quantization=quantization,
+                                parents=parents, metrics=metrics, labels=labels)
+
+
+def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str]
+         ) -> dict[str, AdaptedLayer]:
+    """Attach a stored adapter (a package, or a native or PEFT directory) to ``model``.
+
+    Checks that every adapted module exists with the base shape the adapter expects before
+    changing anything.
+    """
+    from adapterhub.formats import read_adapter
+
+    if not hasattr(package, "manifest"):
+        package = read_adapter(package)
+    modules = dict(model.named_modules())
+    for path, shape in package.manifest.base_model.get("modules", {}).items():
+        module = modules.get(path)
+        weight = getattr(module, "weight", None)
+        if module is None or weight is None:
+            raise IncompatibleBaseModelError(f"the model has no module {path!r} that the "
+                                             f"adapter adapts")
+        if list(weight.shape) != list(shape):
+            raise IncompatibleBaseModelError(f"module {path!r} has weight shape "
+                                             f"{list(weight.shape)}; the adapter expects {shape}")
+    return package.method.load(model, package.tensors, package.config)
+
+
+def unload(model: nn.Module, *, merge: bool = True) -> nn.Module:
+    """Remove the adapter's layers, folding ΔW into the base weights first if ``merge``."""
+    for path, layer in adapted_layers(model).items():
+        if merge:
+            layer.merge()
+        elif layer.merged:
+            layer.unmerge()
+        model.set_submodule(path, layer.base_layer)
+    return model

@@ -1,0 +1,67 @@
+"""The ``adapterhub`` command line: a thin layer over the Python API.
+
+Every :class:`~adapterhub.errors.AdapterHubError` becomes one line on stderr (what went wrong
+and what to do next) and exit code 1; ``ADAPTERHUB_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from adapterhub import __version__
+from adapterhub.errors import AdapterHubError
+
+
+class CLIError(click.ClickException):
+    """An AdapterHubError on its way to the terminal."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.message}", err=True)
+
+
+class AdapterHubGroup(click.Group):
+    """The root group: turns adapterhub errors into one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdapterHubError as exc:
+            if os.environ.get("ADAPTERHUB_DEBUG"):
+                raise
+            raise CLIError(exc.one_line()) from exc
+
+
+@click.group(cls=AdapterHubGroup)
+@click.version_option(__version__, prog_name="adapterhub")
+def cli() -> None:
+    """A registry and hub for parameter-efficient fine-tuning deltas."""
+
+
+def _build() -> None:
+    """Import every module of this package (each adds its commands), then plugins' commands."""
+    import importlib
+    import pkgutil
+
+    from adapterhub.plugins import plugin_manager
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    plugin_manager().add_commands(cli)
+
+
+_build()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="adapterhub")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

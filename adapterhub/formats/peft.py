@@ -1,0 +1,93 @@
+"""The PEFT adapter layout: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Keys in PEFT files are ``base_model.model.<module path>.<tensor>``; this module adds and strips
+that prefix and leaves the per-method mapping of configs and tensor names to the method
+(:meth:`AdapterMethod.to_peft` / :meth:`AdapterMethod.from_peft`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
+from adapterhub.safetensors_io import load_tensors, save_tensors, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from adapterhub.methods import AdapterMethod
+    from adapterhub.package import AdapterPackage
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_WEIGHTS = "adapter_model.bin"
+KEY_PREFIX = "base_model.model."
+
+
+def is_peft_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def peft_method(peft_type: str) -> AdapterMethod:
+    """The installed method that reads PEFT adapters of ``peft_type`` (``"LORA"`` → lora)."""
+    from adapterhub.plugins import get_method, plugin_manager
+
+    claims = sorted(name for name, reg in plugin_manager().registered("method").items()
+                    if reg.obj.peft_type == peft_type)
+    if not claims:
+        raise UnknownMethodError(f"no installed method reads PEFT adapters of type "
+                                 f"{peft_type!r}")
+    preferred = peft_type.lower()
+    return get_method(preferred if preferred in claims else claims[0])
+
+
+def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None
+              ) -> AdapterPackage:
+    """Convert a PEFT adapter directory into a package (``base`` adds the base fingerprint)."""
+    from adapterhub.checkpoint import Checkpoint
+    from adapterhub.package import AdapterPackage
+
+    path = Path(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{path} is not a PEFT adapter (no {CONFIG_FILE})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path / CONFIG_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise FormatError(f"{path / CONFIG_FILE} has no peft_type")
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        if (path / PICKLE_WEIGHTS).exists():
+            raise UnsafeFormatError(f"{path} holds only {PICKLE_WEIGHTS}, a pickle file; "
+                                    f"adapterhub never unpickles untrusted data",
+                                    hint="Re-save the adapter with save_pretrained(..., "
+                                         "safe_serialization=True)")
+        raise FormatError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    tensors = {}
+    for key, value in load_tensors(weights).items():
+        if not key.startswith(KEY_PREFIX):
+            raise FormatError(f"{weights.name}: key {key!r} does not start with {KEY_PREFIX!r}")
+        tensors[key[len(KEY_PREFIX):]] = value
+    method = peft_method(config["peft_type"])
+    method_config, native = method.from_peft(config, tensors)
+    fingerprint = Checkpoint(base).fingerprint if base is not None else None
+    return AdapterPackage.build(method, method_config, native,
+                                base_name=config.get("base_model_name_or_path"),
+                                base_revision=config.get("revision"),
+                                base_fingerprint=fingerprint)
+
+
+def write_peft(package: AdapterPackage, out: str | os.PathLike[str]) -> Path:
+    """Write ``package`` in the PEFT layout; methods PEFT cannot express raise ExportError."""
+    config, tensors = package.method.to_peft(package)
+    base = package.manifest.base_model
+    config = {"base_model_name_or_path": base.get("name"), "revision": base.get("revision"),
+              "inference_mode": True, "task_type": None, **config}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors({KEY_PREFIX + key: value for key, value in tensors.items()}, out / WEIGHTS_FILE)
+    write_bytes_atomic(out / CONFIG_FILE,
+                       (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return out

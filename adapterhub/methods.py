@@ -1,0 +1,314 @@
+"""The method and quantizer contracts.
+
+An :class:`AdapterMethod` brings a *training kernel* (the adapted layer it puts in place of a
+base layer, its optimizer groups) and a *merge kernel* (its dense delta, folded into a base
+weight). Everything here is importable without torch; torch is imported inside the functions
+that need it, so loading a plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Union, get_args, get_origin
+
+from adapterhub.errors import ConfigError, ExportError, FormatError, MergeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from adapterhub.layers import AdaptedLayer
+    from adapterhub.package import AdapterPackage
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base class of every method's config: a validated, JSON-able dataclass.
+
+    Subclasses are ``@dataclasses.dataclass`` classes whose fields all have defaults and carry
+    ``metadata={"help": "..."}``. ``validate`` raises :class:`ConfigError` quoting the bad value.
+    """
+
+    target_modules: list[str] | str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "module names (matched on the last path parts), a regex matched on the "
+                          "whole path, or 'all-linear'; None uses the architecture's default"},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, (tuple, set)):
+            self.target_modules = sorted(self.target_modules)
+        if self.target_modules is not None and not isinstance(self.target_modules, (str, list)):
+            raise ConfigError(f"target_modules must be a list of names or a regex string; "
+                              f"got {self.target_modules!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check field values; raise :class:`ConfigError` naming the field and the value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types (what manifests store)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """Build a config from a dict, refusing unknown fields."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a method config must be a JSON object; got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(unknown)} for "
+                              f"{cls.__name__}; known fields: {', '.join(sorted(names))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config for {cls.__name__}: {exc}") from None
+
+    @classmethod
+    def from_strings(cls, pairs: Iterable[str]) -> MethodConfig:
+        """Build a config from ``KEY=VALUE`` strings (the CLI's ``--config``).
+
+        A value is read as JSON when it parses (``16``, ``true``, ``["q","v"]``), a list field
+        also takes ``a,b,c``, and anything else is a string.
+        """
+        data: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise ConfigError(f"config entries are KEY=VALUE; got {pair!r}")
+            try:
+                value: Any = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if isinstance(value, str) and "," in value and _accepts_list(hints.get(key)):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            data[key] = value
+        return cls.from_dict(data)
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Each field's name, type, default and help text (for ``adapterhub methods``)."""
+        out = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            out.append({"name": f.name, "type": _type_name(hints.get(f.name, f.type)),
+                        "default": default, "help": f.metadata.get("help", "")})
+        return out
+
+
+def _accepts_list(hint: Any) -> bool:
+    if hint is None:
+        return False
+    if get_origin(hint) is list or hint is list:
+        return True
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_accepts_list(arg) for arg in get_args(hint))
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+class AdapterMethod:
+    """A parameter-efficient fine-tuning method: training kernel plus merge kernel.
+
+    Subclasses set ``name``, ``format_version``, ``Config`` and implement ``make_layer`` and
+    ``delta_weight``; the other operations have working defaults built on those two.
+
+    Tensor names in a method's state dict are ``"<module path>.<tensor>"`` where ``<tensor>``
+    contains no dot (``encoder.layer.0.attention.self.query.lora_A``).
+    """
+
+    name: ClassVar[str]
+    format_version: ClassVar[int] = 1
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    description: ClassVar[str] = ""
+    #: layer kinds (see :func:`adapterhub.targets.layer_kind`) the method can adapt
+    layer_kinds: ClassVar[tuple[str, ...]] = ("linear", "conv1d")
+    #: the PEFT ``peft_type`` this method exports to and imports from, if PEFT can express it
+    peft_type: ClassVar[str | None] = None
+
+    # -- config -----------------------------------------------------------------------------
+
+    def make_config(self, config: MethodConfig | dict[str, Any] | None = None,
+                    **kwargs: Any) -> MethodConfig:
+        """Coerce a config object, a dict, or keyword arguments into ``self.Config``."""
+        if isinstance(config, self.Config):
+            if kwargs:
+                return self.Config.from_dict({**config.to_dict(), **kwargs})
+            return config
+        return self.Config.from_dict({**(config or {}), **kwargs})
+
+    def identity_at_init(self, config: MethodConfig) -> bool:
+        """Whether a freshly attached adapter leaves the model's outputs unchanged."""
+        return True
+
+    # -- training kernel --------------------------------------------------------------------
+
+    def make_layer(self, base: nn.Module, config: MethodConfig, path: str) -> AdaptedLayer:
+        """Wrap one base layer in this method's adapted layer (base weights stay frozen)."""
+        raise NotImplementedError
+
+    def attach(self, model: nn.Module, config: MethodConfig,
+               targets: list[str] | None = None) -> dict[str, AdaptedLayer]:
+        """Replace each targeted layer of ``model`` with the method's adapted layer.
+
+        ``targets`` (exact module paths) overrides ``config.target_modules``. Returns the
+        adapted layers by module path. Every base parameter of the model is frozen.
+        """
+        from adapterhub.targets import find_targets
+
+        found = find_targets(model, config.target_modules if targets is None else targets,
+                             kinds=self.layer_kinds, method=self.name, exact=targets is not None)
+        self.check_targets(found, config)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        layers = {}
+        for path, module in found:
+            layer = self.make_layer(module, config, path)
+            model.set_submodule(path, layer)
+            layers[path] = layer
+        return layers
+
+    def check_targets(self, targets: list[tuple[str, nn.Module]], config: MethodConfig) -> None:
+        """Validate (or adjust ``config`` for) the layers about to be adapted, before any change."""
+
+    def param_groups(self, model: nn.Module, lr: float, **kwargs: Any) -> list[dict[str, Any]]:
+        """Optimizer parameter groups for the adapter's trainable tensors.
+
+        The default is one group at ``lr``; keyword arguments (``weight_decay`` ...) are copied
+        into it.
+        """
+        params = [p for layer in adapted_layers(model).values()
+                  for p in layer.adapter_parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, **kwargs}]
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's tensors only, keyed ``"<module path>.<tensor>"``, detached on CPU."""
+        out = {}
+        for path, layer in adapted_layers(model).items():
+            for key, tensor in layer.adapter_tensors().items():
+                out[f"{path}.{key}"] = tensor.detach().to("cpu").clone()
+        return out
+
+    def load(self, model: nn.Module, tensors: dict[str, torch.Tensor],
+             config: MethodConfig) -> dict[str, AdaptedLayer]:
+        """Attach to the modules ``tensors`` names and load the values into the new layers."""
+        by_module = self.group_tensors(tensors)
+        layers = self.attach(model, config, targets=sorted(by_module))
+        for path, layer in layers.items():
+            layer.load_adapter_tensors(by_module[path])
+        return layers
+
+    # -- merge kernel -----------------------------------------------------------------------
+
+    def group_tensors(self, tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Split ``{"<path>.<tensor>": t}`` into ``{path: {tensor: t}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            path, sep, leaf = key.rpartition(".")
+            if not sep:
+                raise FormatError(f"tensor name {key!r} has no module path")
+            out.setdefault(path, {})[leaf] = value
+        return out
+
+    def infer_base_shape(self, module: str, tensors: dict[str, torch.Tensor],
+                         config: MethodConfig) -> tuple[int, ...]:
+        """The shape of the base weight this module's tensors adapt, as stored in checkpoints."""
+        raise NotImplementedError
+
+    def delta_weight(self, module: str, tensors: dict[str, torch.Tensor], config: MethodConfig,
+                     base_shape: tuple[int, ...]) -> torch.Tensor:
+        """The dense ΔW for one module, in fp32, in the base weight's layout and shape."""
+        raise NotImplementedError
+
+    def merge(self, weight: torch.Tensor, module: str, tensors: dict[str, torch.Tensor],
+              config: MethodConfig, *, scale: float = 1.0) -> torch.Tensor:
+        """Return ``weight + scale·ΔW``: the add in fp32, one cast back, a finiteness check."""
+        delta = self.delta_weight(module, tensors, config, tuple(weight.shape))
+        return fold_delta(weight, delta, scale=scale, what=f"{self.name} adapter on {module}")
+
+    # -- formats ----------------------------------------------------------------------------
+
+    def to_peft(self, package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(adapter_config, tensors with PEFT keys)`` for ``export --format peft``."""
+        raise ExportError(f"PEFT cannot express the {self.name!r} method",
+                          hint="Keep the native format, or use 'adapterhub apply' to merge it "
+                               "into the base model")
+
+    def from_peft(self, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]
+                  ) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """``(config, native tensors)`` from a PEFT ``adapter_config.json`` and its tensors."""
+        raise FormatError(f"the {self.name!r} method cannot read PEFT adapters")
+
+
+def fold_delta(weight: torch.Tensor, delta: torch.Tensor, *, scale: float = 1.0,
+               what: str = "delta") -> torch.Tensor:
+    """``weight + scale·delta`` computed in fp32 with one cast back; refuses non-finite results."""
+    import torch
+
+    if tuple(delta.shape) != tuple(weight.shape):
+        raise MergeError(f"{what}: delta shape {tuple(delta.shape)} does not match the base "
+                         f"weight {tuple(weight.shape)}")
+    merged = weight.to(torch.float32) + delta.to(device=weight.device,
+                                                 dtype=torch.float32) * scale
+    if not torch.isfinite(merged).all():
+        raise MergeError(f"{what}: merging produced NaN or Inf values",
+                         hint="The adapter's tensors are corrupt or diverged; retrain or pick "
+                              "another version")
+    return merged.to(weight.dtype)
+
+
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:
+    """Every adapterhub adapted layer inside ``model``, by module path."""
+    from adapterhub.layers import AdaptedLayer
+
+    return {path: module for path, module in model.named_modules()
+            if isinstance(module, AdaptedLayer)}
+
+
+class Quantizer:
+    """A base-weight quantizer (NF4, FP4, ...), composable with any LoRA-family method.
+
+    Subclasses set ``name`` and ``Config`` and implement ``quantize``/``dequantize`` and
+    ``make_linear`` (a Linear that computes with the dequantized weight, so adapters can train
+    on top of it).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    description: ClassVar[str] = ""
+
+    def bits_per_param(self, config: MethodConfig) -> float:
+        """Average storage bits per quantized parameter, constants included."""
+        raise NotImplementedError
+
+    def quantize(self, weight: torch.Tensor, config: MethodConfig) -> Any:
+        """Quantize one weight; returns the plugin's quantized-tensor object."""
+        raise NotImplementedError
+
+    def dequantize(self, quantized: Any) -> torch.Tensor:
+        """The weight the quantized tensor stands for, in its original dtype."""
+        raise NotImplementedError
+
+    def make_linear(self, linear: nn.Module, config: MethodConfig) -> nn.Module:
+        """A frozen quantized replacement for ``linear`` with the same forward signature."""
+        raise NotImplementedError

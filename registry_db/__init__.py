@@ -1,0 +1,1 @@
+"""The versioned, content-addressed store of adapter versions. Imports no torch."""

@@ -1,0 +1,144 @@
+"""The adapter manifest: what an adapter version *is*, independent of any tensor library.
+
+A version is a manifest plus content-addressed tensors. The manifest is stored and hashed as
+canonical JSON and holds no timestamps, so the same content always has the same digest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from registry_db.digests import canonical_json, is_digest, sha256_digest
+
+FORMAT = "adapterhub/1"
+_FIELDS = {"format", "method", "quantization", "base_model", "tensors", "parents", "recipe",
+           "metrics", "labels"}
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One named tensor: its content digest, safetensors dtype name and shape."""
+
+    digest: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The canonical description of one adapter version (see docs/formats.md).
+
+    ``method`` is ``{name, version, config}``; ``base_model`` is ``{name, revision,
+    fingerprint, modules}`` where ``modules`` maps each adapted module path to the shape of
+    its base weight; ``parents`` are version digests (merge inputs, experts, fine-tuned-from).
+    """
+
+    method: dict[str, Any]
+    base_model: dict[str, Any]
+    tensors: dict[str, TensorEntry]
+    quantization: dict[str, Any] | None = None
+    parents: tuple[str, ...] = ()
+    recipe: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "method": self.method,
+            "quantization": self.quantization,
+            "base_model": self.base_model,
+            "tensors": {name: entry.to_dict() for name, entry in sorted(self.tensors.items())},
+            "parents": list(self.parents),
+            "recipe": self.recipe,
+            "metrics": self.metrics,
+            "labels": self.labels,
+        }
+
+    def canonical(self) -> bytes:
+        """The bytes that are stored, hashed and compared."""
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        """The version digest: ``sha256:`` of the canonical manifest bytes."""
+        return sha256_digest(self.canonical())
+
+    @property
+    def method_name(self) -> str:
+        return self.method["name"]
+
+    def replace(self, **changes: Any) -> Manifest:
+        """A copy with some fields changed (manifests are immutable)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Parse and validate a manifest; raises :class:`ManifestError` naming the bad field."""
+        if not isinstance(data, dict):
+            raise ManifestError("manifest must be a JSON object")
+        unknown = set(data) - _FIELDS
+        if unknown:
+            raise ManifestError(f"manifest has unknown field(s): {', '.join(sorted(unknown))}")
+        if data.get("format") != FORMAT:
+            raise ManifestError(f"manifest format is {data.get('format')!r}; this version of "
+                                f"adapterhub reads {FORMAT!r}")
+        method = _object(data, "method")
+        if not isinstance(method.get("name"), str) or not isinstance(method.get("config"), dict):
+            raise ManifestError("manifest method needs a name and a config object")
+        if not isinstance(method.get("version"), int):
+            raise ManifestError("manifest method.version must be an integer")
+        base = _object(data, "base_model")
+        modules = base.get("modules", {})
+        if not isinstance(modules, dict) or not all(
+                _is_shape(s) for s in modules.values()):
+            raise ManifestError("manifest base_model.modules must map module paths to shapes")
+        raw_tensors = _object(data, "tensors")
+        tensors = {}
+        for name, entry in raw_tensors.items():
+            if not isinstance(entry, dict) or not is_digest(entry.get("digest")) \
+                    or not isinstance(entry.get("dtype"), str) or not _is_shape(entry.get("shape")):
+                raise ManifestError(f"manifest entry for tensor {name!r} needs a sha256 digest, "
+                                    f"a dtype and a shape")
+            tensors[name] = TensorEntry(entry["digest"], entry["dtype"], tuple(entry["shape"]))
+        parents = data.get("parents", [])
+        if not isinstance(parents, list) or not all(is_digest(p) for p in parents):
+            raise ManifestError("manifest parents must be a list of sha256 version digests")
+        for key in ("quantization", "recipe"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise ManifestError(f"manifest {key} must be an object or null")
+        for key in ("metrics", "labels"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ManifestError(f"manifest {key} must be an object")
+        return cls(method=method, base_model=base, tensors=tensors,
+                   quantization=data.get("quantization"), parents=tuple(parents),
+                   recipe=data.get("recipe"), metrics=data.get("metrics", {}),
+                   labels=data.get("labels", {}))
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise ManifestError(f"manifest field {key!r} must be an object")
+    return value
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
