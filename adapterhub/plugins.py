@@ -139,7 +139,7 @@ class PluginManager(pluggy.PluginManager):
                 name = getattr(obj, "name", None)
                 if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
                     raise RegistrationError(f"{info.name} registered {obj!r} as a {kind}, but "
-                                            f"it is not a {base.__name__} subclass")
+                                            f"it is not a subclass of {base.__name__}")
             if not isinstance(name, str) or not NAME_RE.match(name):
                 raise RegistrationError(f"{info.name} registered a {kind} with invalid name "
                                         f"{name!r} (lowercase letters, digits, underscores)")
@@ -173,12 +173,16 @@ class PluginManager(pluggy.PluginManager):
                                       ).errors.append(f"adapterhub_register_commands failed: "
                                                       f"{type(exc).__name__}: {exc}")
 
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Every plugin, after running all registrations (so errors and contents are known)."""
+        self._collect()
+        return sorted(self.infos.values(), key=lambda info: info.name)
+
     def failures(self) -> list[PluginLoadError]:
         """Every plugin problem, as errors naming the plugin and its distribution."""
-        self._collect()
         return [PluginLoadError(f"plugin {info.name!r}: {error}", plugin=info.name,
                                 dist=info.dist)
-                for info in self.infos.values() for error in info.errors]
+                for info in self.plugin_infos() for error in info.errors]
 
 
 def get_plugin_manager(*, load_entry_points: bool = True) -> PluginManager:

@@ -7,7 +7,6 @@ and what to do next) and exit code 1; ``ADAPTERHUB_DEBUG=1`` shows the traceback
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import click
@@ -51,7 +50,8 @@ def _build() -> None:
     from adapterhub.plugins import plugin_manager
 
     for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
     plugin_manager().add_commands(cli)
 
 
@@ -62,6 +62,3 @@ def main() -> None:
     """Console-script entry point."""
     cli(prog_name="adapterhub")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

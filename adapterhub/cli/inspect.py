@@ -14,9 +14,7 @@ def plugins(as_json: bool) -> None:
     """List loaded plugins and what each registered."""
     from adapterhub.plugins import plugin_manager
 
-    pm = plugin_manager()
-    pm.failures()  # runs every registration so each plugin's record is complete
-    infos = [info.to_dict() for info in sorted(pm.infos.values(), key=lambda i: i.name)]
+    infos = [info.to_dict() for info in plugin_manager().plugin_infos()]
     if as_json:
         emit_json(infos)
         return
