@@ -91,3 +91,72 @@ def test_importing_adapterhub_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# -- one test per hook (tests/test_docs.py checks they exist) ---------------------------------
+
+
+def test_hook_adapterhub_register_methods():
+    pm = manager(a=Registers(Tiny))
+    assert pm.registered("method")["tiny"].obj is Tiny
+
+
+def test_hook_adapterhub_register_quantizers():
+    class Q(adapterhub.Quantizer):
+        name = "q4"
+
+    class Plugin:
+        @hookimpl
+        def adapterhub_register_quantizers(self, register):
+            register(Q)
+            register(Tiny)  # not a Quantizer: refused, Q stays
+
+    pm = manager(p=Plugin())
+    assert pm.lookup("quantizer", "q4") is Q
+    assert "not a subclass of Quantizer" in pm.plugin_infos()[0].errors[0]
+
+
+def test_hook_adapterhub_register_merge_strategies():
+    class Mean:
+        name = "mean"
+
+    class Plugin:
+        @hookimpl
+        def adapterhub_register_merge_strategies(self, register):
+            register(Mean)
+
+    assert manager(p=Plugin()).lookup("strategy", "mean") is Mean
+
+
+def test_hook_adapterhub_register_remotes():
+    class Carrier:
+        pass
+
+    class Plugin:
+        @hookimpl
+        def adapterhub_register_remotes(self, register):
+            register("pigeon", Carrier)
+
+    pm = manager(p=Plugin())
+    assert pm.lookup("remote", "pigeon") is Carrier
+    assert pm.plugin_infos()[0].registered == {"remote": ["pigeon"]}
+
+
+def test_hook_adapterhub_register_commands():
+    import click
+    from click.testing import CliRunner
+
+    class Plugin:
+        @hookimpl
+        def adapterhub_register_commands(self, cli):
+            @cli.command()
+            def hello():
+                """Say hello."""
+                click.echo("hello from a plugin")
+
+    @click.group()
+    def root():
+        pass
+
+    manager(p=Plugin()).add_commands(root)
+    assert CliRunner().invoke(root, ["hello"]).output == "hello from a plugin\n"
