@@ -18,7 +18,7 @@ from torch import nn
 
 from adapterhub import AdapterPackage, ConfigError
 from adapterhub.progress import progress
-from adapterhub_ttlora_moe.experts import ExpertSource, expert_name, load_experts
+from adapterhub_ttlora_moe.experts import ExpertSource, expert_name, load_experts, stack_experts
 from adapterhub_ttlora_moe.moe import moe_package
 from adapterhub_ttlora_moe.router import Router, base_hidden
 
@@ -97,6 +97,7 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
     from adapterhub.plugins import get_method
 
     packages = load_experts(experts)
+    stack_experts(packages)  # refuse experts that cannot share a MoE before any work
     names = list(names) if names is not None else [expert_name(p, i)
                                                    for i, p in enumerate(packages)]
     config = get_method("ttlora_moe").make_config(
