@@ -222,3 +222,20 @@ def test_parameter_counts_on_llama_3_2_1b_shapes():
         "q_proj": [[16, 8, 4, 4], [16, 8, 4, 4]], "v_proj": [[16, 16, 4, 2], [16, 16, 2]]})
     assert _adapter_params(reference) == 33_920
     assert round(100 * 33_920 / 1_703_936, 2) == 1.99
+
+
+def test_training_forward_never_builds_delta_w():
+    """Nothing autograd keeps for the backward pass is as large as the 2048×2048 ΔW."""
+    layer = _layer(2048, 2048, None)
+    x = torch.randn(4, 2048, requires_grad=True)
+    sizes = []
+
+    def keep(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = layer.adapter_forward(x)
+    out.sum().backward()
+    assert sizes and max(sizes) <= 2048 * 4 < 2048 * 2048
+    assert all(core.grad is not None for core in layer.cores())

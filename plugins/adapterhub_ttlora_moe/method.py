@@ -82,8 +82,7 @@ class TTLoraMoeMethod(AdapterMethod):
         from adapterhub_ttlora_moe.moe import attach_moe
 
         packages = resolve_experts(config, experts)
-        return attach_moe(model, config, packages, router_tensors=self.group_tensors(tensors)
-                          .get("router"))
+        return attach_moe(model, config, packages, self.group_tensors(tensors).get("router"))
 
     def state_dict(self, model):
         from adapterhub_ttlora_moe.moe import router_of

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import nn
 
-from adapterhub import AdapterHubError, AdapterPackage, ConfigError
+from adapterhub import AdapterHubError, AdapterPackage, ConfigError, FormatError
 from adapterhub.plugins import get_method
 from adapterhub.targets import find_targets
 from adapterhub_ttlora_moe.experts import ExpertSource, stack_experts
@@ -27,25 +27,20 @@ if TYPE_CHECKING:
 ROUTER_ATTR = "ttlora_router"
 
 
-def attach_moe(model: nn.Module, config: TTLoraMoeConfig, experts: list[AdapterPackage], *,
-               router: Router | None = None,
-               router_tensors: dict[str, torch.Tensor] | None = None
-               ) -> dict[str, TTLoraMoeLinear]:
-    """Put the frozen experts and a router on ``model``; returns the MoE layers by path.
-
-    ``router`` is a live router (training); otherwise one is built from ``router_tensors``.
-    """
+def attach_moe(model: nn.Module, config: TTLoraMoeConfig, experts: list[AdapterPackage],
+               router_tensors: dict[str, torch.Tensor] | None) -> dict[str, TTLoraMoeLinear]:
+    """Put the frozen experts and the stored router on ``model``; returns the MoE layers."""
     if hasattr(model, ROUTER_ATTR):
         raise ConfigError("this model already carries a ttlora_moe",
                           hint="Unload it first with adapterhub.unload(model, merge=False)")
     if [p.digest for p in experts] != list(config.experts):
         raise ConfigError("the expert packages do not match the config's experts, in order")
     stacks, n_in, alphas = stack_experts(experts)
-    if router is None:
-        if not router_tensors or "gate" not in router_tensors:
-            raise ConfigError("a ttlora_moe needs its router tensors (router.gate, ...)")
-        router = Router.for_config(config, router_tensors["gate"].shape[1])
-        router.load_tensors(router_tensors)
+    if not router_tensors or "gate" not in router_tensors:
+        raise FormatError("a ttlora_moe version needs its router tensors (router.gate, "
+                          "router.noise, router.noise_bias)")
+    router = Router.for_config(config, router_tensors["gate"].shape[1])
+    router.load_tensors(router_tensors)
     method = get_method("ttlora_moe")
     found = find_targets(model, sorted(stacks), kinds=method.layer_kinds, method=method.name,
                          exact=True)
