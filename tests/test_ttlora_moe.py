@@ -169,6 +169,15 @@ def test_merging_a_moe_is_refused_unless_one_expert_is_picked(moe):
         select_expert(experts[0], experts, 0)
 
 
+def test_extracting_a_moe_is_refused(moe):
+    base, experts, package = moe
+    model = copy.deepcopy(base)
+    load_moe(model, package, experts)
+    with pytest.raises(adapterhub.ConfigError, match="cannot be extracted") as refused:
+        adapterhub.extract(model)
+    assert "moe_package" in refused.value.one_line()
+
+
 def test_attach_fresh_moe_is_refused():
     with pytest.raises(adapterhub.ConfigError, match="not attached fresh") as refused:
         adapterhub.attach(_bert(), "ttlora_moe", experts=["sha256:" + "0" * 64],

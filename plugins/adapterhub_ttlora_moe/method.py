@@ -85,10 +85,10 @@ class TTLoraMoeMethod(AdapterMethod):
         return attach_moe(model, config, packages, self.group_tensors(tensors).get("router"))
 
     def state_dict(self, model):
-        from adapterhub_ttlora_moe.moe import router_of
-
-        return {f"router.{k}": v.detach().to("cpu").clone()
-                for k, v in router_of(model).tensors().items()}
+        # adapterhub.extract cannot record the experts as parents nor their modules
+        raise ConfigError("a ttlora_moe version cannot be extracted from a model",
+                          hint="Use the package train_router returns, or build one with "
+                               "adapterhub_ttlora_moe.moe_package(router, config, experts)")
 
     def param_groups(self, model, lr, **kwargs):
         from adapterhub_ttlora_moe.moe import router_of
