@@ -126,3 +126,15 @@ def _output_head(model: nn.Module) -> nn.Module | None:
         return get() if callable(get) else None
     except (AttributeError, NotImplementedError):
         return None
+
+
+def pattern_key(patterns: dict[str, object], path: str) -> str | None:
+    """The key of ``patterns`` that selects module ``path``, as PEFT's ``rank_pattern`` does.
+
+    A key selects a path equal to it, or one its regex matches on the last path parts
+    (``"v_proj"`` selects ``"model.layers.0.self_attn.v_proj"``); the longest key wins.
+    """
+    for key in sorted(patterns, key=len, reverse=True):
+        if key == path or re.fullmatch(rf"(.*\.)?(?:{key})", path):
+            return key
+    return None
