@@ -23,9 +23,8 @@ def _check_part(part: str, what: str, whole: str) -> None:
     if not PART_RE.match(part) or ".." in part:
         shown = whole if len(whole) <= 80 else whole[:77] + "..."
         raise InvalidNameError(
-            f"invalid {what} {shown!r}: each part must be 1-64 characters of lowercase "
-            f"letters, digits, '.', '_' or '-', start with a letter or digit, and not contain "
-            f"'..'")
+            f"invalid {what} {shown!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..'")
 
 
 def validate_name(name: str) -> str:

@@ -31,14 +31,7 @@ from registry_db.records import (CommitResult, EventInfo, GcReport, RemoteInfo, 
                                  VerifyReport, VersionInfo)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
-               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_LABEL_VALUE = 1024
-
-
-def manifest_size(manifest: Manifest) -> int:
-    """Bytes of all tensors a manifest names (what a download of the version moves)."""
-    return sum(e.numel * DTYPE_SIZES.get(e.dtype, 1) for e in manifest.tensors.values())
 
 
 def label_rows(labels: dict[str, Any]) -> dict[str, str]:
@@ -196,7 +189,7 @@ class RegistryService:
                           manifest=manifest.canonical().decode("ascii"),
                           method=manifest.method_name, base_name=base.get("name"),
                           base_fingerprint=base.get("fingerprint"),
-                          size=manifest_size(manifest), created_at=created_at, author=author,
+                          size=manifest.nbytes, created_at=created_at, author=author,
                           message=message)
         repo.next_number += 1
         s.add(version)

@@ -1,0 +1,165 @@
+"""Where an adapter comes from: a native package directory, a PEFT directory, or a registry ref.
+
+Commands that take an adapter (``push``, ``show``, ``export``, ``apply``, ``merge``) resolve
+their argument with :func:`resolve_source`: an existing path is read as a directory (native
+or PEFT, detected), anything else as a ref in the registry. A :class:`Source` gives the
+manifest at once and the tensors on demand, either as raw blob bytes (what ``push`` sends,
+without loading torch for native directories) or as an :class:`AdapterPackage`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapterhub.errors import AdapterNotFoundError, FormatError
+
+if TYPE_CHECKING:
+    from adapterhub.package import AdapterPackage
+    from adapterhub.registry import Registry
+    from adapterhub.remotes import Buffer
+    from adapterhub.safetensors_io import Header
+    from registry_db import Manifest, VersionInfo
+
+
+class Source:
+    """An adapter to read or push. ``origin`` names it in messages; ``version`` is set when it
+    came from a registry."""
+
+    manifest: Manifest
+    origin: str
+    version: VersionInfo | None = None
+
+    def read_blob(self, digest: str) -> Buffer:
+        """The raw bytes of the tensor(s) whose digest is ``digest``."""
+        raise NotImplementedError
+
+    def package(self) -> AdapterPackage:
+        """The adapter with its tensors (imports torch), verified against the manifest."""
+        raise NotImplementedError
+
+    def _tensor_for(self, digest: str) -> str:
+        for name, entry in sorted(self.manifest.tensors.items()):
+            if entry.digest == digest:
+                return name
+        raise AdapterNotFoundError(f"{self.origin} has no tensor with digest {digest}")
+
+
+class PackageSource(Source):
+    """An adapter already in memory (also what a PEFT directory is converted into)."""
+
+    def __init__(self, package: AdapterPackage, origin: str = "adapter") -> None:
+        self._package = package
+        self.manifest = package.manifest
+        self.origin = origin
+
+    def read_blob(self, digest: str) -> Buffer:
+        from adapterhub.safetensors_io import tensor_bytes
+
+        return tensor_bytes(self._package.tensors[self._tensor_for(digest)])
+
+    def package(self) -> AdapterPackage:
+        return self._package
+
+
+class NativeDirSource(Source):
+    """A native package directory, read lazily: blobs are byte ranges of the safetensors file
+    (checked against the manifest's dtype and shape; the receiver checks the digest)."""
+
+    def __init__(self, directory: Path) -> None:
+        from adapterhub.package import read_manifest
+
+        self.directory = directory
+        self.manifest = read_manifest(directory)
+        self.origin = str(directory)
+
+    @functools.cached_property
+    def _header(self) -> Header:
+        from adapterhub.package import TENSORS_FILE
+        from adapterhub.safetensors_io import read_header
+
+        path = self.directory / TENSORS_FILE
+        if not path.is_file():
+            raise FormatError(f"{self.directory} has adapter.json but no {TENSORS_FILE}")
+        return read_header(path)
+
+    def read_blob(self, digest: str) -> Buffer:
+        name = self._tensor_for(digest)
+        entry, info = self.manifest.tensors[name], self._header.tensors.get(name)
+        if info is None:
+            raise FormatError(f"{self._header.path} has no tensor {name!r}, which adapter.json "
+                              f"names")
+        if (info.dtype, info.shape) != (entry.dtype, entry.shape):
+            raise FormatError(f"{self._header.path}: tensor {name!r} is {info.dtype} "
+                              f"{list(info.shape)}; adapter.json says {entry.dtype} "
+                              f"{list(entry.shape)}")
+        with open(self._header.path, "rb") as fh:
+            fh.seek(info.start)
+            return fh.read(info.nbytes)
+
+    def package(self) -> AdapterPackage:
+        from adapterhub.package import AdapterPackage
+
+        return AdapterPackage.load(self.directory)
+
+
+class RegistrySource(Source):
+    """A version in a registry."""
+
+    def __init__(self, registry: Registry, version: VersionInfo) -> None:
+        self.registry = registry
+        self.version = version
+        self.manifest = version.manifest
+        self.origin = version.ref
+
+    def read_blob(self, digest: str) -> Buffer:
+        return self.registry.read_blob(digest)
+
+    def package(self) -> AdapterPackage:
+        return self.registry.get(self.version)
+
+
+def resolve_source(source: str | os.PathLike[str] | AdapterPackage, *,
+                   registry: Registry | None = None) -> Source:
+    """Turn a CLI argument (or an :class:`AdapterPackage`) into a :class:`Source`.
+
+    An existing path is a directory (native ``adapter.json`` or PEFT ``adapter_config.json``,
+    detected; pickle weights are refused). Anything else is a ref (``ns/name``, ``@N``,
+    ``:tag``, ``@sha256:…``) in ``registry`` (default: the local registry).
+    """
+    from adapterhub.package import AdapterPackage
+
+    if isinstance(source, AdapterPackage):
+        return PackageSource(source)
+    text = os.fspath(source)
+    path = Path(text)
+    if path.exists():
+        from adapterhub.formats import peft, read_adapter
+        from adapterhub.package import is_native_dir
+
+        if path.is_dir() and is_native_dir(path):
+            return NativeDirSource(path)
+        if path.is_dir() and peft.is_peft_dir(path):
+            return PackageSource(peft.read_peft(path), origin=text)
+        read_adapter(path)  # raises the precise error (a file, a pickle, neither layout)
+    from adapterhub.registry import Registry
+    from registry_db.refs import looks_like_ref
+
+    if not looks_like_ref(text):
+        raise AdapterNotFoundError(f"{text!r} is neither an adapter directory nor a registry "
+                                   f"ref", hint="Give a directory, or a ref such as ns/name, "
+                                                "ns/name@3, ns/name:prod")
+    registry = registry or Registry()
+    try:
+        return RegistrySource(registry, registry.resolve(text))
+    except AdapterNotFoundError as exc:
+        raise AdapterNotFoundError(f"{text}: no such directory, and {exc.message} "
+                                   f"({registry.url})", hint=exc.hint) from None
+
+
+def load_source(source: str | os.PathLike[str] | AdapterPackage, *,
+                registry: Registry | None = None) -> AdapterPackage:
+    """The :class:`AdapterPackage` a CLI source names (see :func:`resolve_source`)."""
+    return resolve_source(source, registry=registry).package()
