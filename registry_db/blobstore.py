@@ -24,6 +24,7 @@ from registry_db.models import Blob, Chunk
 from registry_db.records import BlobInfo, UploadInfo
 
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
+_READ_BYTES = 64 * 1024 * 1024  # chunks fetched per query when reading
 
 
 def _check_digest(digest: str) -> str:
@@ -85,7 +86,7 @@ class BlobStore:
             return self.info(digest)
         view = memoryview(data).cast("B")
         chosen = codec.codec_for(itemsize)
-        pieces = codec.chunk_views(view)
+        pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
         with ThreadPoolExecutor(_WORKERS) as pool:
             futures = [pool.submit(codec.encode, piece, chosen) for piece in pieces]
             actual = "sha256:" + hashlib.sha256(view).hexdigest()
@@ -104,8 +105,11 @@ class BlobStore:
             blob = Blob(digest=digest, size=len(view), stored_size=sum(map(len, encoded)),
                         codec=chosen, chunk_size=codec.CHUNK_SIZE, complete=True,
                         created_at=now, touched_at=now)
-            s.add(blob)
-            s.flush()
+            try:
+                with s.begin_nested():
+                    s.add(blob)
+            except IntegrityError:  # PostgreSQL: a concurrent writer of the same blob won
+                return _info(self._complete(s, digest))
             s.execute(insert(Chunk), [{"blob_id": blob.id, "index": i, "raw_size": len(piece),
                                        "data": stored}
                                       for i, (piece, stored) in enumerate(zip(pieces, encoded))])
@@ -114,9 +118,10 @@ class BlobStore:
     # -- resumable uploads ------------------------------------------------------------------
 
     def begin_upload(self, digest: str, size: int, *, itemsize: int = 1,
-                     chunk_size: int = codec.CHUNK_SIZE) -> UploadInfo | None:
+                     chunk_size: int | None = None) -> UploadInfo | None:
         """Start a resumable upload; ``None`` when the blob is already stored."""
         _check_digest(digest)
+        chunk_size = chunk_size or codec.CHUNK_SIZE
         if size < 0 or chunk_size <= 0:
             raise InvalidNameError(f"invalid upload size {size} / chunk size {chunk_size}")
         if not self.missing([digest]):
@@ -231,26 +236,30 @@ class BlobStore:
             blob = s.get(Blob, blob_id)
             if blob is None:
                 raise NotFoundError(f"blob {digest} is not in the registry")
-            size, blob_codec = blob.size, blob.codec
+            size, blob_codec, chunk_size = blob.size, blob.codec, blob.chunk_size
             indexes = list(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob_id)
                                      .order_by(Chunk.index)))
         if indexes != list(range(len(indexes))) or not indexes:
             raise CorruptionError(f"blob {digest} is corrupt: chunks {indexes[:10]} are not a "
                                   f"complete sequence")
         total = 0
-        for index in indexes:
+        per_read = max(1, _READ_BYTES // chunk_size)  # bounded memory, few round trips
+        for start in range(0, len(indexes), per_read):
             with self.db.read() as s:
-                row = s.execute(select(Chunk.raw_size, Chunk.data)
-                                .where(Chunk.blob_id == blob_id, Chunk.index == index)).first()
-            if row is None:
+                rows = s.execute(select(Chunk.index, Chunk.raw_size, Chunk.data)
+                                 .where(Chunk.blob_id == blob_id, Chunk.index >= start,
+                                        Chunk.index < start + per_read)
+                                 .order_by(Chunk.index)).all()
+            if len(rows) != min(per_read, len(indexes) - start):
                 raise NotFoundError(f"blob {digest} was removed while it was being read")
-            try:
-                raw = codec.decode(row.data, blob_codec, row.raw_size)
-            except CorruptionError as exc:
-                raise CorruptionError(f"blob {digest} is corrupt: chunk {index}: "
-                                      f"{exc.message}") from None
-            total += len(raw)
-            yield raw, len(row.data)
+            for row in rows:
+                try:
+                    raw = codec.decode(row.data, blob_codec, row.raw_size)
+                except CorruptionError as exc:
+                    raise CorruptionError(f"blob {digest} is corrupt: chunk {row.index}: "
+                                          f"{exc.message}") from None
+                total += len(raw)
+                yield raw, len(row.data)
         if total != size:
             raise CorruptionError(f"blob {digest} is corrupt: {total} bytes stored, "
                                   f"{size} expected")

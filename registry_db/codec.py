@@ -86,6 +86,6 @@ def decode(stored: bytes, codec: str, raw_size: int) -> bytes:
     return data if k == 1 else _join_planes(data, k)
 
 
-def chunk_views(data: bytes | memoryview, chunk_size: int = CHUNK_SIZE) -> list[memoryview]:
+def chunk_views(data: bytes | memoryview, chunk_size: int) -> list[memoryview]:
     view = memoryview(data).cast("B")
     return [view[i:i + chunk_size] for i in range(0, len(view), chunk_size)] or [view[0:0]]

@@ -14,13 +14,14 @@ from registry_db.errors import InvalidNameError
 
 PART_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_LIKE_RE = re.compile(r"^(v?[0-9]+|sha256.*)$")
+VERSION_NUMBER_RE = re.compile(r"[1-9][0-9]{0,17}")
 DIGEST_PREFIX_RE = re.compile(r"^sha256:[0-9a-f]{12,64}$")
 MIN_DIGEST_PREFIX = 12
 LATEST = "latest"
 
 
 def _check_part(part: str, what: str, whole: str) -> None:
-    if not PART_RE.match(part) or ".." in part:
+    if not PART_RE.fullmatch(part) or ".." in part:
         shown = whole if len(whole) <= 80 else whole[:77] + "..."
         raise InvalidNameError(
             f"invalid {what} {shown!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
@@ -45,7 +46,7 @@ def validate_tag(tag: str) -> str:
     if not isinstance(tag, str):
         raise InvalidNameError(f"a tag must be a string; got {type(tag).__name__}")
     _check_part(tag, "tag", tag)
-    if VERSION_LIKE_RE.match(tag):
+    if VERSION_LIKE_RE.fullmatch(tag):
         raise InvalidNameError(f"tag {tag!r} looks like a version number or digest; refs would "
                                f"be ambiguous", hint="Pick a word such as 'prod' or 'candidate'")
     if tag == LATEST:
@@ -91,10 +92,10 @@ def parse_ref(text: str) -> Ref:
     if "@" in text:
         name, _, selector = text.partition("@")
         validate_name(name)
-        if selector.isdigit() and not selector.startswith("0"):
+        if VERSION_NUMBER_RE.fullmatch(selector):
             return Ref(name, number=int(selector))
         if selector.startswith("sha256:"):
-            if not DIGEST_PREFIX_RE.match(selector):
+            if not DIGEST_PREFIX_RE.fullmatch(selector):
                 raise InvalidNameError(
                     f"invalid digest in ref {text[:100]!r}: use sha256: and at least "
                     f"{MIN_DIGEST_PREFIX} lowercase hex digits")

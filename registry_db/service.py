@@ -208,7 +208,8 @@ class RegistryService:
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         with self.db.write() as s:
             version = self._resolve(s, ref)
-            repo = s.get(Repository, version.repository_id)
+            repo = s.scalar(select(Repository).where(Repository.id == version.repository_id)
+                            .with_for_update())  # tag writers of one repository queue up
             self._set_tag(s, repo, tag, version, utcnow(), actor)
             return self._infos(s, [version])[0]
 
