@@ -9,7 +9,6 @@ without loading torch for native directories) or as an :class:`AdapterPackage`.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,36 +64,28 @@ class PackageSource(Source):
 
 
 class NativeDirSource(Source):
-    """A native package directory, read lazily: blobs are byte ranges of the safetensors file
-    (checked against the manifest's dtype and shape; the receiver checks the digest)."""
+    """A native package directory, read lazily: blobs are byte ranges of the safetensors file.
+
+    The safetensors header must list exactly the manifest's tensors with the same dtypes and
+    shapes (checked on open, from the header only); the bytes are checked against their
+    digests by whoever receives them.
+    """
 
     def __init__(self, directory: Path) -> None:
-        from adapterhub.package import read_manifest
+        from adapterhub.package import TENSORS_FILE, read_manifest
+        from adapterhub.safetensors_io import read_header
 
         self.directory = directory
         self.manifest = read_manifest(directory)
         self.origin = str(directory)
-
-    @functools.cached_property
-    def _header(self) -> Header:
-        from adapterhub.package import TENSORS_FILE
-        from adapterhub.safetensors_io import read_header
-
-        path = self.directory / TENSORS_FILE
+        path = directory / TENSORS_FILE
         if not path.is_file():
-            raise FormatError(f"{self.directory} has adapter.json but no {TENSORS_FILE}")
-        return read_header(path)
+            raise FormatError(f"{directory} has adapter.json but no {TENSORS_FILE}")
+        self._header = read_header(path)
+        _check_header(self._header, self.manifest)
 
     def read_blob(self, digest: str) -> Buffer:
-        name = self._tensor_for(digest)
-        entry, info = self.manifest.tensors[name], self._header.tensors.get(name)
-        if info is None:
-            raise FormatError(f"{self._header.path} has no tensor {name!r}, which adapter.json "
-                              f"names")
-        if (info.dtype, info.shape) != (entry.dtype, entry.shape):
-            raise FormatError(f"{self._header.path}: tensor {name!r} is {info.dtype} "
-                              f"{list(info.shape)}; adapter.json says {entry.dtype} "
-                              f"{list(entry.shape)}")
+        info = self._header.tensors[self._tensor_for(digest)]
         with open(self._header.path, "rb") as fh:
             fh.seek(info.start)
             return fh.read(info.nbytes)
@@ -103,6 +94,18 @@ class NativeDirSource(Source):
         from adapterhub.package import AdapterPackage
 
         return AdapterPackage.load(self.directory)
+
+
+def _check_header(header: Header, manifest: Manifest) -> None:
+    if set(header.tensors) != set(manifest.tensors):
+        odd = sorted(set(header.tensors) ^ set(manifest.tensors))
+        raise FormatError(f"{header.path} and adapter.json name different tensors ({odd[:3]})")
+    for name, entry in manifest.tensors.items():
+        info = header.tensors[name]
+        if (info.dtype, info.shape) != (entry.dtype, entry.shape):
+            raise FormatError(f"{header.path}: tensor {name!r} is {info.dtype} "
+                              f"{list(info.shape)}; adapter.json says {entry.dtype} "
+                              f"{list(entry.shape)}")
 
 
 class RegistrySource(Source):
