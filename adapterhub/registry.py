@@ -17,7 +17,7 @@ The registry is any SQLAlchemy URL or a path (SQLite). Errors are
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +110,7 @@ class Registry:
             lineage_source = None if dst is self._local else self._local
             for parent in ancestors_to_copy(manifest, dst, lineage_source, src.origin):
                 copy_version(self._local, dst, parent, show_progress=progress, verb="push")
-            return send_version(dst, name, manifest, src.read_blob, message=message,
+            return send_version(dst, name, manifest, src.read_blobs, message=message,
                                 author=author or default_author(), tags=tags,
                                 show_progress=progress, what=f"push {name}")
         finally:
@@ -173,23 +173,30 @@ class Registry:
 
         version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
             ref if isinstance(ref, str) else ref.ref)
+        entries = version.manifest.tensors
+        blobs = dict(self.read_blobs(e.digest for e in entries.values()))
         tensors: dict[str, torch.Tensor] = {}
-        first_use: dict[str, torch.Tensor] = {}  # equal tensors (e.g. zero-initialised) share a blob
-        for name, entry in sorted(version.manifest.tensors.items()):
+        used: set[str] = set()  # equal tensors (e.g. zero-initialised ones) share a blob
+        for name, entry in sorted(entries.items()):
             dtype = torch_dtype(entry.dtype)
-            if entry.digest in first_use:
-                tensors[name] = first_use[entry.digest].view(dtype).reshape(entry.shape).clone()
+            data = blobs[entry.digest]
+            if not data:
+                tensors[name] = torch.empty(entry.shape, dtype=dtype)
                 continue
-            data = bytearray(self.read_blob(entry.digest))
-            tensors[name] = (torch.frombuffer(data, dtype=dtype).reshape(entry.shape)
-                             if data else torch.empty(entry.shape, dtype=dtype))
-            first_use[entry.digest] = tensors[name]
+            buffer = bytearray(data) if entry.digest in used else data
+            used.add(entry.digest)
+            tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
         return AdapterPackage(version.manifest, tensors)
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str) -> bytearray:
         """A blob's bytes, verified against its digest."""
         with registry_db_errors():
             return self.service.blobs.read(digest)
+
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
+        """``(digest, bytes)`` for each digest, in order, each verified against its digest."""
+        with registry_db_errors():
+            yield from self.service.blobs.read_many(digests)
 
     def list(self, prefix: str | None = None, *, method: str | None = None,
              base: str | None = None, labels: dict[str, str] | None = None
@@ -216,7 +223,7 @@ class Registry:
         va, vb = self.resolve(a), self.resolve(b)
 
         def load(entry):
-            data = bytearray(self.read_blob(entry.digest))
+            data = self.read_blob(entry.digest)
             return torch.frombuffer(data, dtype=torch_dtype(entry.dtype)).reshape(entry.shape)
 
         return {"a": va.ref, "b": vb.ref, **diff_manifests(va.manifest, vb.manifest, load)}

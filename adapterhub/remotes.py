@@ -81,19 +81,22 @@ class Remote(ABC):
         its gc keeps them until the commit that needs them."""
 
     @abstractmethod
-    def upload_blob(self, digest: str, data: Buffer, *, itemsize: int = 1,
-                    progress: ProgressCallback | None = None) -> None:
-        """Store ``data`` under ``digest``; the remote re-hashes it and refuses a mismatch.
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        """Store ``(digest, bytes, itemsize)`` blobs; the remote re-hashes each and refuses a
+        mismatch (:class:`IntegrityError` naming the digest).
 
-        ``itemsize`` (bytes per tensor element) lets the remote pick its compression.
-        A network remote sends ``data`` in chunks and resumes after a failure; ``progress``
-        is called with the number of bytes each time more have been sent.
+        ``blobs`` is consumed lazily, so a caller can read its bytes as they are needed.
+        ``itemsize`` (bytes per tensor element) lets the remote pick its compression. A
+        network remote sends large blobs in chunks and resumes after a failure, and may
+        bundle small ones; ``progress`` is called with a byte count as data goes out.
         """
 
     @abstractmethod
-    def download_blob(self, digest: str, *, progress: ProgressCallback | None = None
-                      ) -> Iterator[bytes]:
-        """The blob's bytes in chunks. The caller hashes them (the receiving registry does)."""
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        """``(digest, bytes)`` for each digest, in order. The receiver hashes them again."""
 
     @abstractmethod
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
@@ -142,20 +145,25 @@ class DatabaseRemote(Remote):
         with registry_db_errors():
             return self.service.blobs.missing(digests)
 
-    def upload_blob(self, digest: str, data: Buffer, *, itemsize: int = 1,
-                    progress: ProgressCallback | None = None) -> None:
-        with registry_db_errors():
-            self.service.blobs.write(digest, data, itemsize=itemsize)
-        if progress is not None:
-            progress(len(data))
-
-    def download_blob(self, digest: str, *, progress: ProgressCallback | None = None
-                      ) -> Iterator[bytes]:
-        with registry_db_errors():
-            for chunk in self.service.blobs.iter(digest):
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        def counted() -> Iterator[tuple[str, Buffer, int]]:
+            for blob in blobs:
+                yield blob
                 if progress is not None:
-                    progress(len(chunk))
-                yield chunk
+                    progress(len(blob[1]))
+
+        with registry_db_errors():
+            self.service.blobs.write_many(counted())
+
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        with registry_db_errors():
+            for digest, data in self.service.blobs.read_many(digests):
+                if progress is not None:
+                    progress(len(data))
+                yield digest, data
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
@@ -206,11 +214,11 @@ def open_remote(url: str) -> Remote:
 
 
 def send_version(dst: Remote, name: str, manifest: Manifest,
-                 read_blob: Callable[[str], Buffer], *, message: str | None = None,
-                 author: str | None = None, tags: Sequence[str] = (),
-                 created_at: datetime | None = None, show_progress: bool = True,
-                 what: str | None = None) -> CommitResult:
-    """Upload the blobs ``dst`` lacks (read through ``read_blob``), then commit the manifest.
+                 read_blobs: Callable[[list[str]], Iterator[tuple[str, Buffer]]], *,
+                 message: str | None = None, author: str | None = None,
+                 tags: Sequence[str] = (), created_at: datetime | None = None,
+                 show_progress: bool = True, what: str | None = None) -> CommitResult:
+    """Upload the blobs ``dst`` lacks (read through ``read_blobs``), then commit the manifest.
 
     If a blob disappears between negotiation and commit (a gc on the remote that ran with no
     grace period), the missing blobs are sent again and the commit retried.
@@ -225,14 +233,14 @@ def send_version(dst: Remote, name: str, manifest: Manifest,
         total = sum(entries[d].nbytes for d in missing)
         with progress(total=total, unit="B", desc=what,
                       disable=not show_progress or total < PROGRESS_MIN_BYTES) as bar:
-            for digest in missing:
-                try:
-                    dst.upload_blob(digest, read_blob(digest), itemsize=entries[digest].itemsize,
-                                    progress=bar.update)
-                except (IntegrityError, AdapterNotFoundError) as exc:
-                    raise IntegrityError(f"{what}: tensor {tensors_of[digest][0]!r} (blob "
-                                         f"{digest}): {exc.message}",
-                                         hint=IntegrityError.default_hint) from None
+            try:
+                dst.upload_blobs(((d, data, entries[d].itemsize)
+                                  for d, data in read_blobs(missing)), progress=bar.update)
+            except (IntegrityError, AdapterNotFoundError) as exc:
+                digest = next((d for d in missing if d in exc.message), None)
+                tensor = f" tensor {tensors_of[digest][0]!r}:" if digest else ""
+                raise IntegrityError(f"{what}:{tensor} {exc.message}",
+                                     hint=IntegrityError.default_hint) from None
         try:
             return dst.commit(name, manifest, message=message, author=author, tags=tags,
                               created_at=created_at)
@@ -276,8 +284,8 @@ def copy_version(src: Remote, dst: Remote, version: VersionInfo, *, name: str | 
     ``verb`` (``push``/``pull``) starts progress bars and error messages.
     """
 
-    def read(digest: str) -> Buffer:
-        return b"".join(src.download_blob(digest))
+    def read(digests: list[str]) -> Iterator[tuple[str, Buffer]]:
+        return src.download_blobs(digests)
 
     for parent in ancestors_to_copy(version.manifest, dst, src, version.ref):
         send_version(dst, parent.name, parent.manifest, read, message=parent.message,

@@ -10,6 +10,7 @@ without loading torch for native directories) or as an :class:`AdapterPackage`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +32,9 @@ class Source:
     origin: str
     version: VersionInfo | None = None
 
-    def read_blob(self, digest: str) -> Buffer:
-        """The raw bytes of the tensor(s) whose digest is ``digest``."""
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
+        """``(digest, raw tensor bytes)`` for each digest, in order (read as they are asked
+        for, so a push holds about one batch in memory)."""
         raise NotImplementedError
 
     def package(self) -> AdapterPackage:
@@ -40,10 +42,13 @@ class Source:
         raise NotImplementedError
 
     def _tensor_for(self, digest: str) -> str:
-        for name, entry in sorted(self.manifest.tensors.items()):
-            if entry.digest == digest:
-                return name
-        raise AdapterNotFoundError(f"{self.origin} has no tensor with digest {digest}")
+        if not hasattr(self, "_by_digest"):
+            self._by_digest = {}
+            for name, entry in sorted(self.manifest.tensors.items(), reverse=True):
+                self._by_digest[entry.digest] = name  # the first name wins
+        if digest not in self._by_digest:
+            raise AdapterNotFoundError(f"{self.origin} has no tensor with digest {digest}")
+        return self._by_digest[digest]
 
 
 class PackageSource(Source):
@@ -54,10 +59,11 @@ class PackageSource(Source):
         self.manifest = package.manifest
         self.origin = origin
 
-    def read_blob(self, digest: str) -> Buffer:
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
         from adapterhub.safetensors_io import tensor_bytes
 
-        return tensor_bytes(self._package.tensors[self._tensor_for(digest)])
+        for digest in digests:
+            yield digest, tensor_bytes(self._package.tensors[self._tensor_for(digest)])
 
     def package(self) -> AdapterPackage:
         return self._package
@@ -84,11 +90,12 @@ class NativeDirSource(Source):
         self._header = read_header(path)
         _check_header(self._header, self.manifest)
 
-    def read_blob(self, digest: str) -> Buffer:
-        info = self._header.tensors[self._tensor_for(digest)]
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
         with open(self._header.path, "rb") as fh:
-            fh.seek(info.start)
-            return fh.read(info.nbytes)
+            for digest in digests:
+                info = self._header.tensors[self._tensor_for(digest)]
+                fh.seek(info.start)
+                yield digest, fh.read(info.nbytes)
 
     def package(self) -> AdapterPackage:
         from adapterhub.package import AdapterPackage
@@ -117,8 +124,8 @@ class RegistrySource(Source):
         self.manifest = version.manifest
         self.origin = version.ref
 
-    def read_blob(self, digest: str) -> Buffer:
-        return self.registry.read_blob(digest)
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
+        return self.registry.read_blobs(digests)
 
     def package(self) -> AdapterPackage:
         return self.registry.get(self.version)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Union
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,8 +27,10 @@ from registry_db.errors import ConflictError, CorruptionError, InvalidNameError,
 from registry_db.models import Blob, Chunk
 from registry_db.records import BlobInfo, UploadInfo
 
+Buffer = Union[bytes, bytearray, memoryview]
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
-_READ_BYTES = 64 * 1024 * 1024  # chunks fetched per query when reading
+_BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction
+_READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
 
 
 def _check_digest(digest: str) -> str:
@@ -36,6 +42,69 @@ def _check_digest(digest: str) -> str:
 
 def _info(blob: Blob) -> BlobInfo:
     return BlobInfo(blob.digest, blob.size, blob.stored_size, blob.codec)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Worker threads for hashing and zstd (both release the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="registry-db")
+    return _POOL
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _sha256(data: Buffer) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Job:
+    """One blob being hashed and encoded in the pool."""
+
+    digest: str
+    size: int
+    codec: str
+    raw_sizes: list[int]
+    hashed: Future[str]
+    chunks: list[Future[bytes]]
+
+    @classmethod
+    def submit(cls, digest: str, view: memoryview, itemsize: int) -> _Job:
+        pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
+        chosen = codec.codec_for(itemsize, *map(len, pieces))
+        pool = _pool()
+        return cls(digest, len(view), chosen, [len(p) for p in pieces],
+                   pool.submit(_sha256, view),
+                   [pool.submit(codec.encode, piece, chosen) for piece in pieces])
+
+
+def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
+    """A blob's bytes from its chunk rows, checked for completeness and against the digest."""
+    if [row.index for row in rows] != list(range(len(rows))) or not rows:
+        raise CorruptionError(f"blob {digest} is corrupt: its chunks are not a complete "
+                              f"sequence")
+    parts = []
+    for row in rows:
+        try:
+            parts.append(codec.decode(row.data, blob_codec, row.raw_size))
+        except CorruptionError as exc:
+            raise CorruptionError(f"blob {digest} is corrupt: chunk {row.index}: "
+                                  f"{exc.message}") from None
+    data = bytearray().join(parts)  # writable: tensors can be built on it without a copy
+    actual = _sha256(data)
+    if len(data) != size or actual != digest:
+        raise CorruptionError(f"blob {digest} is corrupt: its bytes hash to {actual}")
+    return data
 
 
 class BlobStore:
@@ -73,47 +142,76 @@ class BlobStore:
             raise NotFoundError(f"blob {digest} is not in the registry")
         return blob
 
-    # -- writing in one go ------------------------------------------------------------------
+    # -- writing whole blobs ----------------------------------------------------------------
 
-    def write(self, digest: str, data: bytes | memoryview, *, itemsize: int = 1) -> BlobInfo:
-        """Store ``data`` under ``digest`` in one transaction (a no-op if already stored).
+    def write(self, digest: str, data: Buffer, *, itemsize: int = 1) -> None:
+        """Store one blob (see :meth:`write_many`)."""
+        self.write_many([(digest, data, itemsize)])
 
-        The bytes are hashed (in this thread) while worker threads compress the chunks; a
-        mismatch raises :class:`CorruptionError` and nothing is written.
+    def write_many(self, blobs: Iterable[tuple[str, Buffer, int]]) -> None:
+        """Store ``(digest, bytes, itemsize)`` blobs; those already stored are skipped.
+
+        Worker threads hash and compress while earlier blobs are being inserted; blobs go in
+        transactions of about :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
+        :class:`CorruptionError` before their batch is written (blobs of earlier batches stay,
+        unreferenced, until gc).
         """
-        _check_digest(digest)
-        if not self.missing([digest]):
-            return self.info(digest)
-        view = memoryview(data).cast("B")
-        chosen = codec.codec_for(itemsize)
-        pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
-        with ThreadPoolExecutor(_WORKERS) as pool:
-            futures = [pool.submit(codec.encode, piece, chosen) for piece in pieces]
-            actual = "sha256:" + hashlib.sha256(view).hexdigest()
-            if actual != digest:
-                for future in futures:
-                    future.cancel()
-                raise CorruptionError(f"bytes sent for blob {digest} hash to {actual}",
+        in_flight: deque[list[_Job]] = deque()
+        batch: list[_Job] = []
+        size = 0
+        seen: set[str] = set()
+        for digest, data, itemsize in blobs:
+            if _check_digest(digest) in seen:
+                continue
+            seen.add(digest)
+            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize))
+            size += len(data)
+            if size >= _BATCH_BYTES:
+                in_flight.append(batch)
+                batch, size = [], 0
+                if len(in_flight) > 1:  # encode the next batch while this one is written
+                    self._store(in_flight.popleft())
+        if batch:
+            in_flight.append(batch)
+        while in_flight:
+            self._store(in_flight.popleft())
+
+    def _store(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            actual = job.hashed.result()
+            if actual != job.digest:
+                raise CorruptionError(f"bytes sent for blob {job.digest} hash to {actual}",
                                       hint="The source is corrupt or changed while reading")
-            encoded = [future.result() for future in futures]
+        encoded = {job.digest: [future.result() for future in job.chunks] for job in jobs}
         now = utcnow()
         with self.db.write() as s:
-            existing = s.scalar(select(Blob).where(Blob.digest == digest, Blob.complete))
-            if existing is not None:  # another writer stored it meanwhile
-                existing.touched_at = now
-                return _info(existing)
-            blob = Blob(digest=digest, size=len(view), stored_size=sum(map(len, encoded)),
-                        codec=chosen, chunk_size=codec.CHUNK_SIZE, complete=True,
-                        created_at=now, touched_at=now)
-            try:
-                with s.begin_nested():
-                    s.add(blob)
-            except IntegrityError:  # PostgreSQL: a concurrent writer of the same blob won
-                return _info(self._complete(s, digest))
-            s.execute(insert(Chunk), [{"blob_id": blob.id, "index": i, "raw_size": len(piece),
-                                       "data": stored}
-                                      for i, (piece, stored) in enumerate(zip(pieces, encoded))])
-            return _info(blob)
+            digests = [job.digest for job in jobs]
+            present = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(digests),
+                                                              Blob.complete)))
+            if present:
+                s.execute(update(Blob).where(Blob.digest.in_(present), Blob.complete)
+                          .values(touched_at=now))
+            rows = [{"digest": job.digest, "size": job.size, "codec": job.codec,
+                     "stored_size": sum(map(len, encoded[job.digest])),
+                     "chunk_size": codec.CHUNK_SIZE, "complete": True, "created_at": now,
+                     "touched_at": now} for job in jobs if job.digest not in present]
+            if not rows:
+                return
+            table = Blob.__table__
+            statement = insert(table)
+            if self.db.dialect == "postgresql":  # a concurrent writer may store one first
+                statement = postgresql.insert(table).on_conflict_do_nothing(
+                    index_elements=["digest"], index_where=table.c.complete)
+            # Core, not the ORM's bulk insert: rows skipped on conflict return nothing
+            conn = s.connection()
+            ids = dict(conn.execute(statement.returning(table.c.digest, table.c.id),
+                                    rows).all())
+            chunks = [{"blob_id": ids[job.digest], "index": i, "raw_size": job.raw_sizes[i],
+                       "data": stored}
+                      for job in jobs if job.digest in ids
+                      for i, stored in enumerate(encoded[job.digest])]
+            if chunks:  # (an empty list would execute once, with no values)
+                conn.execute(insert(Chunk.__table__), chunks)
 
     # -- resumable uploads ------------------------------------------------------------------
 
@@ -128,7 +226,8 @@ class BlobStore:
             return None
         now = utcnow()
         with self.db.write() as s:
-            blob = Blob(digest=digest, size=size, stored_size=0, codec=codec.codec_for(itemsize),
+            chosen = codec.codec_for(itemsize, chunk_size, size % chunk_size)
+            blob = Blob(digest=digest, size=size, stored_size=0, codec=chosen,
                         chunk_size=chunk_size, complete=False, created_at=now, touched_at=now)
             s.add(blob)
             s.flush()
@@ -208,9 +307,50 @@ class BlobStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read(self, digest: str) -> bytes:
+    def read(self, digest: str) -> bytearray:
         """The blob's bytes, verified against its digest."""
-        return b"".join(self.iter(digest))
+        return next(self.read_many([digest]))[1]
+
+    def read_many(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
+        """``(digest, bytes)`` for each digest, in order, each verified against its digest.
+
+        Blobs are fetched a batch of about :data:`_READ_BYTES` per query and decoded and hashed
+        by worker threads; a blob larger than that streams through :meth:`iter`.
+        """
+        wanted = list(dict.fromkeys(_check_digest(d) for d in digests))
+        for names in batched(wanted):
+            with self.db.read() as s:
+                found = {b.digest: b for b in s.execute(
+                    select(Blob.id, Blob.digest, Blob.size, Blob.codec)
+                    .where(Blob.digest.in_(names), Blob.complete))}
+            for digest in names:
+                if digest not in found:
+                    raise NotFoundError(f"blob {digest} is not in the registry")
+            group: list = []
+            size = 0
+            for digest in names + [None]:
+                blob = found.get(digest)
+                if group and (blob is None or size + blob.size > _READ_BYTES):
+                    yield from self._read_group(group)
+                    group, size = [], 0
+                if blob is not None and blob.size > _READ_BYTES:
+                    yield digest, bytearray().join(self.iter(digest))
+                elif blob is not None:
+                    group.append(blob)
+                    size += blob.size
+
+    def _read_group(self, blobs: list) -> Iterator[tuple[str, bytearray]]:
+        with self.db.read() as s:
+            rows = s.execute(select(Chunk.blob_id, Chunk.index, Chunk.raw_size, Chunk.data)
+                             .where(Chunk.blob_id.in_([b.id for b in blobs]))
+                             .order_by(Chunk.blob_id, Chunk.index)).all()
+        chunks: dict[int, list] = {b.id: [] for b in blobs}
+        for row in rows:
+            chunks[row.blob_id].append(row)
+        futures = [_pool().submit(_decode_blob, b.digest, b.size, b.codec, chunks[b.id])
+                   for b in blobs]
+        for blob, future in zip(blobs, futures):
+            yield blob.digest, future.result()
 
     def iter(self, digest: str, *, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` in chunks. The whole blob is hashed as it goes (the

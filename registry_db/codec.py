@@ -1,15 +1,15 @@
 """How blob bytes are stored: fixed-size chunks, each compressed with zstd.
 
 For tensors of 2-, 4- or 8-byte elements the chunk is first split into byte planes (all first
-bytes, then all second bytes, ...): the plane with sign and exponent bits is highly
-compressible while the low mantissa bytes are close to random, and zstd separates them
-much better than when they are interleaved. Measured on normal-distributed values
-(``benchmarks/registry.py``): bf16 0.78 → 0.67 of raw, fp16 0.92 → 0.84, fp32 0.92 → 0.84,
-at about the same speed.
+bytes, then all second bytes, ...), each compressed on its own: the plane with the sign and
+exponent bits is very compressible while the low mantissa bytes are close to random, and
+interleaved they compress poorly. ``benchmarks/registry.py`` measures both on
+normal-distributed values (see docs/registry.md for the figures).
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import numpy as np
@@ -28,9 +28,12 @@ _PARAMS = zstandard.ZstdCompressionParameters(window_log=17, hash_log=10, search
 _local = threading.local()
 
 
-def codec_for(itemsize: int) -> str:
-    """The codec for a blob of ``itemsize``-byte elements."""
-    return f"zstd+bp{itemsize}" if itemsize in PLANE_ITEMSIZES else "zstd"
+def codec_for(itemsize: int, *sizes: int) -> str:
+    """The codec for a blob of ``itemsize``-byte elements whose chunks have ``sizes`` bytes
+    (planes only when every chunk holds whole elements)."""
+    if itemsize in PLANE_ITEMSIZES and all(size % itemsize == 0 for size in sizes):
+        return f"zstd+bp{itemsize}"
+    return "zstd"
 
 
 def _itemsize(codec: str) -> int:
@@ -50,27 +53,34 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _local.c
 
 
-def _split_planes(data: memoryview, k: int) -> bytes:
-    if len(data) % k:
-        return bytes(data)  # not whole elements: the planes would not line up; store as is
-    return np.frombuffer(data, np.uint8).reshape(-1, k).T.tobytes()
+def _planes(data: memoryview, k: int) -> np.ndarray:
+    """``k`` contiguous rows: byte 0 of every element, byte 1 of every element, ..."""
+    return np.frombuffer(data, np.uint8).reshape(-1, k).T.copy()
 
 
-def _join_planes(data: bytes, k: int) -> bytes:
-    if len(data) % k:
-        return data
-    planes = np.frombuffer(data, np.uint8).reshape(k, -1)
-    out = np.empty((planes.shape[1], k), np.uint8)
-    for i in range(k):  # column by column is ~5x faster than one transposed copy
-        out[:, i] = planes[i]
+def _join_planes(planes: list[bytes], k: int) -> bytes:
+    n = len(planes[0])
+    out = np.empty((n, k), np.uint8)
+    for i, plane in enumerate(planes):  # column by column is ~5x faster than one transposed copy
+        out[:, i] = np.frombuffer(plane, np.uint8)
     return out.tobytes()
 
 
 def encode(raw: bytes | memoryview, codec: str) -> bytes:
-    """One chunk's stored bytes."""
+    """One chunk's stored bytes.
+
+    Byte planes are compressed as separate zstd frames behind a table of their lengths
+    (``k`` little-endian uint32): within one frame, zstd would code a high-entropy and a
+    low-entropy plane that share a 128 KiB block with a single entropy table, losing most of
+    the gain for small tensors.
+    """
     k = _itemsize(codec)
     view = memoryview(raw).cast("B")
-    return _compressor().compress(view if k == 1 else _split_planes(view, k))
+    compressor = _compressor()
+    if k == 1:
+        return compressor.compress(view)
+    frames = [compressor.compress(plane) for plane in _planes(view, k)]
+    return struct.pack(f"<{k}I", *map(len, frames)) + b"".join(frames)
 
 
 def decode(stored: bytes, codec: str, raw_size: int) -> bytes:
@@ -78,12 +88,25 @@ def decode(stored: bytes, codec: str, raw_size: int) -> bytes:
     k = _itemsize(codec)
     _compressor()
     try:
-        data = _local.d.decompress(stored, max_output_size=raw_size)
-    except zstandard.ZstdError as exc:
+        if k == 1:
+            data = _local.d.decompress(stored, max_output_size=raw_size)
+        else:
+            lengths = struct.unpack_from(f"<{k}I", stored)
+            if sum(lengths) + 4 * k != len(stored):
+                raise CorruptionError("chunk plane table does not match its size")
+            planes, offset = [], 4 * k
+            for length in lengths:
+                planes.append(_local.d.decompress(stored[offset:offset + length],
+                                                  max_output_size=raw_size // k))
+                offset += length
+            if any(len(plane) != raw_size // k for plane in planes):
+                raise CorruptionError("chunk planes have the wrong size")
+            data = _join_planes(planes, k)
+    except (zstandard.ZstdError, struct.error) as exc:
         raise CorruptionError(f"chunk does not decompress ({exc})") from None
     if len(data) != raw_size:
         raise CorruptionError(f"chunk decodes to {len(data)} bytes, expected {raw_size}")
-    return data if k == 1 else _join_planes(data, k)
+    return data
 
 
 def chunk_views(data: bytes | memoryview, chunk_size: int) -> list[memoryview]:

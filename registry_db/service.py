@@ -12,10 +12,11 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -156,7 +157,8 @@ class RegistryService:
                 self._event(s, "restore", name, version, author, {})
             for tag in tags:
                 self._set_tag(s, repo, tag, version, now, author)
-            return CommitResult(self._infos(s, [version], with_manifest=True)[0], created)
+            info = self._infos(s, [version])[0]
+            return CommitResult(replace(info, manifest=manifest), created)
 
     def _check_references(self, s: Session, manifest: Manifest) -> None:
         by_digest: dict[str, list[str]] = defaultdict(list)
@@ -194,12 +196,16 @@ class RegistryService:
         repo.next_number += 1
         s.add(version)
         s.flush()
-        s.add_all([VersionTensor(version_id=version.id, name=tensor, blob_digest=entry.digest)
-                   for tensor, entry in manifest.tensors.items()])
-        s.add_all([Lineage(version_id=version.id, position=i, parent_digest=parent)
-                   for i, parent in enumerate(manifest.parents)])
-        s.add_all([VersionLabel(version_id=version.id, key=key, value=value)
-                   for key, value in labels.items()])
+        rows = {  # bulk inserts: a version may have thousands of tensors
+            VersionTensor: [{"version_id": version.id, "name": tensor, "blob_digest": e.digest}
+                            for tensor, e in manifest.tensors.items()],
+            Lineage: [{"version_id": version.id, "position": i, "parent_digest": parent}
+                      for i, parent in enumerate(manifest.parents)],
+            VersionLabel: [{"version_id": version.id, "key": key, "value": value}
+                           for key, value in labels.items()]}
+        for model, values in rows.items():
+            if values:
+                s.execute(insert(model), values)
         return version
 
     def tag(self, ref: str | Ref, tag: str, *, actor: str | None = None) -> VersionInfo:

@@ -29,9 +29,14 @@ def postgres():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_url(request, tmp_path):
-    """A fresh, empty registry on each backend: a SQLite file, or a new PostgreSQL database."""
+    """A fresh, empty registry on each backend: a SQLite file, or a new PostgreSQL database
+    (dropped afterwards)."""
     if request.param == "sqlite":
-        return str(tmp_path / "registry.db")
+        yield str(tmp_path / "registry.db")
+        return
     import uuid
 
-    return request.getfixturevalue("postgres").create_database(f"t{uuid.uuid4().hex[:16]}")
+    server = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:16]}"
+    yield server.create_database(name)
+    server.drop_database(name)
