@@ -74,37 +74,30 @@ def bench_transfer(tmp: Path) -> dict[str, Any]:
     cp = timed(lambda: subprocess.run(["cp", "-r", str(src), str(tmp / "copy")], check=True),
                7, clear(tmp / "copy"))
 
-    registries: list[Registry] = []
+    class Fresh:
+        """An empty, already migrated registry file before each timed call (setup, untimed)."""
 
-    def fresh_registry() -> None:
-        for reg in registries:
-            reg.close()
-        registries.clear()
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            (tmp / f"push.db{suffix}").unlink(missing_ok=True)
-        registries.append(Registry(tmp / "push.db"))  # created and migrated, untimed
+        def __init__(self, path: Path) -> None:
+            self.path, self.registry = path, None
 
-    push = timed(lambda: registries[0].push(src, "bench/adapter", progress=False), 5,
-                 fresh_registry)
-    reg = registries[0]
+        def __call__(self) -> None:
+            if self.registry is not None:
+                self.registry.close()
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self.registry = Registry(self.path)
+
+    pushed = Fresh(tmp / "push.db")
+    push = timed(lambda: pushed.registry.push(src, "bench/adapter", progress=False), 5, pushed)
+    reg = pushed.registry
     repush = timed(lambda: reg.push(src, "bench/adapter", progress=False), 7)
     usage = reg.usage()
     pull_files = timed(lambda: reg.pull("bench/adapter", out=tmp / "pulled", progress=False),
                        5, clear(tmp / "pulled"))
-
-    pulled: list[Registry] = []
-
-    def fresh_target() -> None:
-        for r in pulled:
-            r.close()
-        pulled.clear()
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            (tmp / f"pull.db{suffix}").unlink(missing_ok=True)
-        pulled.append(Registry(tmp / "pull.db"))
-
-    pull_registry = timed(lambda: pulled[0].pull("bench/adapter", source=reg.url,
-                                                 progress=False), 5, fresh_target)
-    pulled[0].close()
+    target = Fresh(tmp / "pull.db")
+    pull_registry = timed(lambda: target.registry.pull("bench/adapter", source=reg.url,
+                                                       progress=False), 5, target)
+    target.registry.close()
     reg.close()
     cp_s, push_s = statistics.median(cp), statistics.median(push)
     return {
@@ -178,7 +171,7 @@ def bench_latency(tmp: Path) -> dict[str, Any]:
     with Registry(url) as reg:
         reg.resolve(refs[0])  # warm the connection pool
         show = timed(lambda: [reg.resolve(r) for r in refs], 1)[0] / len(refs)
-        show_tag = timed(lambda: reg.resolve("team007/adapter:latest-run"), 50)
+        show_tag = timed(lambda: reg.resolve("team000/adapter:latest-run"), 50)
         list_all = timed(lambda: reg.list(), 3)
         list_repo = timed(lambda: reg.list("team042/"), 20)
         list_label = timed(lambda: reg.list(labels={"branch": "dev"}), 5)

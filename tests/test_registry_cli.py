@@ -92,7 +92,12 @@ def test_diff_pull_export_and_remotes(run, tmp_path):
 
     assert run("remote", "add", "origin", "other.db").stdout.strip() == (
         f"origin -> {tmp_path / 'other.db'}")
-    assert [r["name"] for r in as_json(run("remote", "list", "--json"))] == ["origin"]
+    run("remote", "add", "team", "postgresql://bob:s3cret@db.internal/adapters")
+    listed = as_json(run("remote", "list", "--json"))
+    assert [r["name"] for r in listed] == ["origin", "team"]
+    assert listed[1]["url"] == "postgresql://bob:***@db.internal/adapters"
+    assert "s3cret" not in run("remote", "list").stdout
+    run("remote", "remove", "team")
     run("push", "team/bot@2", "team/bot", "--to", "origin", "--tag", "prod")
     theirs = as_json(run("list", "--db", "other.db", "--json"))
     assert [(v["ref"], v["tags"]) for v in theirs] == [("team/bot@1", ["prod"])]

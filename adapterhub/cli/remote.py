@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from adapterhub.cli import cli
@@ -24,7 +26,7 @@ def remote_add(name: str, url: str, db: str | None) -> None:
 
     with Registry(db) as reg:
         info = reg.add_remote(name, url)
-    click.echo(f"{info.name} -> {info.url}")
+    click.echo(f"{info.name} -> {hide_password(info.url)}")
 
 
 @remote.command("list")
@@ -36,10 +38,16 @@ def remote_list(as_json: bool, db: str | None) -> None:
 
     with Registry(db) as reg:
         remotes = reg.remotes()
+    rows = [{**r.to_dict(), "url": hide_password(r.url)} for r in remotes]
     if as_json:
-        emit_json([r.to_dict() for r in remotes])
+        emit_json(rows)
     else:
-        table([[r.name, r.url] for r in remotes], ["NAME", "URL"])
+        table([[r["name"], r["url"]] for r in rows], ["NAME", "URL"])
+
+
+def hide_password(url: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host``."""
+    return re.sub(r"^([a-z0-9+.-]+://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 @remote.command("remove")
@@ -51,4 +59,4 @@ def remote_remove(name: str, db: str | None) -> None:
 
     with Registry(db) as reg:
         info = reg.remove_remote(name)
-    click.echo(f"removed {info.name} ({info.url})")
+    click.echo(f"removed {info.name} ({hide_password(info.url)})")
