@@ -240,3 +240,27 @@ def test_default_registry_location(monkeypatch, tmp_path):
     monkeypatch.setenv("ADAPTERHUB_DB", str(tmp_path / "elsewhere.db"))
     with Registry() as registry:
         assert registry.url.endswith("elsewhere.db")
+
+
+def test_push_survives_a_gc_between_upload_and_commit(reg):
+    """A gc run with no grace period sweeps the blobs a push just uploaded; the push notices
+    at commit (MissingBlobsError), sends them again and commits."""
+    from datetime import timedelta
+
+    from adapterhub.remotes import DatabaseRemote, send_version
+    from adapterhub.sources import PackageSource
+
+    class GcBeforeFirstCommit(DatabaseRemote):
+        swept = 0
+
+        def commit(self, *args, **kwargs):
+            if not self.swept:
+                self.swept = self.service.gc(grace=timedelta(0)).blobs_removed
+            return super().commit(*args, **kwargs)
+
+    remote = GcBeforeFirstCommit(reg.url, service=reg.service)
+    source = PackageSource(lora(3))
+    result = send_version(remote, "team/bot", source.manifest, source.read_blobs,
+                          show_progress=False)
+    assert remote.swept == 4 and result.created
+    assert same_tensors(reg.get("team/bot@1").tensors, lora(3).tensors) and reg.verify().ok
