@@ -135,7 +135,7 @@ def bench_codecs() -> dict[str, Any]:
         itemsize = values.to(dtype).element_size()
         row = {}
         for label, chosen in (("zstd", "zstd"), ("zstd+planes", codec.codec_for(itemsize))):
-            times = timed(lambda: encode(raw, chosen), 5)
+            times = timed(lambda raw=raw, chosen=chosen: encode(raw, chosen), 5)
             row[label] = {"stored_over_raw": len(encode(raw, chosen)) / len(raw),
                           "encode_mb_per_s": len(raw) / statistics.median(times) / 1e6}
         out[name] = row

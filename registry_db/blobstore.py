@@ -349,7 +349,7 @@ class BlobStore:
             chunks[row.blob_id].append(row)
         futures = [_pool().submit(_decode_blob, b.digest, b.size, b.codec, chunks[b.id])
                    for b in blobs]
-        for blob, future in zip(blobs, futures):
+        for blob, future in zip(blobs, futures, strict=True):
             yield blob.digest, future.result()
 
     def iter(self, digest: str, *, offset: int = 0) -> Iterator[bytes]:

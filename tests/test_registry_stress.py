@@ -11,8 +11,6 @@ import signal
 import time
 from datetime import timedelta
 
-import pytest
-
 from registry_db import RegistryService
 from registry_db import codec as codec_module
 from registry_helpers import digest_of, push_raw, tensor_bytes
