@@ -301,3 +301,16 @@ def test_labels_are_validated(svc):
         push_raw(svc, "team/bot", three(0), labels={"k": "x" * 2000})
     version = push_raw(svc, "team/bot", three(0), labels={"epochs": 3}).version
     assert version.labels == {"epochs": "3"}
+
+
+def test_read_many_in_groups_and_streaming_large_blobs(svc, monkeypatch):
+    from registry_db import blobstore
+
+    monkeypatch.setattr(codec_module, "CHUNK_SIZE", 4096)
+    monkeypatch.setattr(blobstore, "_READ_BYTES", 10_000)  # groups of ~2 small blobs
+    blobs = [tensor_bytes(i, 3000) for i in range(5)] + [tensor_bytes(99, 25_000)]  # large
+    svc.blobs.write_many((digest_of(b), b, 2) for b in blobs)
+    order = [digest_of(b) for b in reversed(blobs)]
+    assert list(svc.blobs.read_many(order)) == [(digest_of(b), b) for b in reversed(blobs)]
+    with pytest.raises(NotFoundError):
+        list(svc.blobs.read_many([digest_of(b"absent")]))
