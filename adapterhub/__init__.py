@@ -12,6 +12,7 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                ExportError, FormatError, IncompatibleBaseModelError,
                                IntegrityError, MergeError, PluginLoadError, RegistrationError,
                                TargetError, UnknownMethodError, UnsafeFormatError)
+from adapterhub.errors import MissingBlobsError, PromotionError, RefError, RegistryError
 from adapterhub.hookspecs import hookimpl
 from adapterhub.methods import AdapterMethod, MethodConfig, Quantizer
 
@@ -29,6 +30,7 @@ _LAZY = {
     "get_method": "adapterhub.plugins",
     "get_quantizer": "adapterhub.plugins",
     "get_plugin_manager": "adapterhub.plugins",
+    "Registry": "adapterhub.registry",
 }
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from adapterhub.layers import AdaptedLayer
     from adapterhub.package import AdapterPackage
     from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
+    from adapterhub.registry import Registry
 
 
 def __getattr__(name: str) -> Any:
@@ -55,4 +58,5 @@ __all__ = [
     "RegistrationError", "TargetError", "UnknownMethodError", "UnsafeFormatError", "attach",
     "attached", "extract", "get_method", "get_plugin_manager", "get_quantizer", "hookimpl",
     "load", "param_groups", "unload",
+    "MissingBlobsError", "PromotionError", "RefError", "Registry", "RegistryError",
 ]

@@ -114,3 +114,30 @@ class MergeError(AdapterHubError, ValueError):
 
 class AdapterNotFoundError(AdapterHubError, LookupError):
     """A path, reference or version does not exist."""
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+class RefError(AdapterHubError, ValueError):
+    """A repository name, ref, tag, label or remote name is malformed."""
+
+    default_hint = "Names look like namespace/name; refs add @N, :tag or @sha256:<hex>"
+
+
+class RegistryError(AdapterHubError):
+    """A registry cannot be opened, migrated or reached, or refuses a request."""
+
+
+class MissingBlobsError(IntegrityError):
+    """A manifest names blobs the registry does not hold. ``digests`` lists them."""
+
+    default_hint = "Send the blobs first (adapterhub push does); then commit the manifest"
+
+    def __init__(self, message: str, *, digests: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.digests = digests
+
+
+class PromotionError(AdapterHubError):
+    """``promote`` refused: the version's metrics do not meet the condition."""

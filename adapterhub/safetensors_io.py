@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnsafeFormatError
+from registry_db.manifest import DTYPE_SIZES
 
 if TYPE_CHECKING:
     import torch
 
-#: bytes per element of each safetensors dtype
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
-               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 MAX_HEADER = 100 * 1024 * 1024
 

@@ -22,4 +22,4 @@ def sha256_digest(data: bytes | bytearray | memoryview) -> str:
 
 
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and DIGEST_RE.match(value) is not None
+    return isinstance(value, str) and DIGEST_RE.fullmatch(value) is not None

@@ -12,6 +12,9 @@ from typing import Any
 from registry_db.digests import canonical_json, is_digest, sha256_digest
 
 FORMAT = "adapterhub/1"
+#: bytes per element of each safetensors dtype name
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 _FIELDS = {"format", "method", "quantization", "base_model", "tensors", "parents", "recipe",
            "metrics", "labels"}
 
@@ -34,6 +37,14 @@ class TensorEntry:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_SIZES.get(self.dtype, 1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
 
     def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "dtype": self.dtype, "shape": list(self.shape)}
@@ -79,6 +90,11 @@ class Manifest:
     def digest(self) -> str:
         """The version digest: ``sha256:`` of the canonical manifest bytes."""
         return sha256_digest(self.canonical())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tensors (what a download of this version moves)."""
+        return sum(entry.nbytes for entry in self.tensors.values())
 
     @property
     def method_name(self) -> str:

@@ -7,3 +7,36 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("ADAPTERHUB_DEBUG", raising=False)
     monkeypatch.delenv("ADAPTERHUB_PLUGINS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_env(monkeypatch):
+    """Tests choose their registry explicitly; never the caller's ADAPTERHUB_DB."""
+    monkeypatch.delenv("ADAPTERHUB_DB", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (see tests/pg_server.py); fails loudly when
+    the binaries are missing."""
+    from pg_server import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    """A fresh, empty registry on each backend: a SQLite file, or a new PostgreSQL database
+    (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "registry.db")
+        return
+    import uuid
+
+    server = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:16]}"
+    yield server.create_database(name)
+    server.drop_database(name)

@@ -12,11 +12,10 @@ from adapterhub.cli.output import emit_json, human_size
 FORMATS = click.Choice(["peft"])
 
 
-def summary(package) -> dict:
-    """What ``show`` prints about a package."""
-    m = package.manifest
+def summary(m) -> dict:
+    """What ``show`` prints about an adapter, from its manifest."""
     return {
-        "digest": package.digest,
+        "digest": m.digest,
         "method": m.method,
         "quantization": m.quantization,
         "base_model": {k: v for k, v in m.base_model.items() if k != "modules"},
@@ -24,7 +23,7 @@ def summary(package) -> dict:
         "tensors": {name: {"dtype": e.dtype, "shape": list(e.shape), "digest": e.digest}
                     for name, e in sorted(m.tensors.items())},
         "parameters": sum(e.numel for e in m.tensors.values()),
-        "bytes": package.nbytes,
+        "bytes": m.nbytes,
         "parents": list(m.parents),
         "recipe": m.recipe,
         "metrics": m.metrics,
@@ -54,18 +53,39 @@ def print_summary(info: dict) -> None:
         click.echo(f"recipe:      {info['recipe']}")
 
 
-@cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(path: Path, as_json: bool) -> None:
-    """Summarise an adapter: method, config, base, tensors, digest."""
-    from adapterhub.formats import read_adapter
+def version_fields(version) -> dict:
+    """What ``show REF`` adds for a version in a registry."""
+    return {"ref": version.ref, "name": version.name, "number": version.number,
+            "tags": list(version.tags), "author": version.author, "message": version.message,
+            "created_at": version.created_at.isoformat()}
 
-    info = summary(read_adapter(path))
+
+@cli.command()
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
+def show(source: str, as_json: bool, db: str | None) -> None:
+    """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
+    from adapterhub.registry import Registry
+    from adapterhub.sources import resolve_source
+
+    registry = None if Path(source).exists() else Registry(db)
+    resolved = resolve_source(source, registry=registry)
+    if resolved.version is None:
+        resolved.package()  # a directory: read and verify every tensor, as before
+    info = summary(resolved.manifest)
+    if resolved.version is not None:
+        info.update(version_fields(resolved.version))
     if as_json:
         emit_json(info)
-    else:
-        print_summary(info)
+        return
+    if resolved.version is not None:
+        v = resolved.version
+        click.echo(f"ref:         {v.ref}" + (f"  [{', '.join(v.tags)}]" if v.tags else ""))
+        click.echo(f"created:     {info['created_at']} by {v.author or '-'}")
+        if v.message:
+            click.echo(f"message:     {v.message}")
+    print_summary(info)
 
 
 @cli.command("import")
@@ -85,16 +105,19 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Layout to write.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory to write to.")
-def export(path: Path, fmt: str, out: Path) -> None:
-    """Write a native adapter in another layout (PEFT)."""
-    from adapterhub.formats import read_adapter
+@click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
+def export(source: str, fmt: str, out: Path, db: str | None) -> None:
+    """Write an adapter (a directory or a REF) in another layout (PEFT)."""
     from adapterhub.formats.peft import write_peft
+    from adapterhub.registry import Registry
+    from adapterhub.sources import load_source
 
-    write_peft(read_adapter(path), out)
+    registry = None if Path(source).exists() else Registry(db)
+    write_peft(load_source(source, registry=registry), out)
     click.echo(f"{out}")
 
 

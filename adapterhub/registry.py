@@ -1,0 +1,334 @@
+"""The Python API of the registry: what ``adapterhub push/pull/list/...`` call.
+
+Example::
+
+    from adapterhub.registry import Registry
+
+    with Registry() as reg:                       # $ADAPTERHUB_DB or ~/.adapterhub/registry.db
+        result = reg.push("out/adapter", "team/support-bot", message="epoch 3", tags=["dev"])
+        print(result.version.ref)                 # team/support-bot@1
+        package = reg.get("team/support-bot:dev")  # AdapterPackage, every byte verified
+        reg.pull("team/support-bot:prod", source="origin", out="serve/", format="peft")
+
+The registry is any SQLAlchemy URL or a path (SQLite). Errors are
+:mod:`adapterhub.errors` classes. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.ci import default_author
+from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
+from adapterhub.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canonical_url,
+                                copy_version, is_path_like, open_remote, registry_db_errors,
+                                remote_class, send_version)
+
+if TYPE_CHECKING:
+    import torch
+
+    from adapterhub.package import AdapterPackage
+    from adapterhub.sources import Source
+    from registry_db import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
+                             VerifyReport, VersionInfo)
+
+DB_ENV = "ADAPTERHUB_DB"
+HOME_ENV = "ADAPTERHUB_HOME"
+FORMATS = ("native", "peft")
+
+
+def home() -> Path:
+    """``$ADAPTERHUB_HOME``, default ``~/.adapterhub``."""
+    return Path(os.environ.get(HOME_ENV) or "~/.adapterhub").expanduser()
+
+
+def default_url() -> str:
+    """``$ADAPTERHUB_DB``, default ``$ADAPTERHUB_HOME/registry.db``."""
+    return os.environ.get(DB_ENV) or str(home() / "registry.db")
+
+
+class Registry:
+    """A registry database (created and migrated on first open).
+
+    Args:
+        url: any SQLAlchemy URL (``postgresql+psycopg://…``, ``sqlite:///…``) or a path to a
+            SQLite file; default :func:`default_url`.
+    """
+
+    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+        from registry_db import RegistryService
+
+        with registry_db_errors():
+            self.service = RegistryService(default_url() if url is None else url)
+        self.url = self.service.url
+        self._local = DatabaseRemote(self.url, service=self.service)
+
+    def close(self) -> None:
+        self.service.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    # -- push and pull ----------------------------------------------------------------------
+
+    def push(self, source: str | os.PathLike[str] | AdapterPackage | Source, name: str, *,
+             message: str | None = None, tags: Sequence[str] = (),
+             labels: dict[str, str] | None = None, author: str | None = None,
+             to: str | None = None, progress: bool = True) -> CommitResult:
+        """Store an adapter as the next version of ``name`` (here, or in registry ``to``).
+
+        ``source`` is an :class:`AdapterPackage`, a native or PEFT directory, or a ref in this
+        registry. ``labels`` are added to the manifest's labels (so they are part of the
+        version's identity). Only blobs the destination lacks are sent; an identical manifest
+        gives back the existing version (``created`` is False) and just moves ``tags``.
+        Parent versions the destination lacks are copied from this registry first.
+        """
+        from adapterhub.sources import Source, resolve_source
+
+        with registry_db_errors():
+            from registry_db.refs import validate_name, validate_tag
+
+            validate_name(name)
+            for tag in tags:
+                validate_tag(tag)
+        src = source if isinstance(source, Source) else resolve_source(source, registry=self)
+        manifest = src.manifest
+        if labels:
+            manifest = manifest.replace(labels={**manifest.labels, **labels})
+        dst = self.remote(to) if to is not None else self._local
+        try:
+            lineage_source = None if dst is self._local else self._local
+            for parent in ancestors_to_copy(manifest, dst, lineage_source, src.origin):
+                copy_version(self._local, dst, parent, show_progress=progress, verb="push")
+            return send_version(dst, name, manifest, src.read_blobs, message=message,
+                                author=author or default_author(), tags=tags,
+                                show_progress=progress, what=f"push {name}")
+        finally:
+            if dst is not self._local:
+                dst.close()
+
+    def pull(self, ref: str, source: str | Remote | None = None, *,
+             out: str | os.PathLike[str] | None = None, format: str = "native",
+             progress: bool = True) -> VersionInfo:
+        """Copy ``ref`` from ``source`` (a remote name or registry URL), with the versions it
+        descends from, into this registry, re-hashing every byte; then, with ``out``, write
+        it as files (``format`` ``native`` or ``peft``). Without ``source`` the version comes
+        from this registry and only the files are written.
+
+        Version numbers are per registry: the pulled version gets the next number here; its
+        digest, author, message and creation time travel with it.
+        """
+        if format not in FORMATS:
+            raise RefError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if source is None:
+            version = self.resolve(ref)
+        else:
+            remote = source if isinstance(source, Remote) else self.remote(source)
+            try:
+                found = remote.resolve(ref)
+                version = copy_version(remote, self._local, found, show_progress=progress,
+                                       verb="pull").version
+            finally:
+                if not isinstance(source, Remote):
+                    remote.close()
+            self.service.record_event("pull", version=version, actor=default_author(),
+                                      detail={"from": remote.url, "ref": ref})
+        if out is not None:
+            self.write_files(version.ref, out, format=format)
+        return version
+
+    def write_files(self, ref: str | VersionInfo, out: str | os.PathLike[str], *,
+                    format: str = "native") -> Path:
+        """Write a version to directory ``out``: ``adapter.json`` + ``adapter.safetensors``
+        (``native``) or ``adapter_config.json`` + ``adapter_model.safetensors`` (``peft``)."""
+        from adapterhub.formats.peft import write_peft
+
+        package = self.get(ref)
+        return write_peft(package, out) if format == "peft" else package.save(out)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> VersionInfo:
+        """The version a ref names (``ns/name``, ``@N``, ``:tag``, ``@sha256:…``), with its
+        manifest."""
+        with registry_db_errors():
+            return self.service.resolve(ref)
+
+    def get(self, ref: str | VersionInfo) -> AdapterPackage:
+        """The version as an :class:`AdapterPackage`; every blob is re-hashed as it is read."""
+        import torch
+
+        from adapterhub.package import AdapterPackage
+        from adapterhub.safetensors_io import torch_dtype
+
+        version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
+            ref if isinstance(ref, str) else ref.ref)
+        entries = version.manifest.tensors
+        blobs = dict(self.read_blobs(e.digest for e in entries.values()))
+        tensors: dict[str, torch.Tensor] = {}
+        used: set[str] = set()  # equal tensors (e.g. zero-initialised ones) share a blob
+        for name, entry in sorted(entries.items()):
+            dtype = torch_dtype(entry.dtype)
+            data = blobs[entry.digest]
+            if not data:
+                tensors[name] = torch.empty(entry.shape, dtype=dtype)
+                continue
+            buffer = bytearray(data) if entry.digest in used else data
+            used.add(entry.digest)
+            tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+        return AdapterPackage(version.manifest, tensors)
+
+    def read_blob(self, digest: str) -> bytearray:
+        """A blob's bytes, verified against its digest."""
+        with registry_db_errors():
+            return self.service.blobs.read(digest)
+
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
+        """``(digest, bytes)`` for each digest, in order, each verified against its digest."""
+        with registry_db_errors():
+            yield from self.service.blobs.read_many(digests)
+
+    def list(self, prefix: str | None = None, *, method: str | None = None,
+             base: str | None = None, labels: dict[str, str] | None = None
+             ) -> list[VersionInfo]:
+        """Live versions, by repository then newest first; filters combine (AND).
+
+        ``base`` is a base-model fingerprint (``sha256:…``) or name.
+        """
+        with registry_db_errors():
+            return self.service.list_versions(prefix, method=method, base=base, labels=labels)
+
+    def log(self, name: str) -> list[VersionInfo]:
+        """All versions of one repository, newest first (soft-deleted ones flagged)."""
+        with registry_db_errors():
+            return self.service.log(name)
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        """Settings that differ and the norm of each tensor's change, from ``a`` to ``b``."""
+        import torch
+
+        from adapterhub.diff import diff_manifests
+        from adapterhub.safetensors_io import torch_dtype
+
+        va, vb = self.resolve(a), self.resolve(b)
+
+        def load(entry):
+            data = self.read_blob(entry.digest)
+            return torch.frombuffer(data, dtype=torch_dtype(entry.dtype)).reshape(entry.shape)
+
+        return {"a": va.ref, "b": vb.ref, **diff_manifests(va.manifest, vb.manifest, load)}
+
+    def usage(self) -> Usage:
+        with registry_db_errors():
+            return self.service.usage()
+
+    def events(self, repository: str | None = None, limit: int = 100) -> list[EventInfo]:
+        """The audit log (pushes, pulls, tag moves, deletions, gc runs), newest first."""
+        with registry_db_errors():
+            return self.service.events(repository=repository, limit=limit)
+
+    # -- tags, deletion, maintenance ----------------------------------------------------------
+
+    def tag(self, ref: str, tag: str) -> VersionInfo:
+        """Point ``tag`` at the version ``ref`` names (moving it if it exists)."""
+        with registry_db_errors():
+            return self.service.tag(ref, tag, actor=default_author())
+
+    def untag(self, ref: str) -> VersionInfo:
+        """Delete the tag in ``ns/name:TAG``; returns the version it pointed at."""
+        with registry_db_errors():
+            from registry_db.refs import parse_ref
+
+            parsed = parse_ref(ref)
+            if parsed.tag is None:
+                raise RefError(f"{ref!r} names no tag", hint="Write it as ns/name:TAG")
+            return self.service.untag(parsed.name, parsed.tag, actor=default_author())
+
+    def rm(self, ref: str) -> VersionInfo:
+        """Soft-delete a version (its tags go too); ``gc`` reclaims the bytes later."""
+        with registry_db_errors():
+            return self.service.remove(ref, actor=default_author())
+
+    def gc(self, *, keep_last: int | None = None, keep_tagged: bool = False,
+           per_label: str | None = None, prefix: str | None = None, dry_run: bool = False,
+           grace: timedelta = timedelta(hours=1)) -> GcReport:
+        """Retention (``keep_last`` newest live versions per repository, or per value of label
+        ``per_label``; ``keep_tagged`` spares tagged ones; ``prefix`` limits it to matching
+        repositories), then removal of deleted versions nothing descends from and of blobs
+        nothing references that were untouched for ``grace``. ``dry_run`` reports only."""
+        with registry_db_errors():
+            return self.service.gc(keep_last=keep_last, keep_tagged=keep_tagged,
+                                   per_label=per_label, prefix=prefix, dry_run=dry_run,
+                                   grace=grace, actor=default_author())
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob and check every reference; see ``report.problems``."""
+        with registry_db_errors():
+            return self.service.verify()
+
+    def promote(self, ref: str, tag: str, conditions: Iterable[str] = ()) -> VersionInfo:
+        """Move ``tag`` to ``ref`` if every condition (``'METRIC>=X'``) holds on its metrics.
+
+        Raises :class:`PromotionError`, saying which condition failed, and leaves the tag
+        where it was.
+        """
+        from adapterhub.conditions import metric_value, parse_condition
+
+        parsed = [parse_condition(c) for c in conditions]
+        version = self.resolve(ref)
+        for condition in parsed:
+            value = metric_value(version.manifest.metrics, condition.metric)
+            if not condition.holds(value):
+                where = self._tag_position(version.name, tag)
+                raise PromotionError(f"not promoted: {version.ref} has {condition.metric}="
+                                     f"{value:g}, which fails {condition}; tag {tag!r} "
+                                     f"{where}")
+        promoted = self.tag(version.ref, tag)
+        self.service.record_event("promote", version=promoted, actor=default_author(),
+                                  detail={"tag": tag, "conditions": [str(c) for c in parsed]})
+        return promoted
+
+    def _tag_position(self, name: str, tag: str) -> str:
+        try:
+            return f"stays on {self.resolve(f'{name}:{tag}').ref}"
+        except (AdapterNotFoundError, RefError):
+            return "was not created"
+
+    # -- remotes ----------------------------------------------------------------------------
+
+    def add_remote(self, name: str, url: str) -> RemoteInfo:
+        """Remember ``url`` as remote ``name`` (its scheme must belong to an installed remote
+        kind; a path is stored absolute)."""
+        remote_class(url)
+        with registry_db_errors():
+            return self.service.add_remote(name, canonical_url(url))
+
+    def remotes(self) -> list[RemoteInfo]:
+        with registry_db_errors():
+            return self.service.remotes()
+
+    def remove_remote(self, name: str) -> RemoteInfo:
+        with registry_db_errors():
+            return self.service.remove_remote(name)
+
+    def remote(self, name_or_url: str) -> Remote:
+        """Connect to a remote by name (see :meth:`add_remote`) or by URL/path."""
+        with registry_db_errors():
+            known = self.service.remote(name_or_url)
+        if known is not None:
+            return open_remote(known.url)
+        if "://" not in name_or_url and not is_path_like(name_or_url):
+            names = ", ".join(r.name for r in self.remotes()) or "none"
+            raise AdapterNotFoundError(f"no remote named {name_or_url!r} (remotes: {names})",
+                                       hint="Add one with: adapterhub remote add NAME URL")
+        return open_remote(name_or_url)

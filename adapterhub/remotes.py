@@ -1,0 +1,297 @@
+"""Remote registries: the interface push and pull talk to, and the direct (database) remote.
+
+A :class:`Remote` is built for a network: transfers are content-addressed (the client asks
+which blobs are missing and sends only those), blobs move in chunks, and nothing is
+visible on the remote until :meth:`Remote.commit` records the manifest atomically. The
+receiving side always re-hashes what it gets, so a pull verifies every byte.
+
+Remote kinds register by URL scheme through the ``adapterhub_register_remotes`` hook
+(``register("http", HttpRemote)``). Built in: :class:`DatabaseRemote` for another registry
+database (a path, ``sqlite:///…``, ``postgresql://…``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from adapterhub.errors import (AdapterNotFoundError, FormatError,
+                               IntegrityError, MissingBlobsError, RefError, RegistryError)
+from adapterhub.progress import progress
+
+if TYPE_CHECKING:
+    from registry_db import CommitResult, Manifest, RegistryService, VersionInfo
+
+Buffer = Union[bytes, bytearray, memoryview]
+ProgressCallback = Callable[[int], None]
+PROGRESS_MIN_BYTES = 1 << 20  # smaller transfers finish before a bar would help
+
+
+@contextlib.contextmanager
+def registry_db_errors() -> Iterator[None]:
+    """Turn :mod:`registry_db` errors into the matching :mod:`adapterhub.errors` class."""
+    from registry_db import errors as db
+    from registry_db.manifest import ManifestError
+
+    try:
+        yield
+    except db.RegistryDBError as exc:
+        if isinstance(exc, db.MissingBlobsError):
+            raise MissingBlobsError(exc.message, digests=exc.digests, hint=exc.hint) from None
+        cls = {db.InvalidNameError: RefError, db.NotFoundError: AdapterNotFoundError,
+               db.CorruptionError: IntegrityError, db.MissingParentsError: IntegrityError,
+               db.ConflictError: RegistryError, db.SchemaError: RegistryError
+               }.get(type(exc), RegistryError)
+        raise cls(exc.message, hint=exc.hint or None) from None
+    except ManifestError as exc:
+        raise FormatError(f"invalid manifest: {exc}") from None
+
+
+class Remote(ABC):
+    """A registry that push and pull can talk to.
+
+    Subclasses implement the seven operations below; ``url`` is what the user gave (or what
+    a remote name stands for). Methods raise :mod:`adapterhub.errors` classes:
+    :class:`AdapterNotFoundError` for unknown refs, :class:`IntegrityError` for bytes that do
+    not match their digest, :class:`MissingBlobsError` from :meth:`commit` when blobs are
+    missing (the caller uploads them and commits again), :class:`RegistryError` when the
+    remote cannot be reached.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    def resolve(self, ref: str) -> VersionInfo:
+        """The version ``ref`` names, with its manifest."""
+
+    @abstractmethod
+    def find(self, digest: str) -> VersionInfo | None:
+        """A version whose manifest digest is ``digest`` (any repository), with its manifest;
+        ``None`` if the remote has none. Used to walk and copy lineage."""
+
+    @abstractmethod
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` the remote lacks. Blobs it has count as in use from now on, so
+        its gc keeps them until the commit that needs them."""
+
+    @abstractmethod
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        """Store ``(digest, bytes, itemsize)`` blobs; the remote re-hashes each and refuses a
+        mismatch (:class:`IntegrityError` naming the digest).
+
+        ``blobs`` is consumed lazily, so a caller can read its bytes as they are needed.
+        ``itemsize`` (bytes per tensor element) lets the remote pick its compression. A
+        network remote sends large blobs in chunks and resumes after a failure, and may
+        bundle small ones; ``progress`` is called with a byte count as data goes out.
+        """
+
+    @abstractmethod
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        """``(digest, bytes)`` for each digest, in order. The receiver hashes them again."""
+
+    @abstractmethod
+    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
+               author: str | None = None, tags: Sequence[str] = (),
+               created_at: datetime | None = None) -> CommitResult:
+        """Record ``manifest`` as a version of ``name`` and move ``tags`` to it, atomically.
+        An identical manifest returns the existing version (``created`` is False)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class DatabaseRemote(Remote):
+    """Another registry database, reached directly (a path or a SQLAlchemy URL)."""
+
+    def __init__(self, url: str, *, service: RegistryService | None = None) -> None:
+        super().__init__(url)
+        if service is None:
+            from registry_db import RegistryService
+
+            with registry_db_errors():
+                service = RegistryService(url)
+            self._owned = True
+        else:
+            self._owned = False
+        self.service = service
+
+    def resolve(self, ref: str) -> VersionInfo:
+        with registry_db_errors():
+            return self.service.resolve(ref)
+
+    def find(self, digest: str) -> VersionInfo | None:
+        with registry_db_errors():
+            return self.service.find(digest)
+
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        with registry_db_errors():
+            return self.service.blobs.missing(digests)
+
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        def counted() -> Iterator[tuple[str, Buffer, int]]:
+            for blob in blobs:
+                yield blob
+                if progress is not None:
+                    progress(len(blob[1]))
+
+        with registry_db_errors():
+            self.service.blobs.write_many(counted())
+
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        with registry_db_errors():
+            for digest, data in self.service.blobs.read_many(digests):
+                if progress is not None:
+                    progress(len(data))
+                yield digest, data
+
+    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
+               author: str | None = None, tags: Sequence[str] = (),
+               created_at: datetime | None = None) -> CommitResult:
+        with registry_db_errors():
+            return self.service.commit(name, manifest, message=message, author=author,
+                                       tags=tags, created_at=created_at)
+
+    def close(self) -> None:
+        if self._owned:
+            self.service.close()
+
+
+# -- finding remotes ---------------------------------------------------------------------------
+
+
+def scheme_of(url: str) -> str:
+    """The registered scheme a URL belongs to: ``postgresql+psycopg://`` → ``postgresql``;
+    a plain path → ``sqlite``."""
+    if "://" not in url:
+        return "sqlite"
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+def canonical_url(url: str) -> str:
+    """A path becomes absolute (a remote stored by name must not depend on the cwd)."""
+    return url if "://" in url else str(Path(url).expanduser().resolve())
+
+
+def is_path_like(text: str) -> bool:
+    """Whether a ``--to``/``--from`` value that is not a remote name should be read as a path."""
+    return "/" in text or os.sep in text or text.endswith(".db") or Path(text).exists()
+
+
+def remote_class(url: str) -> type[Remote]:
+    """The class registered for ``url``'s scheme (:class:`UnknownMethodError` if none)."""
+    from adapterhub.plugins import plugin_manager
+
+    return plugin_manager().lookup("remote", scheme_of(url))
+
+
+def open_remote(url: str) -> Remote:
+    """Connect to the registry at ``url`` with the remote class its scheme selects."""
+    return remote_class(url)(canonical_url(url))
+
+
+# -- moving versions ---------------------------------------------------------------------------
+
+
+def send_version(dst: Remote, name: str, manifest: Manifest,
+                 read_blobs: Callable[[list[str]], Iterator[tuple[str, Buffer]]], *,
+                 message: str | None = None, author: str | None = None,
+                 tags: Sequence[str] = (), created_at: datetime | None = None,
+                 show_progress: bool = True, what: str | None = None) -> CommitResult:
+    """Upload the blobs ``dst`` lacks (read through ``read_blobs``), then commit the manifest.
+
+    If a blob disappears between negotiation and commit (a gc on the remote that ran with no
+    grace period), the missing blobs are sent again and the commit retried.
+    """
+    tensors_of: dict[str, list[str]] = {}
+    for tensor, entry in sorted(manifest.tensors.items()):
+        tensors_of.setdefault(entry.digest, []).append(tensor)
+    entries = {d: manifest.tensors[names[0]] for d, names in tensors_of.items()}
+    what = what or f"push {name}"
+    for attempt in range(3):
+        missing = sorted(dst.missing_blobs(tensors_of))
+        total = sum(entries[d].nbytes for d in missing)
+        with progress(total=total, unit="B", desc=what,
+                      disable=not show_progress or total < PROGRESS_MIN_BYTES) as bar:
+            try:
+                dst.upload_blobs(((d, data, entries[d].itemsize)
+                                  for d, data in read_blobs(missing)), progress=bar.update)
+            except (IntegrityError, AdapterNotFoundError) as exc:
+                digest = next((d for d in missing if d in exc.message), None)
+                tensor = f" tensor {tensors_of[digest][0]!r}:" if digest else ""
+                raise IntegrityError(f"{what}:{tensor} {exc.message}",
+                                     hint=IntegrityError.default_hint) from None
+        try:
+            return dst.commit(name, manifest, message=message, author=author, tags=tags,
+                              created_at=created_at)
+        except MissingBlobsError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def ancestors_to_copy(manifest: Manifest, dst: Remote, src: Remote | None,
+                      what: str) -> list[VersionInfo]:
+    """The parent versions (transitively) ``dst`` lacks, oldest first, found in ``src``."""
+    order: list[VersionInfo] = []
+    seen: set[str] = set()
+
+    def visit(current: Manifest, label: str) -> None:
+        for parent in current.parents:
+            if parent in seen:
+                continue
+            seen.add(parent)
+            if dst.find(parent) is not None:
+                continue
+            found = src.find(parent) if src is not None else None
+            if found is None:
+                where = f" or {src.url}" if src is not None else ""
+                raise IntegrityError(f"{label} names parent version {parent}, which neither "
+                                     f"{dst.url}{where} holds",
+                                     hint="Push or pull the parent version first")
+            visit(found.manifest, found.ref)
+            order.append(found)
+
+    visit(manifest, what)
+    return order
+
+
+def copy_version(src: Remote, dst: Remote, version: VersionInfo, *, name: str | None = None,
+                 tags: Sequence[str] = (), show_progress: bool = True,
+                 verb: str = "copy") -> CommitResult:
+    """Copy ``version`` (with its manifest) and the ancestors ``dst`` lacks from ``src``.
+
+    ``verb`` (``push``/``pull``) starts progress bars and error messages.
+    """
+
+    def read(digests: list[str]) -> Iterator[tuple[str, Buffer]]:
+        return src.download_blobs(digests)
+
+    for parent in ancestors_to_copy(version.manifest, dst, src, version.ref):
+        send_version(dst, parent.name, parent.manifest, read, message=parent.message,
+                     author=parent.author, created_at=parent.created_at,
+                     show_progress=show_progress, what=f"{verb} {parent.ref} from {src.url}")
+    return send_version(dst, name or version.name, version.manifest, read,
+                        message=version.message, author=version.author, tags=tags,
+                        created_at=version.created_at, show_progress=show_progress,
+                        what=f"{verb} {version.ref} from {src.url}")

@@ -1,0 +1,97 @@
+"""Sessions and transactions: the only place that begins, commits or rolls back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from registry_db.engine import display_url, open_engine, writer
+from registry_db.errors import SchemaError
+
+T = TypeVar("T")
+#: PostgreSQL advisory lock between commits (shared) and gc's sweep (exclusive); SQLite
+#: needs none because its write transactions already run one at a time
+_GC_LOCK_KEY = 0x61646763  # "adgc"
+_BATCH = 500  # values per IN (...) list
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def batched(items: Iterable[T], size: int = _BATCH) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Database:
+    """An open registry database: an engine with the schema at the expected revision."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        self.engine = open_engine(url)
+        self._writer = writer(self.engine)
+        self.url = display_url(self.engine.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read transaction (a consistent snapshot on SQLite; never blocks writers)."""
+        with self._guard(), Session(self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def write(self, *, gc_lock: str | None = None, dry_run: bool = False) -> Iterator[Session]:
+        """A write transaction: commits on success, rolls back on error or ``dry_run``.
+
+        ``gc_lock`` is ``"shared"`` for commits and ``"exclusive"`` for gc's sweep, so on
+        PostgreSQL a sweep never runs between a commit's blob check and its insert.
+        """
+        with self._guard(), Session(self._writer, expire_on_commit=False) as session:
+            session.begin()
+            try:
+                if gc_lock and self.dialect == "postgresql":
+                    lock = ("pg_advisory_xact_lock_shared" if gc_lock == "shared"
+                            else "pg_advisory_xact_lock")
+                    session.execute(select(getattr(func, lock)(_GC_LOCK_KEY)))
+                yield session
+                if dry_run:
+                    session.rollback()
+                else:
+                    session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise SchemaError(f"registry {self.url}: {reason}") from None
+
+    def vacuum(self) -> None:
+        """Give pages freed by gc back to the file system (SQLite; PostgreSQL autovacuums)."""
+        if self.dialect == "sqlite":
+            with self._guard(), self._writer.begin() as conn:
+                conn.execute(text("PRAGMA incremental_vacuum"))
+
+    def close(self) -> None:
+        self.engine.dispose()

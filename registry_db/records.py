@@ -1,0 +1,194 @@
+"""What the service returns: frozen dataclasses, never ORM rows (they outlive sessions)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from registry_db.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version as stored in a registry.
+
+    ``manifest`` is filled in by single-version lookups (``resolve``, ``find``, ``commit``) and
+    left ``None`` in listings, which stay fast with thousands of versions. Version numbers are
+    local to a registry; the ``digest`` is the identity that travels between registries.
+    """
+
+    name: str
+    number: int
+    digest: str
+    method: str
+    base_name: str | None
+    base_fingerprint: str | None
+    size: int
+    created_at: datetime
+    author: str | None = None
+    message: str | None = None
+    tags: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    parents: tuple[str, ...] = ()
+    deleted: bool = False
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ref(self) -> str:
+        """``ns/name@N``: this version in this registry."""
+        return f"{self.name}@{self.number}"
+
+    def to_dict(self, *, with_manifest: bool = False) -> dict[str, Any]:
+        out = {"name": self.name, "number": self.number, "ref": self.ref, "digest": self.digest,
+               "method": self.method, "base_model": {"name": self.base_name,
+                                                     "fingerprint": self.base_fingerprint},
+               "size": self.size, "created_at": self.created_at.isoformat(),
+               "author": self.author, "message": self.message, "tags": list(self.tags),
+               "labels": dict(self.labels), "parents": list(self.parents),
+               "deleted": self.deleted}
+        if with_manifest and self.manifest is not None:
+            out["manifest"] = json.loads(self.manifest.canonical())
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionInfo:
+        """The inverse of :meth:`to_dict` (what a network remote receives)."""
+        manifest = data.get("manifest")
+        return cls(name=data["name"], number=data["number"], digest=data["digest"],
+                   method=data["method"], base_name=data["base_model"]["name"],
+                   base_fingerprint=data["base_model"]["fingerprint"], size=data["size"],
+                   created_at=datetime.fromisoformat(data["created_at"]),
+                   author=data.get("author"), message=data.get("message"),
+                   tags=tuple(data.get("tags", ())), labels=dict(data.get("labels", {})),
+                   parents=tuple(data.get("parents", ())), deleted=data.get("deleted", False),
+                   manifest=None if manifest is None else Manifest.from_dict(manifest))
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The version a commit produced or found, and whether it is new."""
+
+    version: VersionInfo
+    created: bool
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    stored_size: int
+    codec: str
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """A resumable upload: send chunks ``0 … n-1`` of ``chunk_size`` raw bytes (the last may
+    be shorter), in any order and again after a failure, then finish it."""
+
+    upload_id: str
+    digest: str
+    size: int
+    chunk_size: int
+    received: tuple[int, ...]
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, -(-self.size // self.chunk_size))
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        have = set(self.received)
+        return tuple(i for i in range(self.chunk_count) if i not in have)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How much the registry holds. ``raw_bytes`` counts each distinct blob once."""
+
+    repositories: int
+    versions: int
+    deleted_versions: int
+    blobs: int
+    raw_bytes: int
+    stored_bytes: int
+    partial_uploads: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What gc removed (or, with ``dry_run``, would remove)."""
+
+    dry_run: bool
+    retired: tuple[str, ...]  # versions soft-deleted by the retention policy
+    purged: tuple[str, ...]  # soft-deleted versions removed for good
+    kept_for_lineage: tuple[str, ...]  # soft-deleted versions kept: a live version descends
+    blobs_removed: int
+    bytes_freed: int  # stored bytes
+    uploads_removed: int  # abandoned partial uploads
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing ``verify`` found wrong. ``versions`` are the refs it affects."""
+
+    kind: str
+    message: str
+    blob: str | None = None
+    versions: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "blob": self.blob,
+                "versions": list(self.versions)}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    problems: tuple[Problem, ...]
+    versions_checked: int
+    blobs_checked: int
+    bytes_checked: int
+    unreferenced_blobs: int  # reclaimable by gc; not a problem
+    partial_uploads: int  # in flight or abandoned; not a problem
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
+                "versions_checked": self.versions_checked, "blobs_checked": self.blobs_checked,
+                "bytes_checked": self.bytes_checked,
+                "unreferenced_blobs": self.unreferenced_blobs,
+                "partial_uploads": self.partial_uploads}
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    name: str
+    url: str
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    at: datetime
+    action: str
+    repository: str | None
+    number: int | None
+    digest: str | None
+    actor: str | None
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat()}

@@ -1,0 +1,91 @@
+"""``verify``: re-hash every stored blob and check every reference.
+
+Problems found (each names the blob and the versions it affects):
+``corrupt-blob`` (bytes do not match the digest, or do not decode), ``missing-blob`` (a version
+references a blob that is not stored), ``manifest`` (a stored manifest does not hash to its
+version digest, or disagrees with the version's tensor rows), ``lineage`` (a parent version is
+not in the registry). Unreferenced blobs and partial uploads are counted, not reported: gc
+reclaims them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from registry_db.digests import sha256_digest
+from registry_db.errors import CorruptionError, NotFoundError
+from registry_db.manifest import Manifest, ManifestError
+from registry_db.models import Blob, Lineage, Repository, Version, VersionTensor
+from registry_db.records import Problem, VerifyReport
+
+if TYPE_CHECKING:
+    from registry_db.service import RegistryService
+
+
+def check(service: RegistryService) -> VerifyReport:
+    problems: list[Problem] = []
+    with service.db.read() as s:
+        names = dict(s.execute(select(Repository.id, Repository.name)).all())
+        versions = s.execute(select(Version.id, Version.repository_id, Version.number,
+                                    Version.digest, Version.manifest, Version.deleted_at)).all()
+        tensor_rows = s.execute(select(VersionTensor.version_id, VersionTensor.name,
+                                       VersionTensor.blob_digest)).all()
+        lineage = s.execute(select(Lineage.version_id, Lineage.parent_digest)).all()
+        blobs = s.execute(select(Blob.id, Blob.digest, Blob.size, Blob.complete)).all()
+
+    def ref(row) -> str:
+        return f"{names[row.repository_id]}@{row.number}" + (
+            " (deleted)" if row.deleted_at is not None else "")
+
+    refs = {v.id: ref(v) for v in versions}
+    users: dict[str, list[str]] = defaultdict(list)  # blob digest -> "ns/name@N (tensor t)"
+    tensors_of: dict[int, dict[str, str]] = defaultdict(dict)
+    for version_id, tensor, digest in tensor_rows:
+        users[digest].append(f"{refs[version_id]} tensor {tensor!r}")
+        tensors_of[version_id][tensor] = digest
+
+    version_digests = {v.digest for v in versions}
+    for v in versions:
+        if sha256_digest(v.manifest.encode()) != v.digest:
+            problems.append(Problem("manifest", f"{refs[v.id]}: the stored manifest does not "
+                                    f"hash to the version digest {v.digest}",
+                                    versions=(refs[v.id],)))
+            continue
+        try:
+            manifest = Manifest.from_dict(json.loads(v.manifest))
+        except (ValueError, ManifestError) as exc:
+            problems.append(Problem("manifest", f"{refs[v.id]}: unreadable manifest ({exc})",
+                                    versions=(refs[v.id],)))
+            continue
+        named = {t: e.digest for t, e in manifest.tensors.items()}
+        if named != tensors_of[v.id]:
+            problems.append(Problem("manifest", f"{refs[v.id]}: the tensor rows disagree with "
+                                    f"the manifest", versions=(refs[v.id],)))
+    for version_id, parent in lineage:
+        if parent not in version_digests:
+            problems.append(Problem("lineage", f"{refs[version_id]}: parent version {parent} is "
+                                    f"not in the registry", versions=(refs[version_id],)))
+
+    complete = {b.digest: b for b in blobs if b.complete}
+    for digest in sorted(set(users) - set(complete)):
+        problems.append(Problem("missing-blob", f"blob {digest} is missing; used by "
+                                f"{', '.join(users[digest][:3])}", blob=digest,
+                                versions=tuple(users[digest])))
+    checked = 0
+    for digest, blob in sorted(complete.items()):
+        try:
+            for _ in service.blobs.iter(digest):
+                pass
+        except (CorruptionError, NotFoundError) as exc:
+            used = ", ".join(users[digest][:3]) or "no version"
+            problems.append(Problem("corrupt-blob", f"{exc.message}; used by {used}",
+                                    blob=digest, versions=tuple(users[digest])))
+        checked += blob.size
+    return VerifyReport(problems=tuple(problems), versions_checked=len(versions),
+                        blobs_checked=len(complete), bytes_checked=checked,
+                        unreferenced_blobs=len(set(complete) - set(users)),
+                        partial_uploads=sum(1 for b in blobs if not b.complete))
