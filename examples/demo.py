@@ -7,6 +7,7 @@ in about a minute. Each step prints a short report.
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
 import tempfile
 import time
@@ -21,6 +22,10 @@ POSITIVE = ["great", "wonderful", "delightful", "superb", "excellent", "lovely",
             "charming", "fantastic", "moving"]
 NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "clumsy",
             "painful", "lifeless", "tedious"]
+#: further steps, each a module beside this file with ``run(workdir, adapter_dir)``
+STEPS = [
+    ("5. Push, tag, list, show and pull back with a registry", "demo_registry"),
+]
 SUBJECTS = ["the film", "this book", "the concert", "our dinner", "the play", "that album",
             "the lecture", "the trip"]
 
@@ -145,6 +150,11 @@ def main() -> None:
     done(t, f"PEFT output equals adapterhub's: max |diff| = {diff:.1e}")
     if diff > 1e-5:
         raise SystemExit("demo failed: PEFT and adapterhub outputs differ")
+
+    for title, module in STEPS:
+        t = step(title)
+        importlib.import_module(module).run(workdir / module.removeprefix("demo_"), adapter_dir)
+        done(t, "ok")
 
     print(f"\nAll steps passed. Files are in {workdir}")
 

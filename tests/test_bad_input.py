@@ -124,9 +124,10 @@ def test_pickle_base_checkpoint_is_refused(package_dir, tmp_path):
 
 def test_not_an_adapter(tmp_path):
     assert_one_line_error(invoke("show", tmp_path), "neither an adapterhub package")
-    assert_one_line_error(invoke("show", tmp_path / "missing"), "does not exist")
+    assert_one_line_error(invoke("show", tmp_path / "missing"),
+                          "neither an adapter directory nor a registry ref", "ns/name@3")
 
 
 def test_debug_shows_the_traceback(tmp_path):
     result = invoke("show", tmp_path / "missing", env={"ADAPTERHUB_DEBUG": "1"})
-    assert isinstance(result.exception, adapterhub.AdapterNotFoundError)
+    assert isinstance(result.exception, adapterhub.AdapterHubError)
