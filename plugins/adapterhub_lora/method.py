@@ -62,6 +62,21 @@ class LoraMethod(AdapterMethod):
         delta = (b.float() @ a.float()) * config.scaling_for(module, a.shape[0])
         return delta.T if config.fan_in_fan_out else delta
 
+    def low_rank(self, module, tensors, config, base_shape):
+        """``(s·B, A)`` for a Linear; transposed for Conv1D and embeddings (``[in, out]`` and
+        ``[num, dim]`` layouts), so the scaling always rides on B."""
+        if set(tensors) == set(EMBEDDING_KEYS):
+            a, b = tensors["lora_embedding_A"].float(), tensors["lora_embedding_B"].float()
+            return a.T, (b * config.scaling_for(module, a.shape[0])).T
+        a, b = _linear_pair(module, tensors)
+        a, b = a.float(), b.float() * config.scaling_for(module, a.shape[0])
+        return (a.T, b.T) if config.fan_in_fan_out else (b, a)
+
+    def module_kind(self, module, tensors, config):
+        if set(tensors) == set(EMBEDDING_KEYS):
+            return "embedding"
+        return "conv1d" if config.fan_in_fan_out else "linear"
+
     # -- PEFT ------------------------------------------------------------------------------
 
     def to_peft(self, package):
