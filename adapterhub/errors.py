@@ -114,3 +114,9 @@ class MergeError(AdapterHubError, ValueError):
 
 class AdapterNotFoundError(AdapterHubError, LookupError):
     """A path, reference or version does not exist."""
+
+
+class OutputExistsError(AdapterHubError, FileExistsError):
+    """The output directory of a build or export already exists and is not empty."""
+
+    default_hint = "Choose a new --out directory, or remove the existing one first"
