@@ -264,6 +264,16 @@ class AdapterMethod:
         out]``) or ``embedding`` — what a merge needs to lay out a new LoRA for it."""
         return "linear"
 
+    def from_low_rank(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      kinds: dict[str, str]) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """``(config, tensors)`` of an adapter whose ΔW for each module is ``L @ R``.
+
+        ``factors`` maps module paths to ``(L, R)`` in the base weight's layout and ``kinds``
+        each module to its layer kind (see :meth:`module_kind`). The method merges store
+        their results as (LoRA) implements this; others need not.
+        """
+        raise MergeError(f"the {self.name!r} method cannot be built from low-rank factors")
+
     # -- formats ----------------------------------------------------------------------------
 
     def to_peft(self, package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
