@@ -86,37 +86,94 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=FORMATS, required=True, help="Layout to write.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Directory to write to.")
-def export(path: Path, fmt: str, out: Path) -> None:
-    """Write a native adapter in another layout (PEFT)."""
-    from adapterhub.formats import read_adapter
-    from adapterhub.formats.peft import write_peft
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["peft", "vllm"]), default="peft",
+              show_default=True, help="peft: PEFT's layout; vllm: PEFT's layout with each "
+              "module's scaling folded into lora_B and lora_alpha = r.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Directory to write to (or the cache root with --layout hf-cache); may "
+                   "also be given as DEST.")
+@click.option("--layout", type=click.Choice(["dir", "hf-cache"]), default="dir",
+              show_default=True, help="dir: the files in --out; hf-cache: a Hugging Face cache "
+              "tree under --out that loads offline by repo id.")
+@click.option("--repo-id", help="Repository id for --layout hf-cache (namespace/name).")
+@click.option("--revision", default="main", show_default=True,
+              help="The ref --layout hf-cache points at the export.")
+def export(path: Path, dest: Path | None, fmt: str, out: Path | None, layout: str,
+           repo_id: str | None, revision: str) -> None:
+    """Write an adapter in a serving layout (PEFT, vLLM), as files or a Hugging Face cache.
 
-    write_peft(read_adapter(path), out)
-    click.echo(f"{out}")
+    \b
+    adapterhub export ADAPTER --format vllm --out DIR
+    adapterhub export ADAPTER --layout hf-cache CACHE_DIR --repo-id ns/name
+    then: HF_HUB_OFFLINE=1 HF_HUB_CACHE=CACHE_DIR python -c \\
+          "PeftModel.from_pretrained(base, 'ns/name')"
+    """
+    from adapterhub.formats import read_adapter
+    from adapterhub.formats.hf_cache import write_hf_cache
+    from adapterhub.formats.peft import layout_files, peft_layout, write_files
+    from adapterhub.formats.vllm import vllm_layout
+
+    if (dest is None) == (out is None):
+        raise click.UsageError("give the output directory once: as DEST or as --out")
+    target = dest or out
+    if layout == "hf-cache" and not repo_id:
+        raise click.UsageError("--layout hf-cache needs --repo-id namespace/name")
+    package = read_adapter(path)
+    files = layout_files(*(vllm_layout if fmt == "vllm" else peft_layout)(package))
+    if layout == "hf-cache":
+        snapshot = write_hf_cache(files, target, repo_id, revision=revision)
+        click.echo(f"{snapshot}  ({repo_id}@{revision})")
+    else:
+        write_files(files, target)
+        click.echo(f"{target}")
 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path), required=True,
+@click.option("--base", type=click.Path(path_type=Path),
               help="Base checkpoint directory (safetensors; headers only are read).")
+@click.option("--target", "targets", multiple=True, metavar="vllm[:max_rank=N]|peft",
+              help="A serving target to lint for (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def check(path: Path, base: Path, as_json: bool) -> None:
-    """Check that an adapter fits a base checkpoint, from headers only."""
+def check(path: Path, base: Path | None, targets: tuple[str, ...], as_json: bool) -> None:
+    """Check that an adapter fits a base checkpoint (--base, from headers only) and what a
+    serving engine would refuse (--target). Exits 1 on any problem."""
     from adapterhub.checkpoint import Checkpoint
     from adapterhub.compat import check_base
     from adapterhub.formats import read_adapter
+    from adapterhub.formats.lint import check_target
 
-    report = check_base(read_adapter(path).manifest, Checkpoint(base))
+    if base is None and not targets:
+        raise click.UsageError("give --base BASE, --target TARGET, or both")
+    report = check_base(read_adapter(path).manifest, Checkpoint(base)) if base else None
+    linted = [check_target(path, spec) for spec in targets]
+    failed = (report is not None and not report.ok) or any(not t.ok for t in linted)
     if as_json:
-        emit_json(report.to_dict())
-        if not report.ok:
+        if not targets:
+            emit_json(report.to_dict())
+        else:
+            emit_json({"base": report.to_dict() if report else None,
+                       "targets": [t.to_dict() for t in linted]})
+        if failed:
             raise SystemExit(1)
         return
-    report.raise_for_problems()
-    note = {True: "same base (fingerprint matches)",
-            False: "fingerprint differs (a different checkpoint with the same shapes)",
-            None: "the adapter records no base fingerprint"}[report.fingerprint_match]
-    click.echo(f"ok: {len(report.modules)} modules fit; {note}")
+    if report is not None:
+        if targets and not report.ok:
+            click.echo("base: " + "; ".join(report.problems))
+        else:
+            report.raise_for_problems()
+            note = {True: "same base (fingerprint matches)",
+                    False: "fingerprint differs (a different checkpoint with the same shapes)",
+                    None: "the adapter records no base fingerprint"}[report.fingerprint_match]
+            click.echo(f"ok: {len(report.modules)} modules fit; {note}")
+    for t in linted:
+        options = ",".join(f"{k}={v}" for k, v in t.options.items())
+        label = t.target + (f":{options}" if options else "")
+        click.echo(f"{label}: " + ("ok" if t.ok else f"{len(t.problems)} problem(s)"))
+        for problem in t.problems:
+            click.echo(f"  - {problem}")
+        for note in t.notes:
+            click.echo(f"  note: {note}")
+    if failed:
+        raise SystemExit(1)
