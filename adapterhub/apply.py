@@ -17,14 +17,15 @@ an interrupted build leaves no ``out``; a later build removes what a killed one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import struct
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from adapterhub.compat import check_base
 from adapterhub.errors import (FormatError, IncompatibleBaseModelError, MergeError,
                                OutputExistsError)
 from adapterhub.safetensors_io import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
+from adapterhub.tensor_stream import Streamer, Term, copy_range, pwrite_all, rows_cols
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +53,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".msgpack", ".h5", ".onnx", ".npz",
                    *PICKLE_SUFFIXES)
 #: transformers' names for dtypes in config.json
 CONFIG_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-CAST_CHUNK = 8 * 1024 * 1024  # elements per chunk when only casting
-COPY_CHUNK = 64 * 1024 * 1024  # bytes per copy_file_range call
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,8 @@ class BuildPlan:
     dtype: str | None  # safetensors name every floating tensor is cast to; None keeps each
     folds: dict[str, list[Fold]] = field(default_factory=dict)  # tensor name → folds
     fingerprint_match: list[bool | None] = field(default_factory=list)
-
-    @cached_property
-    def methods(self) -> list[tuple[AdapterMethod, MethodConfig]]:
-        return [(p.method, p.config) for p in self.packages]
-
-    @cached_property
-    def groups(self) -> list[dict[str, dict[str, torch.Tensor]]]:
-        return [p.method.group_tensors(p.tensors) for p in self.packages]
+    methods: list[tuple[AdapterMethod, MethodConfig]] = field(default_factory=list)
+    groups: list[dict[str, dict[str, torch.Tensor]]] = field(default_factory=list)
 
     def out_dtype(self, info: TensorInfo) -> str:
         return self.dtype if self.dtype and info.dtype in FLOAT_DTYPES else info.dtype
@@ -116,7 +110,9 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                          hint="Pass one weight per adapter, in the same order")
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    plan = BuildPlan(checkpoint, packages, weights, DTYPES.get(dtype) if dtype else None)
+    plan = BuildPlan(checkpoint, packages, weights, DTYPES.get(dtype) if dtype else None,
+                     methods=[(p.method, p.config) for p in packages],
+                     groups=[p.method.group_tensors(p.tensors) for p in packages])
     for index, package in enumerate(packages):
         label = f"adapter {index + 1} ({package.manifest.method_name}, " \
                 f"{package.digest[:19]})"
@@ -166,12 +162,27 @@ def apply_adapters(base: str | os.PathLike[str],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        record = _build(plan, tmp, show_progress)
+        with _single_thread():
+            record = _build(plan, tmp, show_progress)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Blocks are small and memory-bound: one torch thread does them fastest (several threads
+    spend more time synchronising, worst of all on a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def remove_stale_builds(out: Path) -> list[Path]:
@@ -206,10 +217,12 @@ def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
     checkpoint = plan.checkpoint
     counts = {"merged": 0, "copied": 0, "cast": 0}
     out_entries = []
-    with progress(total=len(checkpoint.tensors), desc="apply", unit="tensor",
-                  disable=not show_progress) as bar:
+    streamer = Streamer()
+    with ThreadPoolExecutor(_workers(), thread_name_prefix="adapterhub-apply") as pool, \
+            progress(total=len(checkpoint.tensors), desc="apply", unit="tensor",
+                     disable=not show_progress) as bar:
         for header in checkpoint.headers:
-            _write_shard(plan, header, tmp / header.path.name, counts, bar)
+            _write_shard(plan, pool, streamer, header, tmp / header.path.name, counts, bar)
             out_entries += [(name, plan.out_dtype(info), info.shape)
                             for name, info in header.tensors.items()]
     skipped = _copy_other_files(plan, tmp)
@@ -233,43 +246,66 @@ def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
     return record
 
 
-def _write_shard(plan: BuildPlan, header: Header, dst: Path, counts: dict[str, int],
-                 bar: Any) -> None:
-    """Write one shard: the same header and layout unless a dtype change rewrites them."""
+def _workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _write_shard(plan: BuildPlan, pool: ThreadPoolExecutor, streamer: Streamer,
+                 header: Header, dst: Path, counts: dict[str, int], bar: Any) -> None:
+    """Write one shard as independent jobs at known offsets: the header and any bytes between
+    tensors, then every tensor (copied raw, cast, or merged)."""
     ordered = sorted(header.tensors.values(), key=lambda t: t.start)
     rewrite = any(plan.out_dtype(info) != info.dtype for info in ordered)
     src_fd = os.open(header.path, os.O_RDONLY)
     dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    futures: list[Future] = []
     try:
-        pos = 0
         if rewrite:
-            _write_all(dst_fd, _header_bytes(plan, header, ordered))
-        else:
-            _copy(src_fd, dst_fd, 0, header.data_start)  # header bytes, verbatim
-            pos = header.data_start
+            head, offsets = _new_layout(plan, header, ordered)
+            futures.append(pool.submit(pwrite_all, dst_fd, head, 0))
+        else:  # the same layout: header and any gap or tail copied verbatim
+            offsets = {info.name: info.start for info in ordered}
+            pos = 0
+            for start, end in [(info.start, info.end) for info in ordered] + \
+                    [(os.fstat(src_fd).st_size,) * 2]:
+                if start > pos:
+                    futures.append(pool.submit(copy_range, src_fd, dst_fd, pos, pos,
+                                               start - pos))
+                pos = max(pos, end)
+        tensors = []
         for info in ordered:
-            if not rewrite and info.start > pos:
-                _copy(src_fd, dst_fd, pos, info.start - pos)  # keep any gap as it was
-            if info.name in plan.folds:
-                _write_all(dst_fd, _tensor_bytes(_merged(plan, src_fd, info)))
-                counts["merged"] += 1
-            elif plan.out_dtype(info) != info.dtype:
-                _cast(src_fd, dst_fd, info, plan.out_dtype(info))
-                counts["cast"] += 1
-            else:
-                _copy(src_fd, dst_fd, info.start, info.nbytes)
-                counts["copied"] += 1
-            pos = info.end
+            kind = "merged" if info.name in plan.folds else \
+                "cast" if plan.out_dtype(info) != info.dtype else "copied"
+            counts[kind] += 1
+            tensors.append(pool.submit(_write_tensor, plan, streamer, src_fd, dst_fd, info,
+                                       offsets[info.name], kind))
+        futures += tensors
+        for future in as_completed(tensors):
+            future.result()
             bar.update(1)
-        if not rewrite:
-            _copy(src_fd, dst_fd, pos, os.fstat(src_fd).st_size - pos)
+        for future in futures:
+            future.result()
     finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)  # nothing may write to these descriptors once they are closed
         os.close(src_fd)
         os.close(dst_fd)
 
 
-def _header_bytes(plan: BuildPlan, header: Header, ordered: list[TensorInfo]) -> bytes:
-    """A safetensors header for the cast tensors: same key order, same data order."""
+def _write_tensor(plan: BuildPlan, streamer: Streamer, src_fd: int, dst_fd: int,
+                  info: TensorInfo, offset: int, kind: str) -> None:
+    if kind == "copied":
+        copy_range(src_fd, dst_fd, info.start, offset, info.nbytes)
+    else:
+        terms = _terms(plan, info) if kind == "merged" else []
+        streamer.stream(src_fd, dst_fd, info, offset, plan.out_dtype(info), terms)
+
+
+def _new_layout(plan: BuildPlan, header: Header, ordered: list[TensorInfo]
+                ) -> tuple[bytes, dict[str, int]]:
+    """The header for cast tensors (same key order, same data order) and where each tensor's
+    bytes go in the new file."""
     offsets, offset = {}, 0
     for info in ordered:
         offsets[info.name] = [offset, offset + plan.out_nbytes(info)]
@@ -280,84 +316,35 @@ def _header_bytes(plan: BuildPlan, header: Header, ordered: list[TensorInfo]) ->
                          "data_offsets": offsets[name]}
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
-    return struct.pack("<Q", len(raw)) + raw
+    head = struct.pack("<Q", len(raw)) + raw
+    return head, {name: len(head) + begin for name, (begin, _) in offsets.items()}
 
 
-def _merged(plan: BuildPlan, fd: int, info: TensorInfo) -> torch.Tensor:
-    """``W + Σ w_i·ΔW_i`` for one base tensor: fp32 throughout, one cast at the end."""
-    import torch
-
-    from adapterhub.methods import check_finite
-    from adapterhub.safetensors_io import torch_dtype
-
-    work = _read_tensor(fd, info).to(torch.float32)
+def _terms(plan: BuildPlan, info: TensorInfo) -> list[Term]:
+    """Each fold's ΔW from its method's merge kernel: the exact low-rank factors when the
+    method has them (``low_rank``), else the dense ``delta_weight``, both in fp32."""
+    rows, cols = rows_cols(info.shape)
+    terms = []
     for fold in plan.folds[info.name]:
         method, config = plan.methods[fold.adapter]
-        work = method.merge(work, fold.module, plan.groups[fold.adapter][fold.module], config,
-                            scale=plan.weights[fold.adapter])
-    merged = work.to(torch_dtype(plan.out_dtype(info)))
-    del work
-    check_finite(merged, f"{info.name} ({plan.out_dtype(info)})")
-    return merged
-
-
-def _read_tensor(fd: int, info: TensorInfo, start: int = 0, count: int | None = None
-                 ) -> torch.Tensor:
-    """Elements ``[start, start + count)`` of a tensor (all of it, shaped, by default)."""
-    import torch
-
-    from adapterhub.safetensors_io import torch_dtype
-
-    size = DTYPE_SIZES[info.dtype]
-    numel = info.nbytes // size
-    count = numel - start if count is None else count
-    dtype = torch_dtype(info.dtype)
-    if numel == 0:
-        return torch.empty(info.shape, dtype=dtype)
-    buf = bytearray(count * size)
-    view, offset = memoryview(buf), info.start + start * size
-    while view:
-        n = os.preadv(fd, [view], offset)
-        if n == 0:
-            raise FormatError(f"{info.name}: the file ended early (truncated?)")
-        view, offset = view[n:], offset + n
-    tensor = torch.frombuffer(buf, dtype=dtype)
-    return tensor.reshape(info.shape) if count == numel else tensor
-
-
-def _cast(src_fd: int, dst_fd: int, info: TensorInfo, dtype: str) -> None:
-    """Write a tensor cast to ``dtype``, a chunk at a time."""
-    from adapterhub.safetensors_io import torch_dtype
-
-    numel = info.nbytes // DTYPE_SIZES[info.dtype]
-    for start in range(0, numel, CAST_CHUNK):
-        chunk = _read_tensor(src_fd, info, start, min(CAST_CHUNK, numel - start))
-        _write_all(dst_fd, _tensor_bytes(chunk.to(torch_dtype(dtype))))
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    import torch
-
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
-    """Copy ``count`` bytes from ``offset`` of src to dst's position, inside the kernel."""
-    while count > 0:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, min(count, COPY_CHUNK), offset)
-        except OSError:  # a filesystem without it: copy through a buffer
-            n = len(data := os.pread(src_fd, min(count, COPY_CHUNK), offset))
-            _write_all(dst_fd, data)
-        if n == 0:
-            raise FormatError(f"unexpected end of file while copying at byte {offset}")
-        offset, count = offset + n, count - n
+        group = plan.groups[fold.adapter][fold.module]
+        weight = plan.weights[fold.adapter]
+        factors = method.low_rank(fold.module, group, config, info.shape)
+        if factors is not None:
+            left, right = (f.float().contiguous() for f in factors)
+            if left.shape[0] != rows or right.shape[-1] != cols \
+                    or left.shape[1] != right.shape[0]:
+                raise MergeError(f"{method.name} factors {tuple(left.shape)} and "
+                                 f"{tuple(right.shape)} of {fold.module} do not fit "
+                                 f"{info.name} {list(info.shape)}")
+            terms.append(Term(weight, left=left, right=right))
+        else:
+            dense = method.delta_weight(fold.module, group, config, info.shape).float()
+            if tuple(dense.shape) != info.shape:
+                raise MergeError(f"{method.name} delta of {fold.module} has shape "
+                                 f"{tuple(dense.shape)}; {info.name} is {list(info.shape)}")
+            terms.append(Term(weight, dense=dense.reshape(rows, cols)))
+    return terms
 
 
 def _copy_other_files(plan: BuildPlan, tmp: Path) -> list[str]:
