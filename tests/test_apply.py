@@ -22,6 +22,7 @@ from adapterhub.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.cli import cli
 from adapterhub.errors import OutputExistsError
 from adapterhub.safetensors_io import read_header
+from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
 
 def load_dir(directory: Path) -> dict[str, torch.Tensor]:
@@ -225,6 +226,30 @@ def test_weights_dtype_cast_and_non_float_tensors(tmp_path):
     torch.testing.assert_close(out["layers.1.proj.weight"], expected1, atol=0, rtol=0)
     assert Checkpoint(tmp_path / "out").fingerprint == record["fingerprint"] != \
         record["base"]["fingerprint"]
+
+
+def test_merged_and_dense_adapters(tmp_path, dense_method):
+    """A merged LoRA (rank patterns, scaling 1) builds what its parents build together, and a
+    method without low-rank factors goes through its dense ΔW."""
+    from adapterhub.merging import merge_adapters
+
+    base = tmp_path / "base"
+    write_checkpoint(base, layers=2, size=24, dtype=torch.float32)
+    one, two = lora_package([0, 1], 24, 4, seed=5), lora_package([1], 24, 2, seed=6)
+    apply_adapters(base, [one, two], tmp_path / "both", show_progress=False)
+    merged = merge_adapters([one, two], "cat")
+    assert merged.config.rank_pattern == {"layers.0.proj": 4}
+    apply_adapters(base, [merged], tmp_path / "merged", show_progress=False)
+    both, single = load_dir(tmp_path / "both"), load_dir(tmp_path / "merged")
+    for name in both:
+        torch.testing.assert_close(single[name], both[name], atol=1e-6, rtol=1e-6)
+    delta = torch.randn(24, 24, generator=torch.Generator().manual_seed(7))
+    dense = AdapterPackage.build(dense_method, {}, {"layers.1.proj.delta": delta})
+    apply_adapters(base, [dense], tmp_path / "dense", weights=[-0.5], show_progress=False)
+    src, out = load_dir(base), load_dir(tmp_path / "dense")
+    assert torch.equal(out["layers.1.proj.weight"],
+                       torch.add(src["layers.1.proj.weight"], delta, alpha=-0.5))
+    assert torch.equal(out["layers.0.proj.weight"], src["layers.0.proj.weight"])
 
 
 def test_cli_apply_json(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from adapterhub import AdapterMethod, AdapterPackage, MergeError, MethodConfig, hookimpl
+from adapterhub import AdapterPackage, MergeError
 from adapterhub.cli import cli
 from adapterhub.merging import merge_adapters, refactor, replay, truncated_svd
 from adapterhub_merging import functions
+from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
 SHAPES = {"enc.a": (12, 8), "enc.b": (8, 12)}
 
@@ -235,38 +236,6 @@ def test_refactor_equals_dense_svd():
 
 
 # -- a method without a low-rank form ---------------------------------------------------------
-
-
-class DenseDelta(AdapterMethod):
-    """A test method that stores ΔW itself: no low-rank factors."""
-
-    name = "dense_delta_test"
-    Config = MethodConfig
-
-    def infer_base_shape(self, module, tensors, config):
-        return tuple(tensors["delta"].shape)
-
-    def delta_weight(self, module, tensors, config, base_shape):
-        return tensors["delta"].float()
-
-
-class DensePlugin:
-    @staticmethod
-    @hookimpl
-    def adapterhub_register_methods(register):
-        register(DenseDelta)
-
-
-@pytest.fixture
-def dense_method():
-    from adapterhub.plugins import plugin_manager
-
-    pm = plugin_manager()
-    pm.add_plugin(DensePlugin, "dense_delta_test")
-    yield
-    pm.unregister(name="dense_delta_test")
-    pm.infos.pop("dense_delta_test")
-    pm._registries = None
 
 
 def test_mixed_methods_go_through_dense_svd(inputs, dense_method):
