@@ -1,24 +1,27 @@
-"""Deployment builds: fold adapters into a base checkpoint, one tensor at a time.
+"""Deployment builds: fold adapters into a base checkpoint, streaming.
 
 ``apply_adapters(base, adapters, out)`` reads the base checkpoint's safetensors headers, checks
 every adapter against them, then writes a new checkpoint with the same files, the same tensor
 order and the same index:
 
 - a tensor no adapter touches is copied as raw bytes (``copy_file_range``), never decoded;
-- a targeted tensor is read alone, widened to fp32, passed through each adapter's merge kernel
-  (:meth:`AdapterMethod.merge`, scaled by the adapter's weight) and cast back once, to its own
-  dtype or to ``dtype``;
-- with ``dtype``, the other floating tensors are cast in chunks and the headers rewritten.
+- a targeted tensor gets ``Σ weight_i · ΔW_i`` from each adapter's merge kernel
+  (:meth:`AdapterMethod.low_rank` factors, else :meth:`AdapterMethod.delta_weight`), added in
+  fp32 and cast once, to its own dtype or to ``dtype``, a block of rows at a time
+  (:mod:`adapterhub.tensor_stream`);
+- with ``dtype``, the other floating tensors are cast too and the headers rewritten.
 
-Peak memory is a few fp32 copies of the largest *targeted* tensor, whatever the model's size.
-Everything goes to a hidden directory beside ``out`` that is renamed into place at the end, so
-an interrupted build leaves no ``out``; a later build removes what a killed one left behind.
+Peak memory is the runtime, the adapters and a few MB of buffers per thread, whatever the
+model's size. Everything goes to a hidden directory beside ``out`` that is renamed into place
+at the end, so an interrupted build leaves no ``out``; a later build removes what a killed one
+left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -108,6 +111,8 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     if len(weights) != len(packages):
         raise MergeError(f"{len(weights)} weights given for {len(packages)} adapters",
                          hint="Pass one weight per adapter, in the same order")
+    if not all(math.isfinite(w) for w in weights):
+        raise MergeError(f"weights must be finite numbers; got {weights}")
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = BuildPlan(checkpoint, packages, weights, DTYPES.get(dtype) if dtype else None,
@@ -153,8 +158,7 @@ def apply_adapters(base: str | os.PathLike[str],
     are written and :func:`plan_build` for the arguments.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"{out} already exists and is not empty")
+    refuse_non_empty(out)
     plan = plan_build(base, adapters, weights=weights, dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out)
@@ -183,6 +187,12 @@ def _single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def refuse_non_empty(out: Path) -> None:
+    """Raise :class:`OutputExistsError` unless ``out`` is missing or an empty directory."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(f"{out} already exists and is not empty")
 
 
 def remove_stale_builds(out: Path) -> list[Path]:

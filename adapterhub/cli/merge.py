@@ -47,13 +47,12 @@ def merge(adapters: tuple[str, ...], strategy: str, weights: str | None,
     The new version records its parents (the inputs' digests) and its recipe (strategy,
     weights, parameters, seed).
     """
+    from adapterhub.apply import refuse_non_empty
     from adapterhub.cli.files import summary
-    from adapterhub.errors import OutputExistsError
     from adapterhub.formats import read_adapter
     from adapterhub.merging import merge_adapters
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"{out} already exists and is not empty")
+    refuse_non_empty(out)
     packages = [read_adapter(a) for a in adapters]
     merged = merge_adapters(packages, strategy, weights=parse_weights(weights),
                             density=density, rank=rank, seed=seed, **parse_params(params))
