@@ -107,6 +107,13 @@ def test_vllm_layout_folds_scaling_and_pads_ranks(setup):
                        tensors["model.layers.1.self_attn.q_proj.lora_A"])
 
 
+def test_vllm_refuses_ranks_above_512():
+    package = AdapterPackage.build("lora", {"r": 640}, {
+        "layers.0.q.lora_A": torch.zeros(640, 8), "layers.0.q.lora_B": torch.zeros(8, 640)})
+    with pytest.raises(ExportError, match="rank 640 is above the largest rank vLLM serves"):
+        vllm_layout(package)
+
+
 def test_vllm_refuses_embeddings(tmp_path):
     package = AdapterPackage.build("lora", {"r": 2}, {
         "model.embed_tokens.lora_embedding_A": torch.randn(2, 64),

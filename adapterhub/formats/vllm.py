@@ -5,7 +5,7 @@ scaling to every module: it ignores ``rank_pattern``/``alpha_pattern``, refuses 
 ``modules_to_save``, and caps ranks at ``--max-lora-rank`` (one of :data:`VLLM_RANKS`). So the
 export folds each module's scaling into ``lora_B``, writes ``lora_alpha = r`` with rsLoRA off,
 pads smaller ranks with zeros to one ``r``, and refuses what vLLM cannot serve (embedding and
-``lm_head`` adapters, methods without a low-rank form).
+``lm_head`` adapters, methods without a low-rank form, ranks above 512).
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
                               f"low-rank form", hint=APPLY_HINT)
         factors[module], kinds[module] = pair, kind
     rank = max((left.shape[1] for left, _ in factors.values()), default=1)
+    if rank > VLLM_RANKS[-1]:
+        raise ExportError(f"rank {rank} is above the largest rank vLLM serves "
+                          f"({VLLM_RANKS[-1]})",
+                          hint="Re-merge it to a smaller rank (adapterhub merge --strategy svd "
+                               "--rank R) or merge it into the base with 'adapterhub apply'")
     padded = {module: (torch.nn.functional.pad(left, (0, rank - left.shape[1])),
                        torch.nn.functional.pad(right, (0, 0, 0, rank - right.shape[0])))
               for module, (left, right) in factors.items()}
