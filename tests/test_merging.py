@@ -129,6 +129,22 @@ def test_cat_is_exactly_the_weighted_sum(inputs):
         assert torch.equal(merged.tensors[f"{module}.lora_A"], torch.cat([a1, a2]))
 
 
+def test_cat_is_exact_in_float64():
+    """With power-of-two weights and scalings the merged factors are exact rescalings of the
+    inputs', so the merged ΔW equals the weighted sum to float64 rounding."""
+    one, two = lora(3, 2, 8), lora(4, 4, 2)  # s = 4 and 0.5
+    merged = merge_adapters([one, two], "cat", weights=[0.25, -2.0])
+    for module in SHAPES:
+        def product(package, scale):
+            a = package.tensors[f"{module}.lora_A"].double()
+            b = package.tensors[f"{module}.lora_B"].double()
+            return scale * (b @ a)
+
+        expected = product(one, 0.25 * 4) + product(two, -2.0 * 0.5)
+        got = product(merged, 1.0)
+        assert (got - expected).abs().max().item() < 1e-12
+
+
 def test_linear_is_lossless_and_svd_truncates(inputs):
     one, two = inputs
     linear = merge_adapters([one, two], "linear", weights=[0.5, -1.0])
