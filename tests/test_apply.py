@@ -252,6 +252,30 @@ def test_merged_and_dense_adapters(tmp_path, dense_method):
     assert torch.equal(out["layers.0.proj.weight"], src["layers.0.proj.weight"])
 
 
+def test_refuses_non_finite_results(tmp_path):
+    """NaN from an adapter and fp16 overflow stop the build; large sums that merely overflow
+    the block check's fast path do not."""
+    from adapterhub import MergeError
+
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({"a.weight": torch.full((4, 4), 60000.0, dtype=torch.float16),
+               "b.weight": torch.full((4, 4), 30000.0, dtype=torch.float16)},
+              base / "model.safetensors")
+
+    def adapter(module: str, value: float) -> AdapterPackage:
+        return AdapterPackage.build("lora", {"r": 1, "lora_alpha": 1}, {
+            f"{module}.lora_A": torch.full((1, 4), value), f"{module}.lora_B": torch.ones(4, 1)})
+
+    with pytest.raises(MergeError, match="a.weight \\(F16\\): merging produced NaN or Inf"):
+        apply_adapters(base, [adapter("a", 10000.0)], tmp_path / "overflow")
+    with pytest.raises(MergeError, match="b.weight"):
+        apply_adapters(base, [adapter("b", float("nan"))], tmp_path / "nan")
+    apply_adapters(base, [adapter("b", 1.0)], tmp_path / "fine", show_progress=False)
+    assert (load_dir(tmp_path / "fine")["b.weight"] == 30001.0).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "fine"]
+
+
 def test_cli_apply_json(tmp_path):
     base = tmp_path / "base"
     write_checkpoint(base, layers=2, size=16)
