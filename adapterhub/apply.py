@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
 from adapterhub.compat import check_base
-from adapterhub.errors import (FormatError, IncompatibleBaseModelError, MergeError,
-                               OutputExistsError)
+from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
+                               MergeError, OutputExistsError, WriteError)
 from adapterhub.safetensors_io import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
 from adapterhub.tensor_stream import Streamer, Term, copy_range, pwrite_all, rows_cols
 
@@ -160,25 +160,28 @@ def apply_adapters(base: str | os.PathLike[str],
     out = Path(out)
     refuse_non_empty(out)
     plan = plan_build(base, adapters, weights=weights, dtype=dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_builds(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         with _single_thread():
             record = _build(plan, tmp, show_progress)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, AdapterHubError):
+            raise WriteError(f"building {out} failed: {exc.strerror or exc}") from exc
         raise
     return record
 
 
 @contextlib.contextmanager
 def _single_thread():
-    """Blocks are small and memory-bound: one torch thread does them fastest (several threads
-    spend more time synchronising, worst of all on a busy machine)."""
+    """Blocks are small and memory-bound: one torch thread per block does them fastest
+    (intra-op threads spend more time synchronising, worst of all on a busy machine); the
+    build's own thread pool runs several blocks at once instead."""
     import torch
 
     before = torch.get_num_threads()

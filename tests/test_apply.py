@@ -165,6 +165,10 @@ def test_refuses_existing_output(llama, tmp_path):
     with pytest.raises(OutputExistsError):
         apply_adapters(llama["base"], [llama["lora"]], tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["keep.txt"]
+    from adapterhub.errors import WriteError
+
+    with pytest.raises(WriteError, match="building .* failed"):  # its parent is a file
+        apply_adapters(llama["base"], [llama["lora"]], tmp_path / "out" / "keep.txt" / "x")
     (tmp_path / "empty").mkdir()
     apply_adapters(llama["base"], [llama["lora"]], tmp_path / "empty", show_progress=False)
     assert (tmp_path / "empty" / BUILD_RECORD).exists()
