@@ -141,3 +141,15 @@ class MissingBlobsError(IntegrityError):
 
 class PromotionError(AdapterHubError):
     """``promote`` refused: the version's metrics do not meet the condition."""
+
+
+class OutputExistsError(AdapterHubError, FileExistsError):
+    """The output directory of a build or export already exists and is not empty."""
+
+    default_hint = "Choose a new --out directory, or remove the existing one first"
+
+
+class WriteError(AdapterHubError, OSError):
+    """Writing a build's output failed (disk full, no permission); nothing is left half-written."""
+
+    default_hint = "Free disk space or fix the permissions of the output's directory, then retry"

@@ -246,6 +246,34 @@ class AdapterMethod:
         delta = self.delta_weight(module, tensors, config, tuple(weight.shape))
         return fold_delta(weight, delta, scale=scale, what=f"{self.name} adapter on {module}")
 
+    def low_rank(self, module: str, tensors: dict[str, torch.Tensor], config: MethodConfig,
+                 base_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """ΔW as fp32 factors ``(L, R)`` with ``L @ R == delta_weight(...)``, or ``None``.
+
+        ``L`` is ``[base_shape[0], k]`` and ``R`` is ``[k, base_shape[1]]``, in the base weight's
+        layout, with every scaling folded in. Methods whose delta is a low-rank product (LoRA,
+        block-diagonal variants) return it so that merges stay exact and cheap (``cat``), and
+        so that exports to LoRA-only engines (vLLM) can express them; the default ``None``
+        sends merges through the dense ΔW.
+        """
+        return None
+
+    def module_kind(self, module: str, tensors: dict[str, torch.Tensor],
+                    config: MethodConfig) -> str:
+        """The kind of layer a module adapts: ``linear``, ``conv1d`` (weight stored ``[in,
+        out]``) or ``embedding`` — what a merge needs to lay out a new LoRA for it."""
+        return "linear"
+
+    def from_low_rank(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      kinds: dict[str, str]) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """``(config, tensors)`` of an adapter whose ΔW for each module is ``L @ R``.
+
+        ``factors`` maps module paths to ``(L, R)`` in the base weight's layout and ``kinds``
+        each module to its layer kind (see :meth:`module_kind`). The method merges store
+        their results as (LoRA) implements this; others need not.
+        """
+        raise MergeError(f"the {self.name!r} method cannot be built from low-rank factors")
+
     # -- formats ----------------------------------------------------------------------------
 
     def to_peft(self, package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -262,19 +290,31 @@ class AdapterMethod:
 
 def fold_delta(weight: torch.Tensor, delta: torch.Tensor, *, scale: float = 1.0,
                what: str = "delta") -> torch.Tensor:
-    """``weight + scale·delta`` computed in fp32 with one cast back; refuses non-finite results."""
+    """``weight + scale·delta`` computed in fp32 with one cast back; refuses non-finite results.
+
+    The check runs on the cast result, so a sum that overflows the weight's dtype (fp16) is
+    refused too.
+    """
     import torch
 
     if tuple(delta.shape) != tuple(weight.shape):
         raise MergeError(f"{what}: delta shape {tuple(delta.shape)} does not match the base "
                          f"weight {tuple(weight.shape)}")
-    merged = weight.to(torch.float32) + delta.to(device=weight.device,
-                                                 dtype=torch.float32) * scale
-    if not torch.isfinite(merged).all():
+    merged = torch.add(weight.to(torch.float32),
+                       delta.to(device=weight.device, dtype=torch.float32), alpha=scale)
+    merged = merged.to(weight.dtype)
+    check_finite(merged, what)
+    return merged
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise :class:`MergeError` if a merged weight holds NaN or Inf values."""
+    import torch
+
+    if not torch.isfinite(tensor).all():
         raise MergeError(f"{what}: merging produced NaN or Inf values",
-                         hint="The adapter's tensors are corrupt or diverged; retrain or pick "
-                              "another version")
-    return merged.to(weight.dtype)
+                         hint="The adapter's tensors are corrupt or diverged (or the sum "
+                              "overflows the output dtype); retrain or pick another version")
 
 
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:

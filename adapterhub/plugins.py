@@ -21,6 +21,7 @@ import pluggy
 from adapterhub import hookspecs
 from adapterhub.errors import PluginLoadError, RegistrationError, UnknownMethodError
 from adapterhub.methods import NAME_RE, AdapterMethod, Quantizer
+from adapterhub.merging import MergeStrategy
 
 if TYPE_CHECKING:
     import click
@@ -32,7 +33,7 @@ PLUGINS_ENV = "ADAPTERHUB_PLUGINS"
 KINDS: dict[str, tuple[str, type | None]] = {
     "method": ("adapterhub_register_methods", AdapterMethod),
     "quantizer": ("adapterhub_register_quantizers", Quantizer),
-    "strategy": ("adapterhub_register_merge_strategies", None),
+    "strategy": ("adapterhub_register_merge_strategies", MergeStrategy),
     "remote": ("adapterhub_register_remotes", None),
 }
 
@@ -214,3 +215,8 @@ def get_method(name: str) -> AdapterMethod:
 def get_quantizer(name: str) -> Quantizer:
     """The registered quantizer called ``name``."""
     return plugin_manager().lookup("quantizer", name)()
+
+
+def get_strategy(name: str) -> MergeStrategy:
+    """The registered merge strategy called ``name``."""
+    return plugin_manager().lookup("strategy", name)()

@@ -117,15 +117,20 @@ def test_hook_adapterhub_register_quantizers():
 
 
 def test_hook_adapterhub_register_merge_strategies():
-    class Mean:
+    from adapterhub.merging import MergeStrategy
+
+    class Mean(MergeStrategy):
         name = "mean"
 
     class Plugin:
         @hookimpl
         def adapterhub_register_merge_strategies(self, register):
             register(Mean)
+            register(Tiny)  # not a MergeStrategy: refused
 
-    assert manager(p=Plugin()).lookup("strategy", "mean") is Mean
+    pm = manager(p=Plugin())
+    assert pm.lookup("strategy", "mean") is Mean
+    assert "not a subclass of MergeStrategy" in pm.plugin_infos()[0].errors[0]
 
 
 def test_hook_adapterhub_register_remotes():

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
+from adapterhub.cli.common import db_option, open_source
 from adapterhub.cli.output import emit_json, human_size
 
 FORMATS = click.Choice(["peft"])
@@ -63,14 +64,10 @@ def version_fields(version) -> dict:
 @cli.command()
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
+@db_option
 def show(source: str, as_json: bool, db: str | None) -> None:
     """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
-    from adapterhub.registry import Registry
-    from adapterhub.sources import resolve_source
-
-    registry = None if Path(source).exists() else Registry(db)
-    resolved = resolve_source(source, registry=registry)
+    resolved = open_source(source, db)
     if resolved.version is None:
         resolved.package()  # a directory: read and verify every tensor, as before
     info = summary(resolved.manifest)
@@ -106,40 +103,105 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--format", "fmt", type=FORMATS, required=True, help="Layout to write.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Directory to write to.")
-@click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
-def export(source: str, fmt: str, out: Path, db: str | None) -> None:
-    """Write an adapter (a directory or a REF) in another layout (PEFT)."""
-    from adapterhub.formats.peft import write_peft
-    from adapterhub.registry import Registry
-    from adapterhub.sources import load_source
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["peft", "vllm"]), default="peft",
+              show_default=True, help="peft: PEFT's layout; vllm: PEFT's layout with each "
+              "module's scaling folded into lora_B and lora_alpha = r.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Directory to write to (or the cache root with --layout hf-cache); may "
+                   "also be given as DEST.")
+@click.option("--layout", type=click.Choice(["dir", "hf-cache"]), default="dir",
+              show_default=True, help="dir: the files in --out; hf-cache: a Hugging Face cache "
+              "tree under --out that loads offline by repo id.")
+@click.option("--repo-id", help="Repository id for --layout hf-cache (namespace/name; "
+                                "default: the REF's repository).")
+@click.option("--revision", help="The ref --layout hf-cache points at the export (default: "
+                                 "v<N> for a REF, else main).")
+@db_option
+def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: str,
+           repo_id: str | None, revision: str | None, db: str | None) -> None:
+    """Write an adapter (a directory or a REF) in a serving layout, as files or an HF cache.
 
-    registry = None if Path(source).exists() else Registry(db)
-    write_peft(load_source(source, registry=registry), out)
-    click.echo(f"{out}")
+    \b
+    adapterhub export ADAPTER --format vllm --out DIR
+    adapterhub export ns/name@2 --layout hf-cache CACHE_DIR
+    then: HF_HUB_OFFLINE=1 HF_HUB_CACHE=CACHE_DIR python -c \\
+          "PeftModel.from_pretrained(base, 'ns/name', revision='v2')"
+    """
+    from adapterhub.formats.hf_cache import write_hf_cache
+    from adapterhub.formats.peft import layout_files, peft_layout, write_files
+    from adapterhub.formats.vllm import vllm_layout
+
+    if (dest is None) == (out is None):
+        raise click.UsageError("give the output directory once: as DEST or as --out")
+    target = dest or out
+    resolved = open_source(source, db)
+    if resolved.version is not None:
+        repo_id = repo_id or resolved.version.name
+        revision = revision or f"v{resolved.version.number}"
+    revision = revision or "main"
+    if layout == "hf-cache" and not repo_id:
+        raise click.UsageError("--layout hf-cache needs --repo-id namespace/name")
+    package = resolved.package()
+    files = layout_files(*(vllm_layout if fmt == "vllm" else peft_layout)(package))
+    if layout == "hf-cache":
+        snapshot = write_hf_cache(files, target, repo_id, revision=revision)
+        click.echo(f"{snapshot}  ({repo_id}@{revision})")
+    else:
+        write_files(files, target)
+        click.echo(f"{target}")
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path), required=True,
+@click.argument("source")
+@click.option("--base", type=click.Path(path_type=Path),
               help="Base checkpoint directory (safetensors; headers only are read).")
+@click.option("--target", "targets", multiple=True, metavar="vllm[:max_rank=N]|peft",
+              help="A serving target to lint for (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def check(path: Path, base: Path, as_json: bool) -> None:
-    """Check that an adapter fits a base checkpoint, from headers only."""
+@db_option
+def check(source: str, base: Path | None, targets: tuple[str, ...], as_json: bool,
+          db: str | None) -> None:
+    """Check that an adapter (a directory or a REF) fits a base checkpoint (--base, from
+    headers only) and what a serving engine would refuse (--target). Exits 1 on any problem."""
     from adapterhub.checkpoint import Checkpoint
     from adapterhub.compat import check_base
-    from adapterhub.formats import read_adapter
+    from adapterhub.formats.lint import check_target
 
-    report = check_base(read_adapter(path).manifest, Checkpoint(base))
+    if base is None and not targets:
+        raise click.UsageError("give --base BASE, --target TARGET, or both")
+    on_disk = Path(source).exists()
+    resolved = open_source(source, db) if base or not on_disk else None
+    report = check_base(resolved.manifest, Checkpoint(base)) if base else None
+    # a directory is linted as it is on disk (a PEFT directory's own files); a REF as a package
+    subject = source if on_disk else resolved.package()
+    linted = [check_target(subject, spec) for spec in targets]
+    failed = (report is not None and not report.ok) or any(not t.ok for t in linted)
     if as_json:
-        emit_json(report.to_dict())
-        if not report.ok:
+        if not targets:
+            emit_json(report.to_dict())
+        else:
+            emit_json({"base": report.to_dict() if report else None,
+                       "targets": [t.to_dict() for t in linted]})
+        if failed:
             raise SystemExit(1)
         return
-    report.raise_for_problems()
-    note = {True: "same base (fingerprint matches)",
-            False: "fingerprint differs (a different checkpoint with the same shapes)",
-            None: "the adapter records no base fingerprint"}[report.fingerprint_match]
-    click.echo(f"ok: {len(report.modules)} modules fit; {note}")
+    if report is not None:
+        if targets and not report.ok:
+            click.echo("base: " + "; ".join(report.problems))
+        else:
+            report.raise_for_problems()
+            note = {True: "same base (fingerprint matches)",
+                    False: "fingerprint differs (a different checkpoint with the same shapes)",
+                    None: "the adapter records no base fingerprint"}[report.fingerprint_match]
+            click.echo(f"ok: {len(report.modules)} modules fit; {note}")
+    for t in linted:
+        options = ",".join(f"{k}={v}" for k, v in t.options.items())
+        label = t.target + (f":{options}" if options else "")
+        click.echo(f"{label}: " + ("ok" if t.ok else f"{len(t.problems)} problem(s)"))
+        for problem in t.problems:
+            click.echo(f"  - {problem}")
+        for note in t.notes:
+            click.echo(f"  note: {note}")
+    if failed:
+        raise SystemExit(1)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
-from adapterhub.safetensors_io import load_tensors, save_tensors, write_bytes_atomic
+from adapterhub.safetensors_io import load_tensors, write_bytes_atomic
 
 if TYPE_CHECKING:
+    import torch
+
     from adapterhub.methods import AdapterMethod
     from adapterhub.package import AdapterPackage
 
@@ -79,15 +81,38 @@ def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | No
                                 base_fingerprint=fingerprint)
 
 
-def write_peft(package: AdapterPackage, out: str | os.PathLike[str]) -> Path:
-    """Write ``package`` in the PEFT layout; methods PEFT cannot express raise ExportError."""
+def peft_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(adapter_config, tensors with PEFT keys)``; methods PEFT cannot express raise
+    ExportError."""
     config, tensors = package.method.to_peft(package)
+    return with_base(package, config), {KEY_PREFIX + key: value for key, value in tensors.items()}
+
+
+def with_base(package: AdapterPackage, config: dict[str, Any]) -> dict[str, Any]:
+    """A PEFT config with the base model's name and revision and inference defaults."""
     base = package.manifest.base_model
-    config = {"base_model_name_or_path": base.get("name"), "revision": base.get("revision"),
-              "inference_mode": True, "task_type": None, **config}
+    return {"base_model_name_or_path": base.get("name"), "revision": base.get("revision"),
+            "inference_mode": True, "task_type": None, **config}
+
+
+def layout_files(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    """The two files of a PEFT adapter directory, as bytes."""
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().contiguous() for k, v in sorted(tensors.items())}
+    return {CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+            WEIGHTS_FILE: save(contiguous, metadata={"format": "pt"})}
+
+
+def write_files(files: dict[str, bytes], out: str | os.PathLike[str]) -> Path:
+    """Write ``{name: bytes}`` into a directory, each file atomically, the weights first."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors({KEY_PREFIX + key: value for key, value in tensors.items()}, out / WEIGHTS_FILE)
-    write_bytes_atomic(out / CONFIG_FILE,
-                       (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    for name in sorted(files, key=lambda n: n.endswith(".json")):
+        write_bytes_atomic(out / name, files[name])
     return out
+
+
+def write_peft(package: AdapterPackage, out: str | os.PathLike[str]) -> Path:
+    """Write ``package`` in the PEFT layout; methods PEFT cannot express raise ExportError."""
+    return write_files(layout_files(*peft_layout(package)), out)

@@ -222,6 +222,28 @@ class MethodConformance:
             layer.merge()
             torch.testing.assert_close(from_store, layer.base_layer.weight, atol=1e-6, rtol=0)
 
+    def test_low_rank_form_matches_delta(self):
+        """A method that offers ΔW as factors (``low_rank``) gives exactly its dense ΔW."""
+        import torch
+
+        import adapterhub
+
+        model, layers, _ = self._trained()
+        package = adapterhub.extract(model)
+        method, config = package.method, package.config
+        for path, group in method.group_tensors(package.tensors).items():
+            shape = tuple(layers[path].base_layer.weight.shape)
+            assert method.module_kind(path, group, config) in ("linear", "conv1d", "embedding")
+            factors = method.low_rank(path, group, config, shape)
+            if factors is None:
+                continue
+            left, right = factors
+            assert left.dtype == right.dtype == torch.float32
+            assert left.shape[0] == shape[0] and right.shape[1] == shape[1]
+            torch.testing.assert_close(left @ right,
+                                       method.delta_weight(path, group, config, shape),
+                                       atol=1e-6, rtol=1e-5)
+
     def test_merge_refuses_non_finite(self):
         import torch
 

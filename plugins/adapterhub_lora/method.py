@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from adapterhub import AdapterMethod, ConfigError, FormatError
+from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError
 from adapterhub.targets import layer_kind
 from adapterhub_lora.config import LoraConfig
 from adapterhub_lora.layer import LoraEmbedding, LoraLinear
@@ -61,6 +61,49 @@ class LoraMethod(AdapterMethod):
         a, b = _linear_pair(module, tensors)
         delta = (b.float() @ a.float()) * config.scaling_for(module, a.shape[0])
         return delta.T if config.fan_in_fan_out else delta
+
+    def low_rank(self, module, tensors, config, base_shape):
+        """``(s·B, A)`` for a Linear; transposed for Conv1D and embeddings (``[in, out]`` and
+        ``[num, dim]`` layouts), so the scaling always rides on B."""
+        if set(tensors) == set(EMBEDDING_KEYS):
+            a, b = tensors["lora_embedding_A"].float(), tensors["lora_embedding_B"].float()
+            return a.T, (b * config.scaling_for(module, a.shape[0])).T
+        a, b = _linear_pair(module, tensors)
+        a, b = a.float(), b.float() * config.scaling_for(module, a.shape[0])
+        return (a.T, b.T) if config.fan_in_fan_out else (b, a)
+
+    def module_kind(self, module, tensors, config):
+        if set(tensors) == set(EMBEDDING_KEYS):
+            return "embedding"
+        return "conv1d" if config.fan_in_fan_out else "linear"
+
+    def from_low_rank(self, factors, kinds):
+        """A LoRA with scaling 1 (``lora_alpha = r``, no rsLoRA) whose ΔW is ``L @ R`` for each
+        module; modules of another rank than the largest get rank and alpha patterns."""
+        if {"linear", "conv1d"} <= set(kinds.values()):
+            raise MergeError("these modules mix Linear and Conv1D layers; one LoRA config "
+                             "cannot hold both (fan_in_fan_out)")
+        tensors, ranks = {}, {}
+        for path, (left, right) in sorted(factors.items()):
+            left, right = left.float().contiguous(), right.float().contiguous()
+            ranks[path] = left.shape[1]
+            kind = kinds.get(path, "linear")
+            if kind == "embedding":
+                tensors[f"{path}.lora_embedding_A"] = left.T.contiguous()
+                tensors[f"{path}.lora_embedding_B"] = right.T.contiguous()
+            elif kind == "conv1d":
+                tensors[f"{path}.lora_A"] = left.T.contiguous()
+                tensors[f"{path}.lora_B"] = right.T.contiguous()
+            else:
+                tensors[f"{path}.lora_A"] = right
+                tensors[f"{path}.lora_B"] = left
+        r = max(ranks.values(), default=1)
+        others = {path: k for path, k in ranks.items() if k != r}
+        config = self.make_config(r=r, lora_alpha=r, use_rslora=False,
+                                  fan_in_fan_out="conv1d" in kinds.values(),
+                                  target_modules=sorted(factors), rank_pattern=others,
+                                  alpha_pattern=dict(others))
+        return config, tensors
 
     # -- PEFT ------------------------------------------------------------------------------
 

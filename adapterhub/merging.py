@@ -1,0 +1,339 @@
+"""Merging adapters into one new LoRA version: the strategy contract and the engine.
+
+A :class:`MergeStrategy` (registered by a plugin through ``adapterhub_register_merge_strategies``)
+combines, for one module at a time, what each input adapter does to that module, and returns
+the result as low-rank factors ``(L, R)`` in the base weight's layout (``ΔW = L @ R``).
+:func:`merge_adapters` runs a strategy over every module the inputs adapt and stores the result
+as a LoRA package with scaling 1 (``lora_alpha = r``, no rsLoRA), whose manifest names its
+``parents`` (the inputs' version digests, in order) and its ``recipe`` (strategy, weights,
+parameters, seed) — enough for :func:`replay` to rebuild the same digest.
+
+Inputs are seen through each method's merge kernel, so any mix of methods can be merged:
+``delta_weight`` gives the dense ΔW, and ``low_rank`` the exact factors of methods that have
+them (LoRA), which keeps ``cat`` exact and ``linear``/``svd`` cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from adapterhub.errors import MergeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from adapterhub.methods import AdapterMethod, MethodConfig
+    from adapterhub.package import AdapterPackage
+
+#: the method merged versions are stored as
+TARGET_METHOD = "lora"
+
+
+@dataclass
+class ModuleInput:
+    """What one input adapter does to one module, read lazily through its merge kernel."""
+
+    index: int  # position among the merge's inputs
+    weight: float
+    method: AdapterMethod
+    config: MethodConfig
+    tensors: dict[str, torch.Tensor]
+    module: str
+    base_shape: tuple[int, ...]
+
+    @cached_property
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(L, R)`` with ``L @ R = ΔW`` (unweighted), or None for a method without them."""
+        return self.method.low_rank(self.module, self.tensors, self.config, self.base_shape)
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.factors is None else self.factors[0].shape[1]
+
+    def dense(self) -> torch.Tensor:
+        """The unweighted fp32 ΔW in the base layout (computed on each call: not kept)."""
+        return self.method.delta_weight(self.module, self.tensors, self.config,
+                                        self.base_shape).float()
+
+
+@dataclass
+class ModuleMerge:
+    """One module's merge job: the inputs that adapt it and the merge's parameters."""
+
+    module: str
+    base_shape: tuple[int, ...]
+    inputs: list[ModuleInput]
+    rank: int | None  # the requested output rank (None: the strategy's default)
+    density: float | None
+    params: dict[str, Any]
+    seed: int | None
+    strategy: str = ""
+
+    def generator(self, index: int) -> torch.Generator:
+        """A generator for input ``index`` seeded by (seed, module, index): the same draws
+        whatever order modules are merged in, independent draws per module and input."""
+        import torch
+
+        key = f"{self.seed}/{self.module}/{index}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2 ** 63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def stack(self) -> torch.Tensor:
+        """The unweighted dense ΔW of every input, stacked on dim 0 (``[n, d0, d1]``)."""
+        import torch
+
+        return torch.stack([item.dense() for item in self.inputs])
+
+    def weight_vector(self) -> torch.Tensor:
+        import torch
+
+        return torch.tensor([item.weight for item in self.inputs], dtype=torch.float32)
+
+    def weighted_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact factors of ``Σ w_i ΔW_i``: the inputs' factors side by side (rank Σ r_i)."""
+        import torch
+
+        missing = [item.method.name for item in self.inputs if item.factors is None]
+        if missing:
+            raise MergeError(f"{self.strategy}: the {missing[0]!r} adapter on {self.module} "
+                             f"has no low-rank form to concatenate",
+                             hint="Use a strategy that works on dense deltas (svd, linear)")
+        left = torch.cat([item.factors[0] * item.weight for item in self.inputs], dim=1)
+        right = torch.cat([item.factors[1] for item in self.inputs], dim=0)
+        return left, right
+
+    def input_ranks(self) -> list[int]:
+        return [item.rank for item in self.inputs if item.rank is not None]
+
+    def out_rank(self, default: int | None) -> int:
+        """The requested rank, else ``default`` (from the inputs' ranks), capped by the shape."""
+        rank = self.rank if self.rank is not None else default
+        if rank is None:
+            raise MergeError(f"{self.strategy}: no input adapter of {self.module} has a rank "
+                             f"to default to", hint="Pass the output rank (--rank)")
+        return max(1, min(rank, *self.base_shape))
+
+
+class MergeStrategy:
+    """How several adapters' effects on one module combine into one low-rank delta.
+
+    Subclasses set ``name`` and ``description``, declare which common parameters they read
+    (``uses_density``, ``uses_rank``, ``uses_seed``) and their own parameters with defaults
+    (``defaults``), and implement :meth:`merge_module`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: True when the result is exactly Σ w_i·ΔW_i (up to float rounding) at the default rank
+    exact: ClassVar[bool] = False
+    uses_density: ClassVar[bool] = False
+    uses_rank: ClassVar[bool] = True
+    uses_seed: ClassVar[bool] = False
+    #: strategy-specific parameters and their defaults; values must be JSON scalars
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: allowed values of string parameters
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def merge_module(self, job: ModuleMerge) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, R)``: fp32 factors of the merged ΔW in the base layout, ``L @ R ≈ ΔW``."""
+        raise NotImplementedError
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with defaults filled in; raise :class:`MergeError` for unknown ones."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise MergeError(f"strategy {self.name!r} has no parameter {unknown[0]!r} "
+                             f"(parameters: {known})")
+        out = {**self.defaults, **params}
+        for key, allowed in self.choices.items():
+            if out[key] not in allowed:
+                raise MergeError(f"{self.name}: {key} must be one of {', '.join(allowed)}; "
+                                 f"got {out[key]!r}")
+        return out
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "description": cls.description, "exact": cls.exact,
+                "density": cls.uses_density, "rank": cls.uses_rank, "seed": cls.uses_seed,
+                "params": dict(cls.defaults)}
+
+
+# -- factorisation helpers for strategies --------------------------------------------------
+
+
+def truncated_svd(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``rank`` factors ``(L, R)`` of a dense fp32 matrix (Eckart–Young)."""
+    import torch
+
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    return _split(u, s, vh, rank)
+
+
+def refactor(left: torch.Tensor, right: torch.Tensor, rank: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``truncated_svd(left @ right, rank)`` without forming the product: QR of each factor,
+    then the SVD of a small ``k × k`` core."""
+    import torch
+
+    q_left, r_left = torch.linalg.qr(left.float())
+    q_right, r_right = torch.linalg.qr(right.float().T)
+    u, s, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
+    return _split(q_left @ u, s, vh @ q_right.T, rank)
+
+
+def _split(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep ``rank`` singular triplets, fix each one's sign (the largest entry of its left
+    vector is positive) so results are reproducible, and share √s between the two sides."""
+    import torch
+
+    k = min(rank, s.shape[0])
+    u, s, vh = u[:, :k], s[:k], vh[:k]
+    sign = torch.sign(u[u.abs().argmax(dim=0), torch.arange(k)])
+    sign[sign == 0] = 1
+    root = s.clamp_min(0).sqrt() * sign  # sign² = 1: the product is unchanged
+    return (u * root).contiguous(), (vh * root[:, None]).contiguous()
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    packages: list[AdapterPackage]
+    weights: list[float]
+    methods: list[tuple[AdapterMethod, MethodConfig]] = field(default_factory=list)
+    groups: list[dict[str, dict[str, torch.Tensor]]] = field(default_factory=list)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def merge_adapters(packages: Sequence[AdapterPackage], strategy: str, *,
+                   weights: Sequence[float] | None = None, density: float | None = None,
+                   rank: int | None = None, seed: int | None = None,
+                   **params: Any) -> AdapterPackage:
+    """Merge ``packages`` with a registered strategy into a new LoRA package.
+
+    ``weights`` (default 1.0 each) scale each input's ΔW; ``density`` (pruning strategies)
+    is the fraction of entries kept; ``rank`` the output rank (default: the strategy's rule,
+    from the inputs' ranks); ``seed`` drives random strategies (default 0); ``params`` are
+    strategy-specific (``majority_sign_method`` for TIES). Modules are merged one at a time.
+    The result's manifest has ``parents`` (the inputs' digests) and ``recipe``.
+    """
+    from adapterhub.package import AdapterPackage
+    from adapterhub.plugins import get_method, get_strategy
+
+    strat = get_strategy(strategy)
+    recipe_params = _check_common(strat, density, rank, seed)
+    recipe_params.update(strat.check_params(params))
+    seed = (0 if seed is None else int(seed)) if strat.uses_seed else None
+    inputs = _read_inputs(packages, weights)
+    target = get_method(TARGET_METHOD)
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    kinds: dict[str, str] = {}
+    for module, shape in sorted(inputs.shapes.items()):
+        items = []
+        for index, (method, config) in enumerate(inputs.methods):
+            group = inputs.groups[index].get(module)
+            if group is None:
+                continue
+            kind = method.module_kind(module, group, config)
+            if kinds.setdefault(module, kind) != kind:
+                raise MergeError(f"the inputs disagree on what {module} is ({kinds[module]} "
+                                 f"and {kind})")
+            items.append(ModuleInput(index, inputs.weights[index], method, config, group,
+                                     module, shape))
+        job = ModuleMerge(module, shape, items, rank, density,
+                          {k: v for k, v in recipe_params.items()
+                           if k not in ("rank", "density")}, seed, strat.name)
+        left, right = strat.merge_module(job)
+        if left.shape[0] != shape[0] or right.shape[1] != shape[1] \
+                or left.shape[1] != right.shape[0]:
+            raise MergeError(f"strategy {strat.name!r} returned factors {tuple(left.shape)} "
+                             f"and {tuple(right.shape)} for {module}, a {list(shape)} weight")
+        factors[module] = (left, right)
+    config, tensors = target.from_low_rank(factors, kinds)
+    first = inputs.packages[0].manifest
+    merged = AdapterPackage.build(
+        target, config, tensors, base_name=first.base_model.get("name"),
+        base_revision=first.base_model.get("revision"),
+        base_fingerprint=_common(inputs.packages, "fingerprint"),
+        quantization=first.quantization, parents=tuple(p.digest for p in inputs.packages),
+        recipe={"strategy": strat.name, "weights": inputs.weights, "params": recipe_params,
+                "seed": seed})
+    if merged.manifest.base_model["modules"] != {m: list(s) for m, s in inputs.shapes.items()}:
+        raise MergeError("the merged adapter's module shapes differ from its inputs'")
+    return merged
+
+
+def replay(packages: Sequence[AdapterPackage], recipe: dict[str, Any]) -> AdapterPackage:
+    """Merge ``packages`` (the parents, in order) again by a recorded ``recipe``."""
+    if not isinstance(recipe, dict) or "strategy" not in recipe:
+        raise MergeError("this version has no merge recipe to replay")
+    return merge_adapters(packages, recipe["strategy"], weights=recipe.get("weights"),
+                          seed=recipe.get("seed"), **recipe.get("params", {}))
+
+
+def _check_common(strat: MergeStrategy, density: float | None, rank: int | None,
+                  seed: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if strat.uses_density:
+        if density is None:
+            raise MergeError(f"strategy {strat.name!r} needs a density (the fraction of "
+                             f"entries each input keeps)", hint="Pass --density, e.g. 0.2")
+        if not (isinstance(density, (int, float)) and 0 < density <= 1):
+            raise MergeError(f"density must be in (0, 1]; got {density!r}")
+        out["density"] = float(density)
+    elif density is not None:
+        raise MergeError(f"strategy {strat.name!r} does not prune; it takes no density")
+    if rank is not None:
+        if not strat.uses_rank:
+            raise MergeError(f"strategy {strat.name!r} does not take a rank (its rank is the "
+                             f"sum of its inputs')")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise MergeError(f"rank must be a positive integer; got {rank!r}")
+        out["rank"] = rank
+    if seed is not None and not strat.uses_seed:
+        raise MergeError(f"strategy {strat.name!r} is deterministic; it takes no seed")
+    return out
+
+
+def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | None
+                 ) -> _Inputs:
+    if not packages:
+        raise MergeError("merge needs at least one adapter")
+    weights = [1.0] * len(packages) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(packages):
+        raise MergeError(f"{len(weights)} weights given for {len(packages)} adapters",
+                         hint="Pass one weight per adapter, in the same order")
+    if not all(math.isfinite(w) for w in weights):
+        raise MergeError(f"weights must be finite numbers; got {weights}")
+    inputs = _Inputs(list(packages), weights)
+    _common(inputs.packages, "fingerprint")
+    quantizations = {repr(p.manifest.quantization) for p in inputs.packages}
+    if len(quantizations) > 1:
+        raise MergeError("the adapters were trained on differently quantized bases")
+    for package in inputs.packages:
+        method = package.method
+        inputs.methods.append((method, package.config))
+        inputs.groups.append(method.group_tensors(package.tensors))
+        for module, shape in package.manifest.base_model.get("modules", {}).items():
+            if inputs.shapes.setdefault(module, tuple(shape)) != tuple(shape):
+                raise MergeError(f"the adapters disagree on the shape of {module} "
+                                 f"({list(inputs.shapes[module])} and {list(shape)}): they "
+                                 f"were trained on different base models")
+    return inputs
+
+
+def _common(packages: Sequence[AdapterPackage], key: str) -> str | None:
+    """The base ``key`` every input records (None if none does); differing values refuse."""
+    values = {p.manifest.base_model.get(key) for p in packages} - {None}
+    if len(values) > 1:
+        raise MergeError(f"the adapters were trained on different base models (base {key}s "
+                         f"{', '.join(sorted(v[:19] for v in values))})")
+    return next(iter(values), None)
