@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from adapterhub.layers import AdaptedLayer
     from adapterhub.package import AdapterPackage
+    from adapterhub.registry import Registry
 
 
 def attach(model: nn.Module, method: str | AdapterMethod = "lora",
@@ -93,17 +94,18 @@ def extract(model: nn.Module, *, base: str | os.PathLike[str] | None = None,
                                 parents=parents, metrics=metrics, labels=labels)
 
 
-def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str]
-         ) -> dict[str, AdaptedLayer]:
-    """Attach a stored adapter (a package, or a native or PEFT directory) to ``model``.
+def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
+         registry: Registry | None = None) -> dict[str, AdaptedLayer]:
+    """Attach a stored adapter to ``model``: a package, a native or PEFT directory, or a
+    registry ref (``ns/name@3``) in ``registry`` (default: the local registry).
 
     Checks that every adapted module exists with the base shape the adapter expects before
-    changing anything.
+    changing anything. A mixture-of-experts version brings its experts from the registry.
     """
-    from adapterhub.formats import read_adapter
+    from adapterhub.sources import expert_versions, load_source
 
     if not hasattr(package, "manifest"):
-        package = read_adapter(package)
+        package = load_source(package, registry=registry)
     modules = dict(model.named_modules())
     for path, shape in package.manifest.base_model.get("modules", {}).items():
         module = modules.get(path)
@@ -114,7 +116,8 @@ def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str]
         if list(weight.shape) != list(shape):
             raise IncompatibleBaseModelError(f"module {path!r} has weight shape "
                                              f"{list(weight.shape)}; the adapter expects {shape}")
-    return package.method.load(model, package.tensors, package.config)
+    return package.method.load(model, package.tensors, package.config,
+                               experts=expert_versions(package, registry))
 
 
 def unload(model: nn.Module, *, merge: bool = True) -> nn.Module:

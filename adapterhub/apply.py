@@ -97,6 +97,7 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     """
     from adapterhub.formats import read_adapter
     from adapterhub.package import AdapterPackage
+    from adapterhub.sources import fold_target
 
     checkpoint = base if isinstance(base, Checkpoint) else Checkpoint(base)
     if not checkpoint.path.is_dir():
@@ -121,6 +122,7 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     for index, package in enumerate(packages):
         label = f"adapter {index + 1} ({package.manifest.method_name}, " \
                 f"{package.digest[:19]})"
+        fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
         if package.manifest.quantization:
             raise IncompatibleBaseModelError(
                 f"{label} was trained on a quantized base "

@@ -305,6 +305,8 @@ def _check_common(strat: MergeStrategy, density: float | None, rank: int | None,
 
 def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | None
                  ) -> _Inputs:
+    from adapterhub.sources import fold_target
+
     if not packages:
         raise MergeError("merge needs at least one adapter")
     weights = [1.0] * len(packages) if weights is None else [float(w) for w in weights]
@@ -319,6 +321,7 @@ def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | 
     if len(quantizations) > 1:
         raise MergeError("the adapters were trained on differently quantized bases")
     for package in inputs.packages:
+        fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
         method = package.method
         inputs.methods.append((method, package.config))
         inputs.groups.append(method.group_tensors(package.tensors))

@@ -209,9 +209,22 @@ class AdapterMethod:
                 out[f"{path}.{key}"] = tensor.detach().to("cpu").clone()
         return out
 
+    def experts(self, config: MethodConfig) -> dict[str, str]:
+        """For a version that routes between other versions at run time (a mixture of
+        experts), its experts by name → version digest; empty for an ordinary adapter.
+
+        A version with experts has no single ΔW: ``apply``/``merge`` fold one expert, chosen
+        by name (``--expert``), and loading it needs the expert versions.
+        """
+        return {}
+
     def load(self, model: nn.Module, tensors: dict[str, torch.Tensor],
-             config: MethodConfig) -> dict[str, AdaptedLayer]:
-        """Attach to the modules ``tensors`` names and load the values into the new layers."""
+             config: MethodConfig, experts: list[AdapterPackage] | None = None
+             ) -> dict[str, AdaptedLayer]:
+        """Attach to the modules ``tensors`` names and load the values into the new layers.
+
+        ``experts`` are the expert versions of a method whose :meth:`experts` is not empty.
+        """
         by_module = self.group_tensors(tensors)
         layers = self.attach(model, config, targets=sorted(by_module))
         for path, layer in layers.items():

@@ -164,6 +164,11 @@ class Registry:
         with registry_db_errors():
             return self.service.resolve(ref)
 
+    def find(self, digest: str) -> VersionInfo | None:
+        """The version whose manifest digest is ``digest`` (any repository), or None."""
+        with registry_db_errors():
+            return self.service.find(digest)
+
     def get(self, ref: str | VersionInfo) -> AdapterPackage:
         """The version as an :class:`AdapterPackage`; every blob is re-hashed as it is read."""
         import torch

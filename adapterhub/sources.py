@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapterhub.errors import AdapterNotFoundError, FormatError
+from adapterhub.errors import AdapterNotFoundError, FormatError, MergeError
 
 if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
@@ -173,3 +173,47 @@ def load_source(source: str | os.PathLike[str] | AdapterPackage, *,
                 registry: Registry | None = None) -> AdapterPackage:
     """The :class:`AdapterPackage` a CLI source names (see :func:`resolve_source`)."""
     return resolve_source(source, registry=registry).package()
+
+
+def fetch_version(digest: str, registry: Registry | None, *, what: str) -> AdapterPackage:
+    """The version with manifest digest ``digest`` from ``registry`` (default: the local one)."""
+    from adapterhub.registry import Registry
+
+    registry = registry or Registry()
+    found = registry.find(digest)
+    if found is None:
+        raise AdapterNotFoundError(f"{what} ({digest}) is not in the registry {registry.url}",
+                                   hint="Push or pull that version into this registry first "
+                                        "(pulling a version brings its parents)")
+    return registry.get(found)
+
+
+def expert_versions(package: AdapterPackage, registry: Registry | None
+                    ) -> list[AdapterPackage] | None:
+    """The expert versions a mixture-of-experts version names (None for other adapters)."""
+    experts = package.method.experts(package.config)
+    if not experts:
+        return None
+    return [fetch_version(digest, registry, what=f"expert {name!r}")
+            for name, digest in experts.items()]
+
+
+def fold_target(package: AdapterPackage, expert: str | None, *,
+                registry: Registry | None = None) -> AdapterPackage:
+    """What ``apply`` and ``merge`` fold for ``package``: the package itself, or, for a
+    mixture of experts, the one expert named ``expert`` (which has a single ΔW)."""
+    experts = package.method.experts(package.config)
+    label = f"{package.manifest.method_name} version {package.digest[:19]}"
+    if not experts:
+        if expert is not None:
+            raise MergeError(f"--expert {expert!r} was given, but the {label} has no experts",
+                             hint="Use --expert only with a mixture-of-experts version")
+        return package
+    names = ", ".join(experts)
+    if expert is None:
+        raise MergeError(f"the {label} routes each input to one of {len(experts)} experts "
+                         f"({names}), so it has no single ΔW to fold",
+                         hint="Pick the expert to bake in with --expert NAME")
+    if expert not in experts:
+        raise MergeError(f"the {label} has no expert {expert!r}; its experts are {names}")
+    return fetch_version(experts[expert], registry, what=f"expert {expert!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
+from adapterhub.cli.common import db_option, expert_option, packages_to_fold
 from adapterhub.cli.output import emit_json
 
 
@@ -29,21 +30,24 @@ def parse_weights(value: str | None) -> list[float] | None:
 @click.option("--weights", help="One weight per adapter, comma-separated (default 1 each).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
               help="Cast every floating tensor to this dtype (default: keep each tensor's).")
+@expert_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
+@db_option
 def apply(base: Path, adapters: tuple[str, ...], out: Path, weights: str | None,
-          dtype: str | None, as_json: bool) -> None:
+          dtype: str | None, expert: str | None, as_json: bool, db: str | None) -> None:
     """Fold ADAPTERS into the checkpoint BASE and write the merged model to --out.
 
     BASE is a directory of safetensors weights (one file, or shards with
-    model.safetensors.index.json). Each ADAPTER is an adapterhub package or a PEFT adapter
-    directory. Untouched tensors are copied byte for byte; the output keeps the base's
-    files, sharding and index and adds adapterhub-build.json.
+    model.safetensors.index.json). Each ADAPTER is an adapterhub package directory, a PEFT
+    adapter directory or a registry REF. Untouched tensors are copied byte for byte; the
+    output keeps the base's files, sharding and index and adds adapterhub-build.json.
     """
     from adapterhub.apply import apply_adapters
 
     # a terminated build unwinds like an interrupted one: its work directory is removed
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    record = apply_adapters(base, list(adapters), out, weights=parse_weights(weights),
+    packages = packages_to_fold(adapters, db, expert)
+    record = apply_adapters(base, packages, out, weights=parse_weights(weights),
                             dtype=dtype, show_progress=not as_json)
     if as_json:
         emit_json(record)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from adapterhub.package import AdapterPackage
     from adapterhub.sources import Source
 
 db_option = click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
@@ -20,3 +21,25 @@ def open_source(source: str, db: str | None) -> Source:
 
     registry = None if Path(source).exists() else Registry(db)
     return resolve_source(source, registry=registry)
+
+
+expert_option = click.option("--expert", metavar="NAME",
+                             help="For a mixture-of-experts version: the expert to fold in.")
+
+
+def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | None
+                     ) -> list[AdapterPackage]:
+    """The adapters ``apply``/``merge`` fold: each source's package, or its chosen expert
+    (experts come from the source's registry, or the local one for a directory)."""
+    from adapterhub.registry import Registry
+    from adapterhub.sources import RegistrySource, fold_target
+
+    packages = []
+    for source in sources:
+        resolved = open_source(source, db)
+        registry = resolved.registry if isinstance(resolved, RegistrySource) else None
+        package = resolved.package()
+        if package.method.experts(package.config):
+            registry = registry or Registry(db)
+        packages.append(fold_target(package, expert, registry=registry))
+    return packages

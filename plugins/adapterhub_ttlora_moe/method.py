@@ -72,6 +72,9 @@ class TTLoraMoeMethod(AdapterMethod):
                           hint="Train experts with method 'ttlora', then call "
                                "adapterhub_ttlora_moe.train_router(model, experts, ...)")
 
+    def experts(self, config):
+        return dict(zip(config.expert_names, config.experts))
+
     def load(self, model, tensors, config, experts: Any = None):
         """Attach the experts and the router to ``model``; ``experts`` are their sources.
 
