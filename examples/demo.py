@@ -25,6 +25,8 @@ NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "clum
 #: further steps, each a module beside this file with ``run(workdir, adapter_dir)``
 STEPS = [
     ("5. Push, tag, list, show and pull back with a registry", "demo_registry"),
+    ("6. TIES-merge two adapters into a new version and build a merged MiniLM",
+     "demo_deploy"),
 ]
 SUBJECTS = ["the film", "this book", "the concert", "our dinner", "the play", "that album",
             "the lecture", "the trip"]
@@ -50,10 +52,10 @@ class Task:
     encoder's representations.
     """
 
-    def __init__(self, tokenizer, hidden: int) -> None:
+    def __init__(self, tokenizer, hidden: int, seed: int = 0) -> None:
         self.tokenizer = tokenizer
-        self.u = torch.nn.functional.normalize(torch.randn(hidden,
-                                                           generator=torch.Generator().manual_seed(0)), dim=0)
+        direction = torch.randn(hidden, generator=torch.Generator().manual_seed(seed))
+        self.u = torch.nn.functional.normalize(direction, dim=0)
         train_subjects, test_subjects = SUBJECTS[:6], SUBJECTS[6:]
         self.train = self._examples(train_subjects)
         self.test = self._examples(test_subjects)
@@ -79,6 +81,23 @@ class Task:
         texts, labels = zip(*examples)
         predictions = self.scores(model, list(texts)).sign()
         return (predictions == torch.tensor(labels)).float().mean().item()
+
+
+def train(model, task: Task, steps: int) -> tuple[float, float]:
+    """Train the attached adapter; returns the first and last batch loss."""
+    optimizer = torch.optim.AdamW(adapterhub.param_groups(model, lr=2e-3))
+    model.train()
+    losses = []
+    bar = progress(range(steps), desc="training", unit="step")
+    for _ in bar:
+        optimizer.zero_grad()
+        loss = task.loss(model, random.sample(task.train, 16))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses[0], losses[-1]
 
 
 def main() -> None:
@@ -111,20 +130,7 @@ def main() -> None:
     before = task.accuracy(model, task.test)
 
     t = step(f"2. Train {args.steps} steps on a synthetic sentiment-direction task")
-    optimizer = torch.optim.AdamW(adapterhub.param_groups(model, lr=2e-3))
-    model.train()
-    first = last = None
-    bar = progress(range(args.steps), desc="training", unit="step")
-    for _ in bar:
-        batch = random.sample(task.train, 16)
-        optimizer.zero_grad()
-        loss = task.loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
-        bar.set_postfix(loss=f"{last:.3f}")
-    model.eval()
+    first, last = train(model, task, args.steps)
     after = task.accuracy(model, task.test)
     done(t, f"loss {first:.3f} -> {last:.3f}; held-out accuracy {before:.0%} -> {after:.0%}")
 
