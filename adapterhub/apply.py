@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -96,6 +95,7 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     ``fp16`` or ``fp32`` (default: every tensor keeps its dtype).
     """
     from adapterhub.formats import read_adapter
+    from adapterhub.merging import adapter_weights
     from adapterhub.package import AdapterPackage
     from adapterhub.sources import fold_target
 
@@ -108,12 +108,7 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     if not adapters:
         raise MergeError("apply needs at least one adapter")
     packages = [a if isinstance(a, AdapterPackage) else read_adapter(a) for a in adapters]
-    weights = [1.0] * len(packages) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(packages):
-        raise MergeError(f"{len(weights)} weights given for {len(packages)} adapters",
-                         hint="Pass one weight per adapter, in the same order")
-    if not all(math.isfinite(w) for w in weights):
-        raise MergeError(f"weights must be finite numbers; got {weights}")
+    weights = adapter_weights(weights, len(packages))
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = BuildPlan(checkpoint, packages, weights, DTYPES.get(dtype) if dtype else None,

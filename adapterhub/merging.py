@@ -303,19 +303,24 @@ def _check_common(strat: MergeStrategy, density: float | None, rank: int | None,
     return out
 
 
+def adapter_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """One finite weight per adapter (default 1.0 each), as floats."""
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count:
+        raise MergeError(f"{len(weights)} weights given for {count} adapters",
+                         hint="Pass one weight per adapter, in the same order")
+    if not all(math.isfinite(w) for w in weights):
+        raise MergeError(f"weights must be finite numbers; got {weights}")
+    return weights
+
+
 def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | None
                  ) -> _Inputs:
     from adapterhub.sources import fold_target
 
     if not packages:
         raise MergeError("merge needs at least one adapter")
-    weights = [1.0] * len(packages) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(packages):
-        raise MergeError(f"{len(weights)} weights given for {len(packages)} adapters",
-                         hint="Pass one weight per adapter, in the same order")
-    if not all(math.isfinite(w) for w in weights):
-        raise MergeError(f"weights must be finite numbers; got {weights}")
-    inputs = _Inputs(list(packages), weights)
+    inputs = _Inputs(list(packages), adapter_weights(weights, len(packages)))
     _common(inputs.packages, "fingerprint")
     quantizations = {repr(p.manifest.quantization) for p in inputs.packages}
     if len(quantizations) > 1:

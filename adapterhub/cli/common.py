@@ -11,7 +11,12 @@ if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
     from adapterhub.sources import Source
 
-db_option = click.option("--db", metavar="URL", help="Registry for a REF [env ADAPTERHUB_DB].")
+db_option = click.option(
+    "--db", metavar="URL",
+    help="Registry: a SQLAlchemy URL or a SQLite path [env ADAPTERHUB_DB; default "
+         "$ADAPTERHUB_HOME/registry.db].")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
 
 def open_source(source: str, db: str | None) -> Source:

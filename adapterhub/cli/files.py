@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, open_source
+from adapterhub.cli.common import db_option, json_option, open_source
 from adapterhub.cli.output import emit_json, human_size
 
 FORMATS = click.Choice(["peft"])
@@ -63,7 +63,7 @@ def version_fields(version) -> dict:
 
 @cli.command()
 @click.argument("source")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @db_option
 def show(source: str, as_json: bool, db: str | None) -> None:
     """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
@@ -158,7 +158,7 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
               help="Base checkpoint directory (safetensors; headers only are read).")
 @click.option("--target", "targets", multiple=True, metavar="vllm[:max_rank=N]|peft",
               help="A serving target to lint for (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @db_option
 def check(source: str, base: Path | None, targets: tuple[str, ...], as_json: bool,
           db: str | None) -> None:

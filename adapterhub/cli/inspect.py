@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from adapterhub.cli import cli
+from adapterhub.cli.common import json_option
 from adapterhub.cli.output import emit_json, table
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def plugins(as_json: bool) -> None:
     """List loaded plugins and what each registered."""
     from adapterhub.plugins import plugin_manager
@@ -29,7 +30,7 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def methods(as_json: bool) -> None:
     """List registered methods and quantizers with their config fields."""
     from adapterhub.plugins import plugin_manager

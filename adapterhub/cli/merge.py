@@ -9,7 +9,7 @@ import click
 
 from adapterhub.cli import cli
 from adapterhub.cli.apply import parse_weights
-from adapterhub.cli.common import db_option, expert_option, packages_to_fold
+from adapterhub.cli.common import db_option, expert_option, json_option, packages_to_fold
 from adapterhub.cli.output import emit_json, table
 
 
@@ -123,7 +123,7 @@ def rebuild(ref: str, as_json: bool, db: str | None) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def strategies(as_json: bool) -> None:
     """List the registered merge strategies and the parameters each takes."""
     from adapterhub.plugins import plugin_manager

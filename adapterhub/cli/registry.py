@@ -10,14 +10,8 @@ from typing import Any
 import click
 
 from adapterhub.cli import cli
+from adapterhub.cli.common import db_option, json_option, quiet_option
 from adapterhub.cli.output import emit_json, human_size, table
-
-db_option = click.option(
-    "--db", metavar="URL",
-    help="Registry: a SQLAlchemy URL or a SQLite path [env ADAPTERHUB_DB; default "
-         "$ADAPTERHUB_HOME/registry.db].")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
 
 class Duration(click.ParamType):
