@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
                                ExportError, FormatError, IncompatibleBaseModelError,
-                               IntegrityError, MergeError, PluginLoadError, RegistrationError,
-                               TargetError, UnknownMethodError, UnsafeFormatError)
+                               IntegrityError, MergeError, PluginLoadError, QuantizationError,
+                               RegistrationError, TargetError, UnknownMethodError,
+                               UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
-from adapterhub.methods import AdapterMethod, MethodConfig, Quantizer
+from adapterhub.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
+                                Quantizer, QuantizerConfig)
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ _LAZY = {
     "get_method": "adapterhub.plugins",
     "get_quantizer": "adapterhub.plugins",
     "get_plugin_manager": "adapterhub.plugins",
+    "quantize_model": "adapterhub.quantization",
 }
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from adapterhub.layers import AdaptedLayer
     from adapterhub.package import AdapterPackage
     from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
+    from adapterhub.quantization import quantize_model
 
 
 def __getattr__(name: str) -> Any:
@@ -55,4 +59,5 @@ __all__ = [
     "RegistrationError", "TargetError", "UnknownMethodError", "UnsafeFormatError", "attach",
     "attached", "extract", "get_method", "get_plugin_manager", "get_quantizer", "hookimpl",
     "load", "param_groups", "unload",
+    "ConfigBase", "QuantizationError", "QuantizedTensor", "QuantizerConfig", "quantize_model",
 ]

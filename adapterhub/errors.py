@@ -114,3 +114,10 @@ class MergeError(AdapterHubError, ValueError):
 
 class AdapterNotFoundError(AdapterHubError, LookupError):
     """A path, reference or version does not exist."""
+
+
+class QuantizationError(AdapterHubError, ValueError):
+    """A weight cannot be quantized as asked, or a quantized weight's stored state is invalid."""
+
+    default_hint = ("Check the weight's dtype and the quantizer config, or re-quantize the "
+                    "checkpoint with 'adapterhub quantize'")

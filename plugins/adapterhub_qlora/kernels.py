@@ -1,0 +1,139 @@
+"""Blockwise 4-bit and 8-bit quantisation in plain PyTorch, bit-exact with bitsandbytes (CPU).
+
+The arithmetic follows bitsandbytes operation for operation, because a different but
+"equivalent" formula changes codes at block and threshold edges:
+
+* 4-bit (``quantize_4bit``): blocks of ``blocksize`` consecutive elements of the flattened
+  weight; ``absmax`` per block in fp32; full blocks are scaled by ``x · (1/absmax)`` (absmax
+  clamped to 1e-38 so an all-zero block scales to 0), the trailing partial block by
+  ``x / absmax``; clamp to [-1, 1]; nearest code, a value on a threshold taking the lower one;
+  an odd element count is padded with one 0.0 before packing; two codes per byte, the first
+  element in the high nibble.
+* 8-bit (``quantize_8bit``, the double-quantisation step): bitsandbytes' CPU kernel scales by
+  ``x · (1/absmax)`` and looks the code up in a 65,536-bin table of the [-1, 1] range (bin
+  ``trunc(((v + 1) · 0.5) · 65535 + 0.5)``, each bin holding the nearest code of its left
+  edge), so a value within ~1.5e-5 of a midpoint can take the farther code. That rounding is
+  reproduced here exactly; dequantisation does not depend on it.
+* Dequantisation is ``code[c] · absmax`` in fp32, then one cast to the output dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from adapterhub_qlora.codes import bounds4, code4
+
+LUT_BINS = 65536
+
+
+def quantize_4bit(weight: torch.Tensor, kind: str, blocksize: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``weight`` to packed 4-bit codes.
+
+    Returns ``(packed, absmax)``: packed is uint8 ``[(n + 1) // 2, 1]``, absmax fp32
+    ``[ceil(n / blocksize)]``.
+    """
+    flat = weight.detach().reshape(-1)
+    n = flat.numel()
+    rem = n % blocksize
+    full = n - rem
+    scaled = torch.empty(n + (n & 1), dtype=torch.float32, device=flat.device)
+    absmax = torch.empty(full // blocksize + (rem > 0), dtype=torch.float32, device=flat.device)
+    if full:
+        body = flat[:full].view(-1, blocksize)
+        _block_absmax(body, out=absmax[:full // blocksize])
+        inverse = 1.0 / absmax[:full // blocksize].clamp(min=1e-38)
+        torch.mul(body, inverse.unsqueeze(1), out=scaled[:full].view(-1, blocksize))
+    if rem:
+        tail = flat[full:].float()
+        absmax[-1] = tail.abs().max().clamp(min=1e-38)  # stored clamped, unlike full blocks
+        torch.div(tail, absmax[-1:], out=scaled[full:n])
+    if n & 1:
+        scaled[n] = 0.0
+    scaled.clamp_(-1.0, 1.0)
+    bounds, order = bounds4(kind)
+    codes = torch.bucketize(scaled, bounds.to(scaled.device), out_int32=True)
+    if kind != "nf4":
+        codes = order.to(device=codes.device, dtype=torch.int32)[codes]
+    pairs = codes.view(-1, 2)
+    packed = (pairs[:, 0] << 4).bitwise_or_(pairs[:, 1]).to(torch.uint8)
+    return packed.unsqueeze(1), absmax
+
+
+def _block_absmax(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    """``max |x|`` of each row in fp32, without materialising ``|x|`` for the whole weight."""
+    low, high = torch.aminmax(blocks, dim=1)
+    torch.maximum(high.float(), low.float().neg_(), out=out)
+    out.add_(0.0)  # -0.0 (an all-zero block) → +0.0, as |x| gives
+
+
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, blocksize: int,
+                    shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """The weight of ``shape`` and ``dtype`` that packed 4-bit codes and their absmax stand for."""
+    n = 1
+    for dim in shape:
+        n *= int(dim)
+    data = packed.reshape(-1)
+    if data.dtype != torch.uint8:
+        data = data.view(torch.uint8)
+    values = _pair_table(kind, data.device)[data.to(torch.int32)].view(-1)[:n]
+    rem = n % blocksize
+    full = n - rem
+    absmax = absmax.to(torch.float32)
+    if full:
+        body = values[:full].view(-1, blocksize)
+        body.mul_(absmax[:full // blocksize].unsqueeze(1))
+    if rem:
+        values[full:].mul_(absmax[-1])
+    return values.to(dtype).view(tuple(shape))
+
+
+@functools.cache
+def _pair_table(kind: str, device: torch.device) -> torch.Tensor:
+    """``[256, 2]``: the two code values (high nibble, low nibble) each byte stands for."""
+    code = code4(kind).to(device)
+    byte = torch.arange(256, device=device)
+    return torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1).contiguous()
+
+
+def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 8-bit quantisation of a fp32 vector with bitsandbytes' CPU rounding.
+
+    Returns ``(codes, absmax)``: uint8 codes, one per element, and fp32 absmax per block. An
+    all-zero block stores absmax 0 and code 0.
+    """
+    flat = x.detach().reshape(-1).to(torch.float32)
+    n = flat.numel()
+    blocks = -(-n // blocksize)
+    padded = torch.zeros(blocks * blocksize, dtype=torch.float32, device=flat.device)
+    padded[:n] = flat
+    rows = padded.view(blocks, blocksize)
+    absmax = rows.abs().amax(dim=1)
+    scaled = (rows * (1.0 / absmax).unsqueeze(1)).clamp_(-1.0, 1.0)
+    position = ((scaled + 1.0) * 0.5) * float(LUT_BINS - 1) + 0.5
+    bins = position.to(torch.int32).clamp_(0, LUT_BINS - 1)
+    codes = _bin_table(tuple(code.tolist()), flat.device)[bins]
+    codes[absmax == 0] = 0
+    return codes.view(-1)[:n].clone(), absmax
+
+
+@functools.cache
+def _bin_table(code: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """For each of the 65,536 bins of [-1, 1]: the code nearest its left edge (ties lower)."""
+    values = torch.tensor(code, dtype=torch.float32)
+    midpoints = 0.5 * (values[:-1] + values[1:])
+    edges = -1.0 + (2.0 * torch.arange(LUT_BINS, dtype=torch.float32)) / float(LUT_BINS - 1)
+    return torch.searchsorted(midpoints, edges, side="left").to(torch.uint8).to(device)
+
+
+def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                    blocksize: int) -> torch.Tensor:
+    """``code[c] · absmax`` per element in fp32 (the inverse of :func:`quantize_8bit`)."""
+    values = code.to(device=codes.device, dtype=torch.float32)[codes.reshape(-1).long()]
+    n = values.numel()
+    scale = absmax.to(torch.float32).repeat_interleave(blocksize)[:n]
+    return values.mul_(scale)
