@@ -126,7 +126,7 @@ class Bnb4bitQuantizer(Quantizer):
         try:
             shape = tuple(int(d) for d in meta["shape"])
             config = self.make_config(blocksize=int(meta["blocksize"]),
-                                      double_quant="nested_absmax" in tensors)
+                                      double_quant=f"{name}.nested_absmax" in tensors)
             dtype = getattr(torch, meta["dtype"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise QuantizationError(f"{what} has an invalid quant_state ({exc})") from None
