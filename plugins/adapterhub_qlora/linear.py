@@ -105,8 +105,8 @@ class Linear4bit(nn.Module):
                               local_metadata: dict[str, Any], strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
-        mine = {k: v for k, v in state_dict.items()
-                if k.startswith(prefix) and "." not in k[len(prefix):].removeprefix("weight.")}
+        mine = {k: v for k, v in state_dict.items() if k.startswith(prefix)
+                and k[len(prefix):] in ("weight", "bias") or k.startswith(prefix + "weight.")}
         stored = self.quantizer.stored_weights(mine).get(prefix + "weight")
         if stored is None:
             missing_keys.append(prefix + "weight")
