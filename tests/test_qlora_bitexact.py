@@ -77,6 +77,22 @@ def test_quantize_and_dequantize_match_bitsandbytes(kind, dtype):
             assert torch.equal(values, reference.reshape(shape)), what
 
 
+@pytest.mark.parametrize("chunk", [192, 4096])
+def test_chunk_boundaries_match_bitsandbytes(monkeypatch, chunk):
+    """Large weights are processed in chunks of blocks; shrink the chunk to cross many."""
+    from adapterhub_qlora import kernels
+
+    monkeypatch.setattr(kernels, "CHUNK", chunk)
+    quantizer = adapterhub.get_quantizer("nf4")
+    generator = torch.Generator().manual_seed(1)
+    for shape, blocksize in [((301, 97), 64), ((64, 200), 128), ((5000,), 32), ((63, 64), 64)]:
+        weight = (torch.randn(shape, generator=generator) * 0.05).to(torch.bfloat16)
+        packed, state = _bnb(weight, "nf4", blocksize, True)
+        ours = quantizer.quantize(weight, quantizer.make_config(blocksize=blocksize))
+        assert torch.equal(ours.data, packed) and torch.equal(ours.state["absmax"], state.absmax)
+        assert torch.equal(quantizer.dequantize(ours), _generic_dequant(packed, state, "nf4"))
+
+
 def test_worked_vector():
     """methods.md §5: block [0.5, -1.0, 0.08, 2.0, 0 x 60]."""
     quantizer = adapterhub.get_quantizer("nf4")
