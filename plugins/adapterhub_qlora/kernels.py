@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -30,8 +32,10 @@ from adapterhub_qlora.codes import bounds4, code4
 LUT_BINS = 65536
 
 
-#: elements processed per step: temporaries stay in cache, and every blocksize divides it
-CHUNK = 1 << 20
+#: elements per work item: small enough that a chunk's temporaries stay in cache, large enough
+#: that per-op overhead is small. Chunks go to a thread pool (torch ops release the GIL), which
+#: on a busy machine beats parallelising each op: no barrier per op. Every blocksize divides it.
+CHUNK = 1 << 17
 
 
 def quantize_4bit(weight: torch.Tensor, kind: str, blocksize: int
@@ -47,14 +51,15 @@ def quantize_4bit(weight: torch.Tensor, kind: str, blocksize: int
     full = n - rem
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
     absmax = torch.empty(full // blocksize + (rem > 0), dtype=torch.float32, device=flat.device)
-    step = max(CHUNK // blocksize, 1) * blocksize
-    for start in range(0, full, step):
-        stop = min(start + step, full)
+
+    def work(start: int, stop: int) -> None:
         body = flat[start:stop].view(-1, blocksize)
         block_absmax = absmax[start // blocksize:stop // blocksize]
         _block_absmax(body, out=block_absmax)
         scaled = body * (1.0 / block_absmax.clamp(min=1e-38)).unsqueeze(1)
         _pack(_codes(scaled.view(-1), kind), out=packed[start // 2:stop // 2])
+
+    _in_chunks(work, full, blocksize)
     if rem:
         tail = flat[full:].float()
         absmax[-1] = tail.abs().max().clamp(min=1e-38)  # stored clamped, unlike full blocks
@@ -73,12 +78,25 @@ def _block_absmax(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def _codes(scaled: torch.Tensor, kind: str) -> torch.Tensor:
-    """The 4-bit code of each scaled value (clamped to [-1, 1] here, in place)."""
-    bounds, order = bounds4(kind)
-    codes = torch.bucketize(scaled.clamp_(-1.0, 1.0), bounds.to(scaled.device), out_int32=True)
+    """The 4-bit code of each scaled value (clamped to [-1, 1] here, in place).
+
+    The code of x is the number of decision thresholds strictly below it (``bucketize`` with
+    ``right=False``); counting with one comparison per threshold is faster than a search.
+    """
+    thresholds, order = _thresholds(kind)
+    x = scaled.clamp_(-1.0, 1.0)
+    codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
+    for threshold in thresholds:
+        codes.add_(x > threshold)
     if kind != "nf4":
-        codes = order.to(device=codes.device, dtype=torch.int32)[codes]
+        codes = order.to(codes.device)[codes.long()]
     return codes
+
+
+@functools.cache
+def _thresholds(kind: str) -> tuple[tuple[float, ...], torch.Tensor]:
+    bounds, order = bounds4(kind)
+    return tuple(bounds.tolist()), order.to(torch.uint8)  # fp32 values, exact as Python floats
 
 
 def _pack(codes: torch.Tensor, out: torch.Tensor) -> None:
@@ -106,17 +124,45 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, block
     rem = n % blocksize
     full = n - rem
     quads = _quad_table(kind, data.device)
-    step = max(CHUNK // blocksize, 1) * blocksize
-    for start in range(0, full, step):
-        stop = min(start + step, full)
-        index = data[start // 2:stop // 2].view(torch.uint16).to(torch.int32)
+    words = data[:full // 2].view(torch.uint16)
+    scales = absmax.unsqueeze(1)
+    rows = out[:full].view(-1, blocksize)
+
+    def work(start: int, stop: int) -> None:
+        index = words[start // 4:stop // 4].to(torch.int32)
         values = quads.index_select(0, index).view(torch.float32).view(-1, blocksize)
-        values.mul_(absmax[start // blocksize:stop // blocksize].unsqueeze(1))
-        out[start:stop].copy_(values.view(-1))
+        first, last = start // blocksize, stop // blocksize
+        rows[first:last].copy_(values.mul_(scales[first:last]))
+
+    _in_chunks(work, full, blocksize)
     if rem:
         values = _pair_table(kind, data.device)[data[full // 2:].long()].view(-1)[:rem]
         out[full:].copy_(values.mul_(absmax[-1]))
     return out.view(tuple(shape))
+
+
+def _in_chunks(work: Callable[[int, int], None], total: int, blocksize: int) -> None:
+    """Call ``work(start, stop)`` over ``[0, total)`` in chunks of whole blocks, in parallel."""
+    step = max(CHUNK // blocksize, 1) * blocksize
+    spans = [(start, min(start + step, total)) for start in range(0, total, step)]
+    workers = torch.get_num_threads()
+    if len(spans) <= 1 or workers <= 1:
+        for span in spans:
+            work(*span)
+        return
+    for future in [_pool(workers).submit(work, *span) for span in spans]:
+        future.result()
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool per process (a forked child must not reuse its parent's threads)."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="adapterhub-nf4")
+    return _POOLS[key]
 
 
 @functools.cache
