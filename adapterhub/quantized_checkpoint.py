@@ -202,11 +202,12 @@ def load_quantized(model: nn.Module, path: str | os.PathLike[str], *,
                 quantized, config=quantizer.make_config(quantized.config,
                                                         compute_dtype=compute_dtype))
         if type(module) is nn.Linear:
-            # the bias stays in ``plain``: load_state_dict copies the stored value in below
+            # the bias stays in ``plain``: load_state_dict puts the stored value in below
             model.set_submodule(path_, quantizer.linear_from(quantized, module.bias))
         else:
             plain[weight] = quantizer.dequantize(quantized)
-    missing, unexpected = model.load_state_dict(plain, strict=False)
+    # assign: the tensors just read become the parameters (no second copy in memory)
+    missing, unexpected = model.load_state_dict(plain, strict=False, assign=True)
     missing = [k for k in missing if k not in stored]
     if unexpected or missing:
         problem = (f"tensor {unexpected[0]!r} has no place in the model" if unexpected else

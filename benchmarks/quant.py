@@ -198,20 +198,40 @@ model.save_pretrained(sys.argv[2])
 """
 
 
-def run_measured(args: list[str]) -> dict:
-    """Run a command; wall time and the peak RSS of the child (``ru_maxrss``)."""
-    import resource
+def _status_mib(field: str, pid: int | str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+def peak_rss_mib(pid: int | str = "self") -> float | None:
+    """The process's peak resident set size (``VmHWM``, reset by exec) in MiB."""
+    return _status_mib("VmHWM", pid)
+
+
+def current_rss_mib(pid: int | str = "self") -> float | None:
+    """The process's resident set size now (``VmRSS``) in MiB."""
+    return _status_mib("VmRSS", pid)
+
+
+def run_measured(args: list[str]) -> dict:
+    """Run a command; its wall time and peak RSS (``VmHWM`` sampled until it exits)."""
     start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True,
-                          env={**os.environ, "ADAPTERHUB_QUIET": "1"})
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "ADAPTERHUB_QUIET": "1"})
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, peak_rss_mib(process.pid) or 0.0)
+        time.sleep(0.02)
+    stdout, stderr = process.communicate()
     wall = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"{args[:3]} failed: {done.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"wall_s": wall, "peak_rss_mib": peak / 1024 if peak > before else None,
-            "stdout": done.stdout}
+    if process.returncode:
+        raise RuntimeError(f"{args[:3]} failed: {stderr[-2000:]}")
+    return {"wall_s": wall, "peak_rss_mib": peak, "stdout": stdout}
 
 
 def bench_end_to_end(base: Path, work: Path) -> dict:
@@ -219,7 +239,6 @@ def bench_end_to_end(base: Path, work: Path) -> dict:
     from adapterhub.checkpoint import Checkpoint
     from adapterhub.quantized_checkpoint import stored_quantized
 
-    # the peer first: ru_maxrss of children is a running maximum, and it needs more memory
     peer = run_measured([sys.executable, "-c", PEER_SCRIPT, str(base), str(work / "bnb")])
     peer.pop("stdout")
     command = str(Path(sys.executable).parent / "adapterhub")
@@ -245,29 +264,31 @@ def bench_end_to_end(base: Path, work: Path) -> dict:
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from pathlib import Path
 import adapterhub
 from adapterhub.checkpoint import Checkpoint
 from adapterhub.quantized_checkpoint import load_quantized
+from benchmarks.quant import current_rss_mib, peak_rss_mib
 from transformers import AutoConfig, AutoModelForCausalLM
 path, variant = Path(sys.argv[1]), sys.argv[2]
-start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start_rss = current_rss_mib()
 config = AutoConfig.from_pretrained(path)
 with torch.device("meta"):
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
-model = model.to_empty(device="cpu")  # untouched pages are not resident
-rotary = model.model.rotary_emb
-model.model.rotary_emb = type(rotary)(config=config)
+model = model.to_empty(device="cpu")  # allocated but untouched: not resident
+model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
 if variant == "nf4":
     load_quantized(model, path)
 else:
     checkpoint = Checkpoint(path)
     model.load_state_dict({n: checkpoint.read_tensor(n) for n in checkpoint.tensors},
-                          strict=False)
-loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-tensor_bytes = sum(t.numel() * t.element_size()
-                   for t in list(model.parameters()) + list(model.buffers()))
+                          strict=False, assign=True)
+loaded_rss = current_rss_mib()
+state = model.state_dict()
+tensor_bytes = sum(t.numel() * t.element_size() for t in state.values())
+linear_bytes = sum(t.numel() * t.element_size() for n, t in state.items()
+                   if ".layers." in n and ("_proj" in n))
 adapterhub.attach(model, "lora", r=16, target_modules="all-linear")
 optimizer = torch.optim.AdamW(adapterhub.param_groups(model, lr=1e-4))
 tokens = torch.randint(0, config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
@@ -276,23 +297,24 @@ for _ in range(2):
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
-print(json.dumps({"tensor_bytes": tensor_bytes, "rss_after_imports_mib": start_rss / 1024,
-                  "rss_after_load_mib": loaded_rss / 1024,
-                  "peak_rss_training_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "loss": loss.item()}))
+print(json.dumps({"tensor_bytes": tensor_bytes, "linear_weight_bytes": linear_bytes,
+                  "rss_after_imports_mib": start_rss, "rss_after_load_mib": loaded_rss,
+                  "peak_rss_training_mib": peak_rss_mib(), "loss": loss.item()}))
 """
 
 
 def bench_memory(bf16_dir: Path, nf4_dir: Path) -> dict:
+    """Load the model in bf16 and in NF4 and train LoRA on it, each in a fresh process."""
     out = {}
+    root = Path(__file__).parent.parent
     for variant, path in (("bf16", bf16_dir), ("nf4", nf4_dir)):
         done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path), variant],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, cwd=root)
         if done.returncode:
             raise RuntimeError(f"memory run {variant} failed: {done.stderr[-2000:]}")
         out[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    out["tensor_bytes_ratio"] = out["nf4"]["tensor_bytes"] / out["bf16"]["tensor_bytes"]
-    for key in ("rss_after_load_mib", "peak_rss_training_mib"):
+    for key in ("tensor_bytes", "linear_weight_bytes", "rss_after_load_mib",
+                "peak_rss_training_mib"):
         out[f"{key}_ratio"] = out["nf4"][key] / out["bf16"][key]
     return out
 

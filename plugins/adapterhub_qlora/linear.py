@@ -120,11 +120,13 @@ class Linear4bit(nn.Module):
                 self._set_quantized(quantized)
                 self.merged_weight, self._merges = None, 0
         if self.bias is not None:
-            if prefix + "bias" in mine:
+            if prefix + "bias" not in mine:
+                missing_keys.append(prefix + "bias")
+            elif local_metadata.get("assign_to_params_buffers", False):
+                self.bias = nn.Parameter(mine[prefix + "bias"], requires_grad=False)
+            else:
                 with torch.no_grad():
                     self.bias.copy_(mine[prefix + "bias"])
-            else:
-                missing_keys.append(prefix + "bias")
         if strict:
             expected = set(stored or ()) | {prefix + "bias"}
             unexpected_keys.extend(k for k in mine if k not in expected)
