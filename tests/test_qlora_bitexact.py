@@ -177,3 +177,18 @@ def test_bits_per_param_from_stored_bytes():
     stored = quantizer.state_dict(quantizer.quantize(weight, plain), "w")
     nbytes = sum(t.numel() * t.element_size() for t in stored.values())
     assert 8 * nbytes / n == pytest.approx(4.5, abs=1e-3)
+
+
+def test_quant_storage_other_than_uint8_is_read():
+    """transformers may store the packed bytes as bf16 (``bnb_4bit_quant_storage``)."""
+    quantizer = adapterhub.get_quantizer("nf4")
+    weight = torch.randn(64, 96, dtype=torch.bfloat16)
+    packed, state = bnb_functional.quantize_4bit(weight, blocksize=64, quant_type="nf4",
+                                                 compress_statistics=True,
+                                                 quant_storage=torch.bfloat16)
+    assert packed.dtype == torch.bfloat16
+    tensors = {"w": packed, **{f"w.{k}": v for k, v in state.as_dict(packed=True).items()}}
+    q = quantizer.from_state_dict("w", tensors)
+    assert q.data.dtype == torch.uint8 and q.data.shape == (64 * 96 // 2, 1)
+    assert torch.equal(quantizer.dequantize(q), _generic_dequant(packed.view(torch.uint8),
+                                                                 state, "nf4"))

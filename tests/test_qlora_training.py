@@ -157,6 +157,11 @@ def test_quantized_model_state_dict_round_trip():
     x = torch.randn(4, 16)
     assert torch.equal(other(x), model(x))
     assert other.lin0.config.blocksize == 32
+    plain = TinyMLP.build(seed=2)
+    adapterhub.quantize_model(plain, "nf4", {"double_quant": False})
+    plain.load_state_dict(state)  # a double-quantized state into a plain layer
+    assert torch.equal(plain(x), model(x))
+    assert sorted(plain.lin0.state_dict()) == sorted(model.lin0.state_dict())
     bad = dict(state)
     bad["lin0.weight.absmax"] = bad["lin0.weight.absmax"][:3]
     with pytest.raises(adapterhub.QuantizationError):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub.errors import QuantizationError
 from adapterhub.methods import QuantizedTensor, fold_delta
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ class Linear4bit(nn.Module):
                  bias: torch.Tensor | None) -> None:
         super().__init__()
         if len(quantized.shape) != 2:
-            raise ValueError(f"a Linear weight is 2-D; got shape {list(quantized.shape)}")
+            raise QuantizationError(f"a Linear weight is 2-D; got shape "
+                                    f"{list(quantized.shape)}")
         self.quantizer = quantizer
         self.out_features, self.in_features = quantized.shape
         self._set_quantized(quantized)
@@ -43,6 +45,8 @@ class Linear4bit(nn.Module):
         self._merges = 0
 
     def _set_quantized(self, quantized: QuantizedTensor) -> None:
+        for key in getattr(self, "_state_names", ()):
+            delattr(self, f"state_{key}")
         self.config = quantized.config
         self.weight_dtype = quantized.dtype
         self.compute_dtype: torch.dtype = getattr(torch, quantized.config.compute_dtype)

@@ -140,8 +140,9 @@ class Bnb4bitQuantizer(Quantizer):
                                         f"and nested_blocksize {NESTED_BLOCKSIZE}")
             state["nested_offset"] = torch.tensor(float(meta["nested_offset"]),
                                                   dtype=torch.float32)
-        quantized = QuantizedTensor(self.name, config, data.contiguous().view(torch.uint8),
-                                    state, shape, dtype)
+        # a quant_storage other than uint8 (bf16 for FSDP) holds the same bytes
+        packed = data.contiguous().view(torch.uint8).reshape(-1, 1)
+        quantized = QuantizedTensor(self.name, config, packed, state, shape, dtype)
         _check_layout(quantized, self.kind, what)
         return quantized
 
