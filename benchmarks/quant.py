@@ -393,21 +393,34 @@ def train_one(base, batches, eval_batches, quantize: str | None, seed: int) -> d
 
 
 def bench_qlora_vs_lora() -> dict:
+    import copy
+
+    import adapterhub
+
     runs = []
     for seed in SEEDS:
         base, teacher = task_models(seed)
         batches = task_batches(teacher, seed, TASK["steps"])
         eval_batches = task_batches(teacher, seed + 100, TASK["eval_batches"])
+        quantized = copy.deepcopy(base)
+        adapterhub.quantize_model(quantized, "nf4")
         with torch.no_grad():
-            floor = statistics.fmean(cross_entropy(teacher, t, y).item() for t, y in eval_batches)
-            start = statistics.fmean(cross_entropy(base, t, y).item() for t, y in eval_batches)
+            losses = {name: statistics.fmean(cross_entropy(model, t, y).item()
+                                             for t, y in eval_batches)
+                      for name, model in (("teacher_loss", teacher), ("base_loss", base),
+                                          ("quantized_base_loss", quantized))}
         lora = train_one(base, batches, eval_batches, None, seed)
         qlora = train_one(base, batches, eval_batches, "nf4", seed)
-        runs.append({"seed": seed, "teacher_loss": floor, "base_loss": start, "lora": lora,
-                     "qlora": qlora,
+        gap = losses["base_loss"] - losses["teacher_loss"]
+        for result in (lora, qlora):
+            result["gap_closed"] = (losses["base_loss"] - result["final_eval_loss"]) / gap
+        runs.append({"seed": seed, **losses, "lora": lora, "qlora": qlora,
                      "final_loss_ratio": qlora["final_eval_loss"] / lora["final_eval_loss"]})
-    mean = {key: statistics.fmean(r[key] for r in runs) for key in ("teacher_loss",
-                                                                    "base_loss")}
+    mean = {key: statistics.fmean(r[key] for r in runs)
+            for key in ("teacher_loss", "base_loss", "quantized_base_loss")}
+    for name in ("lora", "qlora"):
+        mean[f"{name}_gap_closed"] = statistics.fmean(r[name]["gap_closed"] for r in runs)
+        mean[f"{name}_train_s"] = statistics.fmean(r[name]["train_s"] for r in runs)
     lora_final = statistics.fmean(r["lora"]["final_eval_loss"] for r in runs)
     qlora_final = statistics.fmean(r["qlora"]["final_eval_loss"] for r in runs)
     return {"task": {**TASK, "shape": TASK_SHAPE, "seeds": list(SEEDS),

@@ -1,4 +1,4 @@
-"""Quantized base checkpoints: ``adapterhub quantize``, reading ours and transformers'/bitsandbytes'."""
+"""Quantized base checkpoints: ``adapterhub quantize``; reading ours and transformers' own."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ NESTED_BLOCKSIZE = 256
 @dataclass
 class Bnb4bitConfig(QuantizerConfig):
     blocksize: int = field(default=64, metadata={
-        "help": f"consecutive weights sharing one absmax; one of {', '.join(map(str, BLOCKSIZES))}"})
+        "help": "consecutive weights sharing one absmax: "
+                + ", ".join(map(str, BLOCKSIZES))})
     double_quant: bool = field(default=True, metadata={
         "help": "quantize the absmax values too (8-bit dynamic map, blocks of 256, mean "
                 "offset): 0.127 instead of 0.5 bits per parameter for the constants"})

@@ -32,10 +32,11 @@ from adapterhub_qlora.codes import bounds4, code4
 LUT_BINS = 65536
 
 
-#: elements per work item: small enough that a chunk's temporaries stay in cache, large enough
-#: that per-op overhead is small. Chunks go to a thread pool (torch ops release the GIL), which
-#: on a busy machine beats parallelising each op: no barrier per op. Every blocksize divides it.
-CHUNK = 1 << 17
+#: elements per work item (every blocksize divides it): at torch's parallel grain size, so
+#: each op on a chunk runs on one thread, and chunks are spread over a few Python threads
+#: instead (torch ops release the GIL). On a busy machine this beats letting every op fork
+#: and join its own OpenMP team: one descheduled thread no longer stalls each op.
+CHUNK = 1 << 15
 
 
 def quantize_4bit(weight: torch.Tensor, kind: str, blocksize: int
@@ -142,16 +143,25 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, block
 
 
 def _in_chunks(work: Callable[[int, int], None], total: int, blocksize: int) -> None:
-    """Call ``work(start, stop)`` over ``[0, total)`` in chunks of whole blocks, in parallel."""
+    """Call ``work(start, stop)`` over ``[0, total)`` in chunks of whole blocks, in parallel.
+
+    The calling thread and ``torch.get_num_threads() - 1`` pool threads each take the next
+    chunk from one shared iterator until none is left.
+    """
     step = max(CHUNK // blocksize, 1) * blocksize
-    spans = [(start, min(start + step, total)) for start in range(0, total, step)]
-    workers = torch.get_num_threads()
-    if len(spans) <= 1 or workers <= 1:
-        for span in spans:
+    spans = iter([(start, min(start + step, total)) for start in range(0, total, step)])
+    helpers = min(torch.get_num_threads(), -(-total // step)) - 1
+
+    def drain() -> None:
+        for span in spans:  # a list iterator hands out each item once, across threads
             work(*span)
-        return
-    for future in [_pool(workers).submit(work, *span) for span in spans]:
-        future.result()
+
+    futures = [_pool(helpers).submit(drain) for _ in range(helpers)] if helpers > 0 else []
+    try:
+        drain()
+    finally:
+        for future in futures:
+            future.result()
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}

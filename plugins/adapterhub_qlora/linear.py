@@ -139,7 +139,8 @@ class Linear4bit(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, quantizer={self.quantizer.name}, "
                 f"blocksize={self.config.blocksize}, double_quant={self.config.double_quant}, "
-                f"compute_dtype={self.config.compute_dtype}, merged={self.merged_weight is not None}")
+                f"compute_dtype={self.config.compute_dtype}, "
+                f"merged={self.merged_weight is not None}")
 
 
 class _DequantizedLinear(torch.autograd.Function):
