@@ -338,9 +338,11 @@ class Quantizer:
 
     * ``quantize``/``dequantize`` — a weight to a :class:`QuantizedTensor` and back;
     * ``bits_per_param`` — storage cost, constants included;
-    * ``make_linear`` — a frozen Linear computing with the dequantized weight, whose class
+    * ``linear_from`` — a frozen Linear computing with the dequantized weight, whose class
       declares ``adapterhub_layer_kind = "linear"`` so adapters attach to it, and which carries
-      ``adapterhub_quantization = {"name": ..., "config": {...}}`` for the manifest;
+      ``adapterhub_quantization = {"name": ..., "config": {...}}`` for the manifest (it may
+      define ``merge_delta``/``unmerge_delta``, see :class:`~adapterhub.AdaptedLayer`);
+      ``make_linear`` quantizes an ``nn.Linear`` into one;
     * ``state_dict``/``stored_weights``/``from_state_dict`` — the checkpoint layout, so that
       quantized checkpoints are written and read without the reader knowing the format;
     * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``.
