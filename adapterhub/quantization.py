@@ -52,6 +52,7 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     from torch import nn
 
     from adapterhub.methods import adapted_layers
+    from adapterhub.targets import output_head
 
     if adapted_layers(model):
         raise ConfigError("the model already has an adapter attached",
@@ -59,7 +60,7 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     quantizer_obj = resolve_quantizer(quantizer)
     config_obj = quantizer_obj.make_config(config)
     skip = list(skip)
-    head = _output_head(model)
+    head = output_head(model)
     chosen = [(path, module) for path, module in model.named_modules()
               if type(module) is nn.Linear and module is not head
               and not any(path == name or path.endswith("." + name) for name in skip)]
@@ -68,14 +69,6 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
         layers[path] = quantizer_obj.make_linear(module, config_obj)
         model.set_submodule(path, layers[path])
     return layers
-
-
-def _output_head(model: nn.Module) -> nn.Module | None:
-    get = getattr(model, "get_output_embeddings", None)
-    try:
-        return get() if callable(get) else None
-    except (AttributeError, NotImplementedError):
-        return None
 
 
 def quantized_base(weight: torch.Tensor, quantization: dict[str, Any]) -> torch.Tensor:

@@ -90,6 +90,7 @@ def test_quantized_tensors_equal_what_transformers_saves(quantized, bnb_saved):
 def test_load_quantized_computes_like_quantize_model(quantized, bnb_saved):
     reference = _llama()
     adapterhub.quantize_model(reference, "nf4")
+    assert type(reference.lm_head) is torch.nn.Linear  # the output head stays in bf16
     tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     expected = reference(tokens).logits
     for path in (quantized[0], bnb_saved):
