@@ -325,11 +325,6 @@ class QuantizedTensor:
         """Bytes of the packed data and every state tensor."""
         return sum(t.numel() * t.element_size() for t in (self.data, *self.state.values()))
 
-    def to(self, device: torch.device | str) -> QuantizedTensor:
-        """A copy with every tensor on ``device``."""
-        return dataclasses.replace(self, data=self.data.to(device),
-                                   state={k: v.to(device) for k, v in self.state.items()})
-
 
 class Quantizer:
     """A base-weight quantizer (NF4, FP4, ...), composable with any LoRA-family method.

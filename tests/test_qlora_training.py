@@ -181,3 +181,19 @@ def test_quantize_model_rules():
     with pytest.raises(adapterhub.QuantizationError):
         adapterhub.get_quantizer("nf4").quantize(torch.ones(3, 3, dtype=torch.int32),
                                                  adapterhub.get_quantizer("nf4").make_config())
+
+
+def test_quantized_model_runs_under_inference_mode_and_no_grad():
+    """The kernels spread chunks over threads; torch's thread-local modes must follow."""
+    model = TinyMLP.build()
+    adapterhub.quantize_model(model, "nf4")
+    big = adapterhub.get_quantizer("nf4")
+    weight = torch.randn(700, 300)
+    x = torch.randn(4, 16)
+    expected = model(x)
+    with torch.inference_mode():
+        assert torch.equal(model(x), expected)
+        q = big.quantize(weight, big.make_config())
+        values = big.dequantize(q)
+    with torch.no_grad():
+        assert torch.equal(big.dequantize(big.quantize(weight, big.make_config())), values)

@@ -146,15 +146,18 @@ def _in_chunks(work: Callable[[int, int], None], total: int, blocksize: int) -> 
     """Call ``work(start, stop)`` over ``[0, total)`` in chunks of whole blocks, in parallel.
 
     The calling thread and ``torch.get_num_threads() - 1`` pool threads each take the next
-    chunk from one shared iterator until none is left.
+    chunk from one shared iterator until none is left. The caller's grad and inference modes
+    (thread-local in torch) are set in the pool threads too.
     """
     step = max(CHUNK // blocksize, 1) * blocksize
     spans = iter([(start, min(start + step, total)) for start in range(0, total, step)])
     helpers = min(torch.get_num_threads(), -(-total // step)) - 1
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def drain() -> None:
-        for span in spans:  # a list iterator hands out each item once, across threads
-            work(*span)
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            for span in spans:  # a list iterator hands out each item once, across threads
+                work(*span)
 
     futures = [_pool(helpers).submit(drain) for _ in range(helpers)] if helpers > 0 else []
     try:
@@ -221,7 +224,8 @@ def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int
 
 @functools.cache
 def _bin_table(code: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """For each of the 65,536 bins of [-1, 1]: the code nearest its left edge (ties lower)."""
+    """For each of the 65,536 points ``-1 + 2i/65535`` of [-1, 1]: the index of the nearest
+    code (the lower one on a tie), as bitsandbytes builds its table."""
     values = torch.tensor(code, dtype=torch.float32)
     midpoints = 0.5 * (values[:-1] + values[1:])
     edges = -1.0 + (2.0 * torch.arange(LUT_BINS, dtype=torch.float32)) / float(LUT_BINS - 1)
