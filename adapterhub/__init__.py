@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
                                ExportError, FormatError, IncompatibleBaseModelError,
-                               IntegrityError, MergeError, PluginLoadError, RegistrationError,
-                               TargetError, UnknownMethodError, UnsafeFormatError)
-from adapterhub.errors import MissingBlobsError, PromotionError, RefError, RegistryError
+                               IntegrityError, MergeError, MissingBlobsError, PluginLoadError,
+                               PromotionError, QuantizationError, RefError, RegistrationError,
+                               RegistryError, TargetError, UnknownMethodError,
+                               UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
-from adapterhub.methods import AdapterMethod, MethodConfig, Quantizer
+from adapterhub.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
+                                Quantizer, QuantizerConfig)
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,7 @@ _LAZY = {
     "get_quantizer": "adapterhub.plugins",
     "get_plugin_manager": "adapterhub.plugins",
     "Registry": "adapterhub.registry",
+    "quantize_model": "adapterhub.quantization",
 }
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
     from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
     from adapterhub.registry import Registry
+    from adapterhub.quantization import quantize_model
 
 
 def __getattr__(name: str) -> Any:
@@ -59,4 +63,5 @@ __all__ = [
     "attached", "extract", "get_method", "get_plugin_manager", "get_quantizer", "hookimpl",
     "load", "param_groups", "unload",
     "MissingBlobsError", "PromotionError", "RefError", "Registry", "RegistryError",
+    "ConfigBase", "QuantizationError", "QuantizedTensor", "QuantizerConfig", "quantize_model",
 ]

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import AdapterHubError, IncompatibleBaseModelError
-from adapterhub.methods import AdapterMethod, MethodConfig, adapted_layers
+from adapterhub.errors import AdapterHubError, ConfigError, IncompatibleBaseModelError
+from adapterhub.methods import (AdapterMethod, MethodConfig, Quantizer, QuantizerConfig,
+                                adapted_layers)
 from adapterhub.plugins import get_method
 
 if TYPE_CHECKING:
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def attach(model: nn.Module, method: str | AdapterMethod = "lora",
-           config: MethodConfig | dict[str, Any] | None = None,
+           config: MethodConfig | dict[str, Any] | None = None, *,
+           quantize: str | Quantizer | None = None,
+           quantize_config: QuantizerConfig | dict[str, Any] | None = None,
            **config_fields: Any) -> dict[str, AdaptedLayer]:
     """Put ``method``'s adapted layers in place of the targeted layers of ``model``.
 
@@ -28,10 +31,29 @@ def attach(model: nn.Module, method: str | AdapterMethod = "lora",
 
         layers = adapterhub.attach(model, "lora", r=16, target_modules=["q_proj", "v_proj"])
 
+    ``quantize`` names a quantizer (QLoRA: ``quantize="nf4"``): first every ``nn.Linear`` of
+    the model except the output head is replaced by the quantizer's frozen quantized Linear
+    (see :func:`adapterhub.quantization.quantize_model`; ``quantize_config`` sets blocksize,
+    double quantisation, compute dtype), then the adapter attaches on top. The targets are
+    checked before anything changes.
+
     Returns the adapted layers by module path.
     """
+    from adapterhub.quantization import quantize_model, resolve_quantizer
+    from adapterhub.targets import find_targets
+
     method_obj = get_method(method) if isinstance(method, str) else method
-    return method_obj.attach(model, method_obj.make_config(config, **config_fields))
+    config_obj = method_obj.make_config(config, **config_fields)
+    if quantize is not None:
+        quantizer = resolve_quantizer(quantize)
+        quantizer_config = quantizer.make_config(quantize_config)
+        find_targets(model, config_obj.target_modules, kinds=method_obj.layer_kinds,
+                     method=method_obj.name)
+        quantize_model(model, quantizer, quantizer_config)
+    elif quantize_config is not None:
+        raise ConfigError("quantize_config was given without quantize",
+                          hint="Pass quantize='nf4' (or another quantizer) as well")
+    return method_obj.attach(model, config_obj)
 
 
 def attached(model: nn.Module) -> tuple[AdapterMethod, MethodConfig]:

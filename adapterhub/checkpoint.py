@@ -7,10 +7,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapterhub.errors import AdapterNotFoundError, FormatError, UnsafeFormatError
 from adapterhub.safetensors_io import PICKLE_SUFFIXES, Header, TensorInfo, read_header
 from registry_db.digests import canonical_json, sha256_digest
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -100,6 +104,15 @@ class Checkpoint:
     def name(self) -> str:
         """The model's name: ``_name_or_path`` from config.json, else the directory name."""
         return self.config.get("_name_or_path") or self.path.resolve().name
+
+    def read_tensor(self, name: str) -> torch.Tensor:
+        """One tensor's data, read from its shard without loading anything else."""
+        from adapterhub.safetensors_io import read_tensor
+
+        entry = self.tensors.get(name)
+        if entry is None:
+            raise FormatError(f"{self.path} has no tensor {name!r}")
+        return read_tensor(entry.file, entry.info)
 
     def module_weight(self, module: str) -> str | None:
         """The checkpoint tensor holding ``<module>.weight``.

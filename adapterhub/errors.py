@@ -153,3 +153,10 @@ class WriteError(AdapterHubError, OSError):
     """Writing a build's output failed (disk full, no permission); nothing is left half-written."""
 
     default_hint = "Free disk space or fix the permissions of the output's directory, then retry"
+
+
+class QuantizationError(AdapterHubError, ValueError):
+    """A weight cannot be quantized as asked, or a quantized weight's stored state is invalid."""
+
+    default_hint = ("Check the weight's dtype and the quantizer config, or re-quantize the "
+                    "checkpoint with 'adapterhub quantize'")

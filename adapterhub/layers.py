@@ -81,24 +81,38 @@ class AdaptedLayer(nn.Module):
                                         tuple(self.base_weight.shape))
 
     def merge(self) -> None:
-        """Fold ΔW into the base weight (fp32 add, one cast back); idempotent."""
+        """Fold ΔW into the base weight (fp32 add, one cast back); idempotent.
+
+        A base layer that stores its weight in another form (a quantized Linear) folds ΔW
+        itself through its ``merge_delta(delta, what=...)`` method.
+        """
         if self.merged:
             return
-        weight = self.base_weight
+        what = f"{self.method.name} adapter on {self.path}"
         with torch.no_grad():
             delta = self.delta_weight()
-            weight.data = fold_delta(weight.data, delta, what=f"{self.method.name} adapter on "
-                                                              f"{self.path}")
+            if hasattr(self.base_layer, "merge_delta"):
+                self.base_layer.merge_delta(delta, what=what)
+            else:
+                weight = self.base_weight
+                weight.data = fold_delta(weight.data, delta, what=what)
         self.merged = True
 
     def unmerge(self) -> None:
-        """Subtract ΔW again (exact in fp32, approximate in bf16/fp16)."""
+        """Subtract ΔW again (exact in fp32, approximate in bf16/fp16).
+
+        A base layer with ``merge_delta`` undoes it with ``unmerge_delta(delta, what=...)``.
+        """
         if not self.merged:
             return
-        weight = self.base_weight
+        what = f"{self.method.name} adapter on {self.path}"
         with torch.no_grad():
-            weight.data = fold_delta(weight.data, self.delta_weight(), scale=-1.0,
-                                     what=f"{self.method.name} adapter on {self.path}")
+            delta = self.delta_weight()
+            if hasattr(self.base_layer, "unmerge_delta"):
+                self.base_layer.unmerge_delta(delta, what=what)
+            else:
+                weight = self.base_weight
+                weight.data = fold_delta(weight.data, delta, scale=-1.0, what=what)
         self.merged = False
 
     # -- forward ----------------------------------------------------------------------------

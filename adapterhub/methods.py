@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Self, Union, get_args, get_origin
 
 from adapterhub.errors import ConfigError, ExportError, FormatError, MergeError
 
@@ -28,25 +29,14 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclasses.dataclass
-class MethodConfig:
-    """Base class of every method's config: a validated, JSON-able dataclass.
+class ConfigBase:
+    """A validated, JSON-able dataclass: the base of method and quantizer configs.
 
     Subclasses are ``@dataclasses.dataclass`` classes whose fields all have defaults and carry
     ``metadata={"help": "..."}``. ``validate`` raises :class:`ConfigError` quoting the bad value.
     """
 
-    target_modules: list[str] | str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "module names (matched on the last path parts), a regex matched on the "
-                          "whole path, or 'all-linear'; None uses the architecture's default"},
-    )
-
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, (tuple, set)):
-            self.target_modules = sorted(self.target_modules)
-        if self.target_modules is not None and not isinstance(self.target_modules, (str, list)):
-            raise ConfigError(f"target_modules must be a list of names or a regex string; "
-                              f"got {self.target_modules!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -57,7 +47,7 @@ class MethodConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         """Build a config from a dict, refusing unknown fields."""
         if not isinstance(data, dict):
             raise ConfigError(f"a method config must be a JSON object; got {type(data).__name__}")
@@ -72,7 +62,7 @@ class MethodConfig:
             raise ConfigError(f"invalid config for {cls.__name__}: {exc}") from None
 
     @classmethod
-    def from_strings(cls, pairs: Iterable[str]) -> MethodConfig:
+    def from_strings(cls, pairs: Iterable[str]) -> Self:
         """Build a config from ``KEY=VALUE`` strings (the CLI's ``--config``).
 
         A value is read as JSON when it parses (``16``, ``true``, ``["q","v"]``), a list field
@@ -109,6 +99,30 @@ class MethodConfig:
             out.append({"name": f.name, "type": _type_name(hints.get(f.name, f.type)),
                         "default": default, "help": f.metadata.get("help", "")})
         return out
+
+
+@dataclasses.dataclass
+class MethodConfig(ConfigBase):
+    """Base class of every method's config (see :class:`ConfigBase`)."""
+
+    target_modules: list[str] | str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "module names (matched on the last path parts), a regex matched on the "
+                          "whole path, or 'all-linear'; None uses the architecture's default"},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, (tuple, set)):
+            self.target_modules = sorted(self.target_modules)
+        if self.target_modules is not None and not isinstance(self.target_modules, (str, list)):
+            raise ConfigError(f"target_modules must be a list of names or a regex string; "
+                              f"got {self.target_modules!r}")
+        super().__post_init__()
+
+
+@dataclasses.dataclass
+class QuantizerConfig(ConfigBase):
+    """Base class of every quantizer's config (see :class:`ConfigBase`)."""
 
 
 def _accepts_list(hint: Any) -> bool:
@@ -338,30 +352,100 @@ def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:
             if isinstance(module, AdaptedLayer)}
 
 
+@dataclasses.dataclass
+class QuantizedTensor:
+    """One quantized weight: packed data, named state tensors, and what it stands for.
+
+    ``state`` holds the quantizer's tensors by name (for NF4: ``absmax``, ``quant_map``, ...);
+    ``shape`` and ``dtype`` are those of the weight it was made from; ``quantizer`` is the
+    registered name and ``config`` the config it was quantized with, so that
+    ``get_quantizer(q.quantizer).dequantize(q)`` needs nothing else.
+    """
+
+    quantizer: str
+    config: QuantizerConfig
+    data: torch.Tensor
+    state: dict[str, torch.Tensor]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed data and every state tensor."""
+        return sum(t.numel() * t.element_size() for t in (self.data, *self.state.values()))
+
+
 class Quantizer:
     """A base-weight quantizer (NF4, FP4, ...), composable with any LoRA-family method.
 
-    Subclasses set ``name`` and ``Config`` and implement ``quantize``/``dequantize`` and
-    ``make_linear`` (a Linear that computes with the dequantized weight, so adapters can train
-    on top of it).
+    Subclasses set ``name`` and ``Config`` and implement:
+
+    * ``quantize``/``dequantize`` — a weight to a :class:`QuantizedTensor` and back;
+    * ``bits_per_param`` — storage cost, constants included;
+    * ``linear_from`` — a frozen Linear computing with the dequantized weight, whose class
+      declares ``adapterhub_layer_kind = "linear"`` so adapters attach to it, and which carries
+      ``adapterhub_quantization = {"name": ..., "config": {...}}`` for the manifest (it may
+      define ``merge_delta``/``unmerge_delta``, see :class:`~adapterhub.AdaptedLayer`);
+      ``make_linear`` quantizes an ``nn.Linear`` into one;
+    * ``state_dict``/``stored_weights``/``from_state_dict`` — the checkpoint layout, so that
+      quantized checkpoints are written and read without the reader knowing the format;
+    * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``.
     """
 
     name: ClassVar[str]
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    Config: ClassVar[type[QuantizerConfig]] = QuantizerConfig
     description: ClassVar[str] = ""
 
-    def bits_per_param(self, config: MethodConfig) -> float:
+    def make_config(self, config: QuantizerConfig | dict[str, Any] | None = None,
+                    **kwargs: Any) -> QuantizerConfig:
+        """Coerce a config object, a dict, or keyword arguments into ``self.Config``."""
+        if isinstance(config, self.Config):
+            return self.Config.from_dict({**config.to_dict(), **kwargs}) if kwargs else config
+        return self.Config.from_dict({**(config or {}), **kwargs})
+
+    def bits_per_param(self, config: QuantizerConfig) -> float:
         """Average storage bits per quantized parameter, constants included."""
         raise NotImplementedError
 
-    def quantize(self, weight: torch.Tensor, config: MethodConfig) -> Any:
-        """Quantize one weight; returns the plugin's quantized-tensor object."""
+    def quantize(self, weight: torch.Tensor, config: QuantizerConfig) -> QuantizedTensor:
+        """Quantize one weight (any shape, a floating dtype)."""
         raise NotImplementedError
 
-    def dequantize(self, quantized: Any) -> torch.Tensor:
-        """The weight the quantized tensor stands for, in its original dtype."""
+    def dequantize(self, quantized: QuantizedTensor,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weight the quantized tensor stands for, in ``dtype`` (default: its own dtype)."""
         raise NotImplementedError
 
-    def make_linear(self, linear: nn.Module, config: MethodConfig) -> nn.Module:
+    def make_linear(self, linear: nn.Module, config: QuantizerConfig) -> nn.Module:
         """A frozen quantized replacement for ``linear`` with the same forward signature."""
+        return self.linear_from(self.quantize(linear.weight.detach(), config), linear.bias)
+
+    def linear_from(self, quantized: QuantizedTensor, bias: torch.Tensor | None) -> nn.Module:
+        """The quantized Linear computing with ``quantized`` (and ``bias``, kept as it is)."""
+        raise NotImplementedError
+
+    # -- checkpoint layout ------------------------------------------------------------------
+
+    def state_dict(self, quantized: QuantizedTensor, name: str) -> dict[str, torch.Tensor]:
+        """The checkpoint tensors storing ``quantized`` as the weight called ``name``."""
+        raise NotImplementedError
+
+    def stored_weights(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """Among checkpoint tensor ``names``, the weights this quantizer stored.
+
+        Returns ``{weight name: [every tensor name that belongs to it]}``.
+        """
+        raise NotImplementedError
+
+    def from_state_dict(self, name: str, tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
+        """Rebuild the weight ``name`` from its checkpoint tensors (as ``stored_weights`` lists)."""
+        raise NotImplementedError
+
+    def checkpoint_config(self, config: QuantizerConfig, skipped: list[str]) -> dict[str, Any]:
+        """The ``quantization_config`` entry for ``config.json`` (``skipped``: modules left as
+        they were)."""
         raise NotImplementedError

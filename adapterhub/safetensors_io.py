@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -197,3 +198,87 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 def tensor_digest(tensor: torch.Tensor) -> str:
     """``"sha256:…"`` of a tensor's raw bytes (dtype and shape live in the manifest)."""
     return "sha256:" + hashlib.sha256(tensor_bytes(tensor)).hexdigest()
+
+
+def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> torch.Tensor:
+    """The tensor ``info`` describes, read from ``path`` alone (one copy, no mmap)."""
+    import torch
+
+    buffer = bytearray(info.nbytes)
+    with open(path, "rb") as fh:
+        fh.seek(info.start)
+        if fh.readinto(buffer) != info.nbytes:
+            raise _corrupt(Path(path), f"tensor {info.name!r} is truncated")
+    if not buffer:
+        return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+    return torch.frombuffer(buffer, dtype=torch_dtype(info.dtype)).reshape(info.shape)
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file one tensor at a time, holding one tensor in memory at most.
+
+    Data goes to a temporary body file beside ``path``; :meth:`close` writes the header and
+    the body into ``path`` (through a temp file and a rename). Use as a context manager: an
+    exception removes everything written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.entries: dict[str, dict[str, Any]] = {}
+        fd, self._body_path = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                               suffix=".body")
+        self._body = os.fdopen(fd, "wb")
+        self._offset = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data written so far."""
+        return self._offset
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one tensor (written in row-major order, little-endian)."""
+        self.add_bytes(name, dtype_name(tensor.dtype), tuple(tensor.shape), tensor_bytes(tensor))
+
+    def add_bytes(self, name: str, dtype: str, shape: tuple[int, ...], data: Any) -> None:
+        """Append raw tensor bytes (a tensor copied from another file, byte for byte)."""
+        if name in self.entries:
+            raise FormatError(f"tensor {name!r} written twice to {self.path.name}")
+        size = len(memoryview(data).cast("B"))
+        self._body.write(data)
+        self.entries[name] = {"dtype": dtype, "shape": list(shape),
+                              "data_offsets": [self._offset, self._offset + size]}
+        self._offset += size
+
+    def close(self) -> None:
+        self._body.close()
+        header = json.dumps({"__metadata__": self.metadata, **self.entries},
+                            separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
+                out.write(struct.pack("<Q", len(header)))
+                out.write(header)
+                shutil.copyfileobj(body, out, 16 << 20)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            Path(self._body_path).unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop everything written."""
+        self._body.close()
+        Path(self._body_path).unlink(missing_ok=True)
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

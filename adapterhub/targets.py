@@ -88,7 +88,7 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None, *,
             candidates.append((path, module))
 
     if target_modules == ALL_LINEAR:
-        head = _output_head(model)
+        head = output_head(model)
         selected = [(p, m) for p, m in candidates
                     if layer_kind(m) in ("linear", "conv1d") and m is not head]
     elif isinstance(target_modules, str):
@@ -120,7 +120,8 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None, *,
     return selected
 
 
-def _output_head(model: nn.Module) -> nn.Module | None:
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output head (``get_output_embeddings()``), if it has one."""
     get = getattr(model, "get_output_embeddings", None)
     try:
         return get() if callable(get) else None
