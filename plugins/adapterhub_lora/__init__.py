@@ -1,6 +1,41 @@
-"""LoRA (Hu et al. 2021) with PEFT's semantics: the baseline method plugin."""
+"""LoRA (Hu et al. 2021) with PEFT's semantics: the baseline method plugin.
+
+The public classes (``LoraMethod``, ``LoraConfig``, ``LoraLinear``, ``LoraEmbedding``) are
+importable from the package itself, lazily, so that importing the plugin (and any plugin that
+subclasses it) does not import torch::
+
+    from adapterhub_lora import LoraMethod
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from adapterhub import hookimpl
+
+_LAZY = {
+    "LoraMethod": "adapterhub_lora.method",
+    "LoraConfig": "adapterhub_lora.config",
+    "LoraLinear": "adapterhub_lora.layer",
+    "LoraEmbedding": "adapterhub_lora.layer",
+}
+
+if TYPE_CHECKING:
+    from adapterhub_lora.config import LoraConfig
+    from adapterhub_lora.layer import LoraEmbedding, LoraLinear
+    from adapterhub_lora.method import LoraMethod
+
+__all__ = ["LoraConfig", "LoraEmbedding", "LoraLinear", "LoraMethod"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adapterhub_lora' has no attribute {name!r}")
 
 
 @hookimpl
