@@ -52,7 +52,7 @@ WARMUP = 0.1  # share of the steps with a linearly rising learning rate
 EVAL_EVERY = 5
 BATCH, SEQ = 4, 8
 HELD_OUT_BATCHES = 2
-LRS = (1.5e-4, 5e-4, 1.5e-3, 4.5e-3)
+LRS = (1.5e-4, 5e-4, 1.5e-3, 4.5e-3, 1.35e-2)
 THRESHOLDS = (0.5, 0.25)
 N_BLOCKS, MINI_RANK = 4, 2
 PLANTED_NORM = 0.3  # ‖ΔW*‖_F / ‖W‖_F on every target
@@ -297,7 +297,7 @@ def plot(report: dict) -> None:
         for t in THRESHOLDS:
             ax.axhline(t, color="grey", lw=0.7, ls="--")
         ax.set_yscale("log")
-        ax.set_ylim(top=2.0)
+        ax.set_ylim(0.03, 3.0)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
     axes[0].set_ylabel("held-out loss / base model's")
