@@ -6,13 +6,14 @@ fast: torch is loaded only when a function that needs it is first used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
                                ExportError, FormatError, IncompatibleBaseModelError,
                                IntegrityError, MergeError, PluginLoadError, RegistrationError,
                                TargetError, UnknownMethodError, UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
+from adapterhub.lazy import lazy_exports
 from adapterhub.methods import AdapterMethod, MethodConfig, Quantizer
 
 __version__ = "0.1.0"
@@ -37,15 +38,7 @@ if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
     from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

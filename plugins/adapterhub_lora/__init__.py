@@ -9,9 +9,10 @@ subclasses it) does not import torch::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
+from adapterhub.lazy import lazy_exports
 
 _LAZY = {
     "LoraMethod": "adapterhub_lora.method",
@@ -27,15 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LoraConfig", "LoraEmbedding", "LoraLinear", "LoraMethod"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub_lora' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 @hookimpl

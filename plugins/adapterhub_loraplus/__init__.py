@@ -6,9 +6,10 @@ public ``adapterhub_lora.LoraMethod``); only the optimizer groups differ.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
+from adapterhub.lazy import lazy_exports
 
 _LAZY = {
     "LoraPlusMethod": "adapterhub_loraplus.method",
@@ -21,15 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LoraPlusConfig", "LoraPlusMethod"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub_loraplus' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 @hookimpl

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
+from adapterhub.lazy import lazy_exports
 
 _LAZY = {
     "MeloraMethod": "adapterhub_melora.method",
@@ -19,15 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MeloraConfig", "MeloraLinear", "MeloraMethod"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub_melora' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 @hookimpl
