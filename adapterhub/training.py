@@ -67,12 +67,14 @@ def read_jsonl(path: str | os.PathLike[str], task: str) -> Dataset:
         raise FormatError(f"cannot read the data file {path}: {exc.strerror}") from None
     texts: list[str] = []
     labels: list[int | str] = []
-    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for lineno, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            raise FormatError(f"{where}: not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise FormatError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):

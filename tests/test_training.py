@@ -89,6 +89,13 @@ def test_bad_line_is_named(tmp_path, bad, message):
         read_jsonl(path, "classification")
 
 
+def test_bytes_that_are_not_utf8_are_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "bom is fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(FormatError, match=r"d\.jsonl:2: not UTF-8 text"):
+        read_jsonl(path, "causal-lm")
+
+
 def test_degenerate_files_refused(tmp_path):
     with pytest.raises(FormatError, match="holds no examples"):
         read_jsonl(write_lines(tmp_path / "e.jsonl", ["", " "]), "causal-lm")
