@@ -26,7 +26,7 @@ class LoraPlusMethod(LoraMethod):
     name = "loraplus"
     format_version = 1
     Config = LoraPlusConfig
-    description = "LoRA+ : LoRA with a higher learning rate for B (PEFT's LoRA+ groups)"
+    description = "LoRA+: LoRA with a higher learning rate for B (PEFT's LoRA+ groups)"
 
     def param_groups(self, model: nn.Module, lr: float, **kwargs: Any) -> list[dict[str, Any]]:
         """PEFT's four groups, each with a ``name`` key.
