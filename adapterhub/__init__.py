@@ -6,7 +6,7 @@ fast: torch is loaded only when a function that needs it is first used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
                                ExportError, FormatError, IncompatibleBaseModelError,
@@ -15,6 +15,7 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                RegistryError, TargetError, UnknownMethodError,
                                UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
+from adapterhub.lazy import lazy_exports
 from adapterhub.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
                                 Quantizer, QuantizerConfig)
 
@@ -44,15 +45,7 @@ if TYPE_CHECKING:
     from adapterhub.registry import Registry
     from adapterhub.quantization import quantize_model
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

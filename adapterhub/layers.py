@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from adapterhub.methods import AdapterMethod, MethodConfig
 
 
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapter tensors train in fp32 on a 16-bit base (PEFT's ``autocast_adapter_dtype``)."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
 class AdaptedLayer(nn.Module):
     """A frozen ``base_layer`` plus a method's trainable adapter tensors.
 

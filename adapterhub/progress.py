@@ -24,3 +24,12 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | float | None =
     byte_units = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable or quiet(),
                 leave=False, dynamic_ncols=True, **byte_units, **kwargs)
+
+
+def write(message: str) -> None:
+    """Print a line on stderr without breaking a progress bar that is showing."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)

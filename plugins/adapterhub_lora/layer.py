@@ -8,12 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.layers import AdaptedLayer
-
-
-def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Adapter tensors train in fp32 on a 16-bit base (PEFT's ``autocast_adapter_dtype``)."""
-    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+from adapterhub.layers import AdaptedLayer, adapter_dtype
 
 
 class LoraLinear(AdaptedLayer):

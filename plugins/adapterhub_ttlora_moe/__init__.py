@@ -8,9 +8,10 @@ torch only when first used::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
+from adapterhub.lazy import lazy_exports
 
 _LAZY = {
     "train_expert": "adapterhub_ttlora_moe.training",
@@ -31,16 +32,7 @@ if TYPE_CHECKING:
     from adapterhub_ttlora_moe.training import train_expert, train_router
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adapterhub_ttlora_moe' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 @hookimpl
