@@ -232,6 +232,20 @@ class AdapterMethod:
         """
         return {}
 
+    def train_mixture(self, model: nn.Module, experts: list[AdapterPackage],
+                      inputs: dict[str, torch.Tensor], expert_labels: list[str], *,
+                      epochs: int, lr: float, batch_size: int, seed: int,
+                      show_progress: bool = True) -> AdapterPackage:
+        """Train a mixture-of-experts version over frozen ``experts`` (its router, say) on
+        tokenized ``inputs`` whose rows are labelled with the expert that should take them.
+
+        Only methods with :meth:`experts` implement this; ``adapterhub train --experts``
+        calls it.
+        """
+        raise ConfigError(f"the {self.name!r} method does not combine experts",
+                          hint="--experts goes with a mixture-of-experts method such as "
+                               "ttlora_moe")
+
     def load(self, model: nn.Module, tensors: dict[str, torch.Tensor],
              config: MethodConfig, experts: list[AdapterPackage] | None = None
              ) -> dict[str, AdaptedLayer]:

@@ -9,7 +9,9 @@ Data (one JSON object per line; blank lines are skipped, other keys are ignored)
 
 - ``classification``: ``{"text": "...", "label": 0}`` or ``{"text": "...", "label": "pos"}``
   (integers ``0..k-1``, or strings mapped to ids in sorted order; not both in one file);
-- ``causal-lm``: ``{"text": "..."}`` (loss on every non-padding token).
+- ``causal-lm``: ``{"text": "..."}`` (loss on every non-padding token);
+- routing data for a mixture of experts (:func:`train_mixture`): ``{"text": "...",
+  "task": "sports"}``, where ``task`` names the expert that should take the row.
 """
 
 from __future__ import annotations
@@ -61,12 +63,36 @@ def read_jsonl(path: str | os.PathLike[str], task: str) -> Dataset:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     path = Path(path)
+    records, digest = _read_records(path)
+    texts: list[str] = []
+    labels: list[int | str] = []
+    for where, record in records:
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise FormatError(f"{where}: \"text\" must be a non-empty string",
+                              hint=_schema_hint(task))
+        texts.append(text)
+        if task == "classification":
+            labels.append(_label(record, where, labels[0] if labels else None))
+    if not texts:
+        raise FormatError(f"{path} holds no examples", hint=_schema_hint(task))
+    if task != "classification":
+        return Dataset(task, texts, source=path.name, sha256=digest)
+    names = sorted(set(labels)) if isinstance(labels[0], str) else None
+    ids = [names.index(v) for v in labels] if names else [int(v) for v in labels]
+    if len(set(ids)) < 2:
+        raise FormatError(f"{path}: classification needs at least two distinct labels; every "
+                          f"example has label {labels[0]!r}")
+    return Dataset(task, texts, ids, names, path.name, digest)
+
+
+def _read_records(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """``("file:line", object)`` for each non-blank line of a JSONL file, and its digest."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise FormatError(f"cannot read the data file {path}: {exc.strerror}") from None
-    texts: list[str] = []
-    labels: list[int | str] = []
+    records = []
     for lineno, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -79,24 +105,8 @@ def read_jsonl(path: str | os.PathLike[str], task: str) -> Dataset:
             raise FormatError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        text = record.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise FormatError(f"{where}: \"text\" must be a non-empty string",
-                              hint=_schema_hint(task))
-        texts.append(text)
-        if task == "classification":
-            labels.append(_label(record, where, labels[0] if labels else None))
-    if not texts:
-        raise FormatError(f"{path} holds no examples", hint=_schema_hint(task))
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    if task != "classification":
-        return Dataset(task, texts, source=path.name, sha256=digest)
-    names = sorted(set(labels)) if isinstance(labels[0], str) else None
-    ids = [names.index(v) for v in labels] if names else [int(v) for v in labels]
-    if len(set(ids)) < 2:
-        raise FormatError(f"{path}: classification needs at least two distinct labels; every "
-                          f"example has label {labels[0]!r}")
-    return Dataset(task, texts, ids, names, path.name, digest)
+        records.append((where, record))
+    return records, "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _label(record: dict[str, Any], where: str, first: int | str | None) -> int | str:
@@ -266,6 +276,62 @@ def train(base: str | os.PathLike[str], data: str | os.PathLike[str] | Dataset, 
             training["label_names"] = dataset.label_names
     return extract(model, base=base, metrics=metrics,
                    labels={"training": training, **(labels or {})}, parents=parents)
+
+
+def read_routing_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Texts and the expert (``task``) each should go to; a bad line names itself."""
+    texts, tasks = [], []
+    for where, record in _read_records(Path(path))[0]:
+        text, task = record.get("text"), record.get("task")
+        if not isinstance(text, str) or not text.strip() or not isinstance(task, (str, int)) \
+                or isinstance(task, bool):
+            raise FormatError(f"{where}: routing rows need a non-empty \"text\" and a "
+                              f"\"task\" naming an expert",
+                              hint='Each line must be {"text": "...", "task": "<expert name>"}')
+        texts.append(text)
+        tasks.append(str(task))
+    if not texts:
+        raise FormatError(f"{path} holds no examples")
+    return texts, tasks
+
+
+def train_mixture(base: str | os.PathLike[str], data: str | os.PathLike[str], *,
+                  task: str, method: str | AdapterMethod, experts: list[AdapterPackage],
+                  epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
+                  max_length: int = 128, seed: int = 0, show_progress: bool = True,
+                  labels: dict[str, Any] | None = None) -> AdapterPackage:
+    """Train a mixture-of-experts version (``ttlora_moe``) over frozen ``experts`` on the
+    model in ``base``, from routing data (see the module docstring).
+
+    The experts must have been trained for the same ``task`` with the same seed (so a
+    classification head the checkpoint lacks is rebuilt identically for all of them).
+    """
+    from adapterhub.plugins import get_method
+
+    method_obj = get_method(method) if isinstance(method, str) else method
+    if not experts:
+        raise ConfigError("a mixture needs at least one expert version")
+    settings = {json.dumps({k: e.manifest.labels.get("training", {}).get(k)
+                            for k in ("task", "seed", "num_labels")}, sort_keys=True)
+                for e in experts}
+    if len(settings) > 1:
+        raise ConfigError("the experts were trained with different tasks, seeds or label "
+                          "counts, so they do not share one frozen head",
+                          hint="Train every expert with the same --task and --seed")
+    trained = experts[0].manifest.labels.get("training", {})
+    if trained.get("task") not in (None, task):
+        raise ConfigError(f"the experts were trained for {trained['task']!r}, not {task!r}")
+    texts, tasks = read_routing_jsonl(data)
+    model, tokenizer = load_base(base, task, num_labels=trained.get("num_labels"),
+                                 seed=trained.get("seed", seed))
+    inputs = dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt"))
+    package = method_obj.train_mixture(model, experts, inputs, tasks, epochs=epochs, lr=lr,
+                                       batch_size=batch_size, seed=seed,
+                                       show_progress=show_progress)
+    if labels:
+        package = package.with_manifest(labels={**package.manifest.labels, **labels})
+    return package
 
 
 def evaluate(model: nn.Module, batches: list[dict[str, torch.Tensor]], task: str

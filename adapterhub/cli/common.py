@@ -48,3 +48,16 @@ def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | Non
             registry = registry or Registry(db)
         packages.append(fold_target(package, expert, registry=registry))
     return packages
+
+
+def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("k=v", ...)`` → ``{"k": "v"}``."""
+    from adapterhub.errors import RefError
+
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RefError(f"labels are KEY=VALUE; got {pair!r}", hint="e.g. --label dataset=v2")
+        labels[key.strip()] = value
+    return labels

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, json_option, quiet_option
+from adapterhub.cli.common import db_option, json_option, parse_labels, quiet_option
 from adapterhub.cli.output import emit_json, human_size, table
 
 
@@ -27,19 +27,6 @@ class Duration(click.ParamType):
         if not match:
             self.fail(f"{value!r} is not a duration such as 0, 30s, 15m, 1h or 2d", param, ctx)
         return timedelta(seconds=float(match.group(1)) * self._units[match.group(2)])
-
-
-def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("k=v", ...)`` → ``{"k": "v"}``."""
-    from adapterhub.errors import RefError
-
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise RefError(f"labels are KEY=VALUE; got {pair!r}", hint="e.g. --label dataset=v2")
-        labels[key.strip()] = value
-    return labels
 
 
 def when(version) -> str:

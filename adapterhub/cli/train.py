@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
+from adapterhub.cli.common import db_option, json_option, open_source, parse_labels
 from adapterhub.cli.output import emit_json
 
 
@@ -28,37 +29,70 @@ from adapterhub.cli.output import emit_json
 @click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Share of examples held out for evaluation.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--experts", metavar="REF,REF,...",
+              help="Expert versions (refs or directories) of a mixture-of-experts method "
+                   "(ttlora_moe); the data rows then name their expert in \"task\".")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Directory to write the adapter package to.")
+@click.option("--push", "push_to", metavar="NS/NAME",
+              help="Store the trained adapter in the registry under this name.")
+@click.option("-m", "--message", help="Message of the pushed version.")
+@click.option("--label", "labels", multiple=True, metavar="K=V",
+              help="Label of the adapter (repeat); name=... names an expert in a mixture.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no loss lines.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
+@db_option
 def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, task: str,
           epochs: int, lr: float, batch_size: int, max_length: int, eval_fraction: float,
-          seed: int, out: Path | None, quiet: bool, as_json: bool) -> None:
-    """Train an adapter and save it as a package."""
+          seed: int, experts: str | None, out: Path | None, push_to: str | None,
+          message: str | None, labels: tuple[str, ...], quiet: bool, as_json: bool,
+          db: str | None) -> None:
+    """Train an adapter; save it as a package (--out) and/or push it (--push)."""
     from adapterhub.plugins import get_method
     from adapterhub.progress import write
+    from adapterhub.registry import Registry
     from adapterhub.training import train as run
+    from adapterhub.training import train_mixture
 
-    if out is None:
-        raise click.UsageError("say where the trained adapter goes with --out DIR")
+    if out is None and push_to is None:
+        raise click.UsageError("say where the trained adapter goes: --out DIR, --push NS/NAME "
+                               "or both")
     method_obj = get_method(method)
-    config = method_obj.Config.from_strings(config_pairs)
+    if experts:
+        if config_pairs:
+            raise click.UsageError("--config does not apply with --experts (the experts fix "
+                                   "the adapted layers)")
+        packages = [open_source(source.strip(), db).package()
+                    for source in experts.split(",") if source.strip()]
+        package = train_mixture(base, data, task=task, method=method_obj, experts=packages,
+                                epochs=epochs, lr=lr, batch_size=batch_size,
+                                max_length=max_length, seed=seed,
+                                show_progress=not (quiet or as_json),
+                                labels=parse_labels(labels))
+    else:
+        config = method_obj.Config.from_strings(config_pairs)
 
-    def log(record: dict) -> None:
-        write(f"step {record['step']}/{record['steps']}  epoch {record['epoch']}  "
-              f"loss {record['loss']:.4f}")
+        def log(record: dict) -> None:
+            write(f"step {record['step']}/{record['steps']}  epoch {record['epoch']}  "
+                  f"loss {record['loss']:.4f}")
 
-    package = run(base, data, task=task, method=method_obj, config=config, epochs=epochs,
-                  lr=lr, batch_size=batch_size, max_length=max_length,
-                  eval_fraction=eval_fraction, seed=seed, on_log=None if quiet else log,
-                  show_progress=not (quiet or as_json))
-    package.save(out)
+        package = run(base, data, task=task, method=method_obj, config=config, epochs=epochs,
+                      lr=lr, batch_size=batch_size, max_length=max_length,
+                      eval_fraction=eval_fraction, seed=seed, on_log=None if quiet else log,
+                      show_progress=not (quiet or as_json), labels=parse_labels(labels))
+    if out is not None:
+        package.save(out)
+    ref = None
+    if push_to is not None:
+        with Registry(db) as registry:
+            ref = registry.push(package, push_to, message=message or
+                                f"adapterhub train --method {method_obj.name}",
+                                progress=False).version.ref
     metrics = package.manifest.metrics
     if as_json:
-        emit_json({"out": str(out), "digest": package.digest, "method": method_obj.name,
-                   "metrics": metrics})
+        emit_json({"out": str(out) if out else None, "ref": ref, "digest": package.digest,
+                   "method": method_obj.name, "metrics": metrics})
         return
-    click.echo(f"{out}  {package.digest}")
+    click.echo("  ".join(str(x) for x in (out, ref) if x) + f"  {package.digest}")
     click.echo("  ".join(f"{key}={value:.4g}" if isinstance(value, float) else
                          f"{key}={value}" for key, value in sorted(metrics.items())))

@@ -75,6 +75,13 @@ class TTLoraMoeMethod(AdapterMethod):
     def experts(self, config):
         return dict(zip(config.expert_names, config.experts))
 
+    def train_mixture(self, model, experts, inputs, expert_labels, *, epochs, lr, batch_size,
+                      seed, show_progress=True):
+        from adapterhub_ttlora_moe.training import train_router
+
+        return train_router(model, experts, inputs, expert_labels, epochs=epochs, lr=lr,
+                            batch_size=batch_size, seed=seed, quiet=not show_progress)
+
     def load(self, model, tensors, config, experts: Any = None):
         """Attach the experts and the router to ``model``; ``experts`` are their sources.
 
