@@ -49,12 +49,12 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
-    "AdapterHubError", "AdapterMethod", "AdapterNotFoundError", "AdapterPackage",
-    "AdaptedLayer", "ConfigError", "ExportError", "FormatError", "IncompatibleBaseModelError",
-    "IntegrityError", "MergeError", "MethodConfig", "PluginLoadError", "Quantizer",
-    "RegistrationError", "TargetError", "UnknownMethodError", "UnsafeFormatError", "attach",
-    "attached", "extract", "get_method", "get_plugin_manager", "get_quantizer", "hookimpl",
-    "load", "param_groups", "unload",
-    "MissingBlobsError", "PromotionError", "RefError", "Registry", "RegistryError",
-    "ConfigBase", "QuantizationError", "QuantizedTensor", "QuantizerConfig", "quantize_model",
+    "AdaptedLayer", "AdapterHubError", "AdapterMethod", "AdapterNotFoundError", "AdapterPackage",
+    "ConfigBase", "ConfigError", "ExportError", "FormatError", "IncompatibleBaseModelError",
+    "IntegrityError", "MergeError", "MethodConfig", "MissingBlobsError", "PluginLoadError",
+    "PromotionError", "QuantizationError", "QuantizedTensor", "Quantizer", "QuantizerConfig",
+    "RefError", "RegistrationError", "Registry", "RegistryError", "TargetError",
+    "UnknownMethodError", "UnsafeFormatError", "attach", "attached", "extract", "get_method",
+    "get_plugin_manager", "get_quantizer", "hookimpl", "load", "param_groups", "quantize_model",
+    "unload",
 ]
