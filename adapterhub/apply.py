@@ -227,6 +227,8 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
 
     trained = {i: p.manifest.quantization for i, p in enumerate(plan.packages)
                if p.manifest.quantization}
+    for record in trained.values():  # an unknown quantizer or config fails here, not midway
+        describe_quantization(record)
     for tensor, folds in plan.folds.items():
         records = [(fold.adapter, trained.get(fold.adapter)) for fold in folds]
         first, record = records[0]

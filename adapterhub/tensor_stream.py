@@ -9,6 +9,8 @@ widens it to fp32 (fp64 for fp64 tensors), adds each :class:`Term`'s rows (``add
 low-rank factors, ``add_`` for a dense delta), casts once to the output dtype, checks for
 NaN/Inf and writes it. Blocks of :data:`BLOCK_ELEMENTS` stay in the CPU cache, and nothing the
 size of a tensor is allocated (except a dense ΔW, for methods without low-rank factors).
+:meth:`Streamer.stream_tensor` does the same for a tensor already in memory (a dequantized
+weight); :class:`MemoryBudget` bounds how many such whole tensors jobs hold at once.
 """
 
 from __future__ import annotations

@@ -74,8 +74,11 @@ def apply(base: Path, adapters: tuple[str, ...], out: Path, weights: str | None,
         _echo_quantization(record)
     for adapter in record["adapters"]:
         if adapter["fingerprint_match"] is False:
+            also = " (or the other form, quantized or not, of this base)" \
+                if adapter["quantization"] else ""
             click.echo(f"note: {adapter['digest'][:19]} was trained on a checkpoint with "
-                       f"other tensor names or dtypes (same shapes for every adapted module)")
+                       f"other tensor names or dtypes{also} (same shapes for every adapted "
+                       f"module)")
     if record["skipped_files"]:
         click.echo("not copied (weights in another format): "
                    + ", ".join(record["skipped_files"]))
