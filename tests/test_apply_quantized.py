@@ -205,7 +205,8 @@ def test_requantized_build_keeps_nf4_and_records_the_error(qlora, deltas, requan
         assert 0 < report["lost_fraction"] < 1
         assert 0 < report["changed_fraction"] <= 1
         assert 0 < report["max_abs_error"] < report["max_abs_delta"]
-    assert f"lost {total['lost_fraction']:.1%} of the adapters' change" in output
+    assert f"rounding error {total['lost_fraction']:.1%} of the norm of ΔW" in output
+    assert "warning" not in output  # ΔW is large here: most of it survives
     # it loads back (ours and transformers + bitsandbytes), and serves worse than bf16
     model = load_quantized(_llama(seed=1), out)
     logits = _logits(model, qlora["tokens"])

@@ -29,7 +29,8 @@ def parse_weights(value: str | None) -> list[float] | None:
               help="Directory to build (must not exist, or be empty).")
 @click.option("--weights", help="One weight per adapter, comma-separated (default 1 each).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
-              help="Cast every floating tensor to this dtype (default: keep each tensor's).")
+              help="Cast every floating tensor to this dtype (default: keep each tensor's; bf16 "
+                   "when quantized weights are dequantized or rebuilt).")
 @click.option("--requantize", is_flag=True,
               help="BASE is quantized (QLoRA): keep it quantized; merged weights are "
                    "quantized again and the rounding error is recorded (default: write a "
@@ -100,11 +101,15 @@ def _echo_quantization(record: dict) -> None:
         worst_name, worst = max(requantization["tensors"].items(),
                                 key=lambda item: item[1]["lost_fraction"])
         click.echo(f"re-quantized {weights.get('requantized', 0)} weights "
-                   f"({weights.get('kept', 0)} kept as they were): re-rounding lost "
-                   f"{total['lost_fraction']:.1%} of the adapters' change (norm of the error / "
-                   f"norm of ΔW); max abs error {total['max_abs_error']:.3g}; "
-                   f"{total['changed_fraction']:.1%} of their values moved")
-        click.echo(f"  worst: {worst_name} lost {worst['lost_fraction']:.1%}")
+                   f"({weights.get('kept', 0)} kept as they were): rounding error "
+                   f"{total['lost_fraction']:.1%} of the norm of ΔW (0% keeps the adapters "
+                   f"exactly, 100% or more leaves nothing of them); max abs error "
+                   f"{total['max_abs_error']:.3g}; {total['changed_fraction']:.1%} of their "
+                   f"values moved")
+        click.echo(f"  worst: {worst_name}, {worst['lost_fraction']:.1%}")
+        if total["lost_fraction"] > 0.5:
+            click.echo("warning: re-quantizing erased most of what the adapters learned; "
+                       "build without --requantize for a bf16 model that keeps it")
     for adapter in record["adapters"]:
         if adapter["quantization"] is None and set(adapter["folded_into"]) & {
                 "dequantized", "requantized"}:
