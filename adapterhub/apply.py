@@ -392,10 +392,11 @@ class _Build:
         if info.name in self.prepared:
             prepared = self.prepared[info.name]
             return prepared.dtype, prepared.shape
-        if info.name in plan.quantized and not plan.requantize:
-            return plan.dtype, plan.quantized[info.name].shape
-        if info.name in plan.state_tensors:
-            return (info.dtype, info.shape) if plan.requantize else None
+        if info.name in plan.quantized or info.name in plan.state_tensors:
+            if plan.requantize:  # kept as stored (``dtype`` casts full-precision tensors only)
+                return info.dtype, info.shape
+            quantized = plan.quantized.get(info.name)
+            return None if quantized is None else (plan.dtype, quantized.shape)
         return plan.out_dtype(info), info.shape
 
     def kind(self, info: TensorInfo) -> str:
