@@ -299,7 +299,7 @@ def test_full_precision_adapter_on_a_quantized_base(qlora, deltas, tmp_path):
     plain.save(tmp_path / "plain")
     result = CliRunner().invoke(cli, ["apply", str(qlora["q"]), str(tmp_path / "plain"),
                                       "--out", str(tmp_path / "out"), "--requantize",
-                                      "--weights", "0.05"])
+                                      "--weights", "0.05", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     assert "was trained on full-precision weights" in result.output
     assert "warning: re-quantizing erased most of what the adapters learned" in result.output
@@ -307,6 +307,9 @@ def test_full_precision_adapter_on_a_quantized_base(qlora, deltas, tmp_path):
     assert record["adapters"][0]["folded_into"] == {"requantized": 6}
     assert record["adapters"][0]["quantization"] is None
     base, built = Checkpoint(qlora["q"]), Checkpoint(tmp_path / "out")
+    # --dtype casts full-precision tensors only: the quantization state keeps its dtypes
+    assert {n: t.info.dtype for n, t in built.tensors.items()} == \
+        {n: t.info.dtype for n, t in base.tensors.items()}
     name = "model.layers.0.self_attn.v_proj.weight"
     expected, _ = merge_requantized(read_quantized(base, base.quantized[name].stored),
                                     deltas[name], scale=0.05)
