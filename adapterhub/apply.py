@@ -218,9 +218,11 @@ def _label(plan: BuildPlan, index: int) -> str:
 def _plan_roundtrip(plan: BuildPlan) -> None:
     """On a full-precision base: which tensors become ``deq(Q(W))``, and with what quantization.
 
-    A tensor an adapter trained on a quantized base folds into is rebuilt with that adapter's
-    quantization; with ``untouched="roundtrip"`` so is every Linear weight the quantizer
-    would quantize. Adapters that disagree on a tensor's base are refused.
+    A Linear weight an adapter trained on a quantized base folds into is rebuilt with that
+    adapter's quantization; with ``untouched="roundtrip"`` so is every other one. Which
+    weights are Linear weights: those ``adapterhub quantize`` quantizes (2-D ``.weight``
+    tensors, not embeddings or output heads, which QLoRA keeps in full precision too).
+    Adapters that disagree on a weight's base are refused.
     """
     from adapterhub.quantization import describe_quantization, same_quantization
     from adapterhub.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
@@ -229,7 +231,13 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
                if p.manifest.quantization}
     for record in trained.values():  # an unknown quantizer or config fails here, not midway
         describe_quantization(record)
+    def quantizable(name: str) -> bool:
+        info = plan.checkpoint.tensors[name].info
+        return is_linear_weight(name, info.dtype, info.shape, DEFAULT_SKIP)
+
     for tensor, folds in plan.folds.items():
+        if not quantizable(tensor):
+            continue  # full precision during training as well
         records = [(fold.adapter, trained.get(fold.adapter)) for fold in folds]
         first, record = records[0]
         for other, other_record in records[1:]:
@@ -252,10 +260,8 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
         raise MergeError("--untouched roundtrip: the adapters were trained on differently "
                          "quantized bases (" + ", ".join(sorted({describe_quantization(r)
                                                                  for r in records})) + ")")
-    for name, entry in plan.checkpoint.tensors.items():
-        info = entry.info
-        if name in plan.roundtrip or \
-                not is_linear_weight(name, info.dtype, info.shape, DEFAULT_SKIP):
+    for name in plan.checkpoint.tensors:
+        if name in plan.roundtrip or not quantizable(name):
             continue
         if name in plan.folds:
             raise MergeError(f"{_label(plan, plan.folds[name][0].adapter)} was trained on "

@@ -394,7 +394,10 @@ class Quantizer:
       ``make_linear`` quantizes an ``nn.Linear`` into one;
     * ``state_dict``/``stored_weights``/``from_state_dict`` — the checkpoint layout, so that
       quantized checkpoints are written and read without the reader knowing the format;
-    * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``.
+    * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``;
+    * optionally ``describe_stored`` (a stored weight's shape, dtype and config from its
+      metadata alone, for compatibility checks) and ``compute_fields`` (config fields that do
+      not change the stored values, see ``storage_config``).
     """
 
     name: ClassVar[str]

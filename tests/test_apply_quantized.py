@@ -249,6 +249,27 @@ def test_qlora_adapter_on_the_full_precision_base(qlora, deltas, dequantized, tm
         assert torch.equal(tensor, from_nf4[name]), name
 
 
+def test_output_head_stays_full_precision(qlora, tmp_path):
+    """QLoRA keeps the output head in bf16: an adapter on it was trained against W itself,
+    on either base."""
+    model = _llama()
+    adapterhub.attach(model, "lora", r=2, target_modules=["q_proj", "lm_head"],
+                      quantize="nf4", init_lora_weights=False)
+    package = adapterhub.extract(model)
+    assert package.manifest.quantization["name"] == "nf4"
+    built = []
+    for base, name in ((qlora["base"], "from_bf16"), (qlora["q"], "from_nf4")):
+        apply_adapters(base, [package], tmp_path / name, show_progress=False)
+        built.append(_tensors(tmp_path / name))
+    delta = package.method.delta_weight("lm_head", package.method.group_tensors(
+        package.tensors)["lm_head"], package.config, (256, 128))
+    head = _tensors(qlora["base"])["lm_head.weight"]
+    for tensors in built:
+        assert torch.equal(tensors["lm_head.weight"], (head.float() + delta).bfloat16())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(built[0][name], built[1][name])
+
+
 def test_refusals_write_nothing(qlora, tmp_path):
     from peft import LoraConfig, get_peft_model
 
