@@ -382,7 +382,7 @@ class _Build:
         os.unlink(path)
 
     def park(self, name: str, tensor: torch.Tensor) -> None:
-        """Keep ``tensor`` in the scratch file for :meth:`write_tensor` to copy."""
+        """Keep ``tensor`` in the scratch file for :func:`_write_tensor` to copy."""
         from adapterhub.safetensors_io import dtype_name, tensor_bytes
 
         data = tensor_bytes(tensor)
