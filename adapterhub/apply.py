@@ -11,10 +11,24 @@ order and the same index:
   (:mod:`adapterhub.tensor_stream`);
 - with ``dtype``, the other floating tensors are cast too and the headers rewritten.
 
-Peak memory is the runtime, the adapters and a few MB of buffers per thread, whatever the
-model's size. Everything goes to a hidden directory beside ``out`` that is renamed into place
-at the end, so an interrupted build leaves no ``out``; a later build removes what a killed one
-left behind.
+Quantized weights (QLoRA, DESIGN §7) take one of three paths; each adds ΔW to ``deq(Q(W))``,
+the weight the adapter was trained against:
+
+- a quantized base checkpoint is written as a plain one (``dtype``, default bf16): every
+  quantized weight is dequantized, gets its ΔW if any, and loses its state tensors;
+  ``config.json`` loses ``quantization_config``;
+- with ``requantize`` it stays quantized: a merged weight is quantized again with its own
+  quantizer and config (the rounding error measured per weight), an untouched one is copied
+  byte for byte;
+- an adapter trained on a quantized base folded into a full-precision base gets ``deq(Q(W))``
+  rebuilt from ``W`` with the quantization its manifest records (with ``untouched=
+  "roundtrip"``, so does every other Linear weight).
+
+A quantized or rebuilt weight is held whole while it is processed (a :class:`MemoryBudget`
+caps how many at once). Otherwise peak memory is the runtime, the adapters and a few MB of
+buffers per thread, whatever the model's size. Everything goes to a hidden directory beside
+``out`` that is renamed into place at the end, so an interrupted build leaves no ``out``; a
+later build removes what a killed one left behind.
 """
 
 from __future__ import annotations
@@ -25,9 +39,12 @@ import os
 import re
 import shutil
 import struct
+import threading
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +53,26 @@ from adapterhub.compat import check_base
 from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
                                MergeError, OutputExistsError, WriteError)
 from adapterhub.safetensors_io import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
-from adapterhub.tensor_stream import Streamer, Term, copy_range, pwrite_all, rows_cols
+from adapterhub.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
+                                      rows_cols)
 
 if TYPE_CHECKING:
     import torch
 
     from adapterhub.methods import AdapterMethod, MethodConfig
     from adapterhub.package import AdapterPackage
+    from adapterhub.quantization import RequantizationReport
+    from adapterhub.quantized_checkpoint import QuantizedWeightInfo
 
 BUILD_RECORD = "adapterhub-build.json"
 BUILD_FORMAT = "adapterhub-build/1"
 #: ``--dtype`` choices → safetensors dtype names
 DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+#: the output dtype of a build that involves quantized weights, unless ``dtype`` says otherwise
+QUANTIZED_DEFAULT_DTYPE = "bf16"
+#: what ``untouched`` accepts: Linear weights no adapter changes stay as the base has them, or
+#: become ``deq(Q(W))`` as in QLoRA training
+UNTOUCHED = ("original", "roundtrip")
 #: safetensors dtypes a merge may write into (and ``dtype`` casts)
 FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 #: files that hold weights in some other layout: never copied, since they would be stale
@@ -55,6 +80,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".msgpack", ".h5", ".onnx", ".npz",
                    *PICKLE_SUFFIXES)
 #: transformers' names for dtypes in config.json
 CONFIG_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+#: bytes whole-tensor jobs (dequantize, requantize, round trip) may hold at once; one larger
+#: job runs alone
+WHOLE_TENSOR_BUDGET = 1 << 30
+#: bytes such a job holds per element of its weight, at most (see ``requantize_merged``)
+WHOLE_TENSOR_BYTES_PER_ELEMENT = 8
 
 
 @dataclass(frozen=True)
@@ -77,22 +107,46 @@ class BuildPlan:
     fingerprint_match: list[bool | None] = field(default_factory=list)
     methods: list[tuple[AdapterMethod, MethodConfig]] = field(default_factory=list)
     groups: list[dict[str, dict[str, torch.Tensor]]] = field(default_factory=list)
+    requantize: bool = False  # keep a quantized base quantized
+    untouched: str = "original"
+    #: full-precision tensors written as deq(Q(W)), with the quantization record to use
+    roundtrip: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> dict[str, QuantizedWeightInfo]:
+        """The base checkpoint's quantized weights."""
+        return self.checkpoint.quantized
+
+    @cached_property
+    def state_tensors(self) -> frozenset[str]:
+        """Tensors that belong to a quantized weight without being the weight itself."""
+        return frozenset(name for info in self.quantized.values()
+                         for name in info.stored.tensors if name != info.stored.weight)
+
+    def base_kind(self, name: str) -> str:
+        """What ΔW is added to in the tensor ``name`` (the build record's words)."""
+        if name in self.quantized:
+            return "requantized" if self.requantize else "dequantized"
+        return "roundtrip" if name in self.roundtrip else "full_precision"
 
     def out_dtype(self, info: TensorInfo) -> str:
         return self.dtype if self.dtype and info.dtype in FLOAT_DTYPES else info.dtype
 
-    def out_nbytes(self, info: TensorInfo) -> int:
-        return info.nbytes // DTYPE_SIZES[info.dtype] * DTYPE_SIZES[self.out_dtype(info)]
-
 
 def plan_build(base: str | os.PathLike[str] | Checkpoint,
                adapters: Sequence[str | os.PathLike[str] | AdapterPackage], *,
-               weights: Sequence[float] | None = None, dtype: str | None = None) -> BuildPlan:
+               weights: Sequence[float] | None = None, dtype: str | None = None,
+               requantize: bool = False, untouched: str = "original") -> BuildPlan:
     """Load the adapters and check each against the base; raise before anything is written.
 
     ``adapters`` are package objects or anything :func:`adapterhub.formats.read_adapter`
     reads. ``weights`` scale each adapter's ΔW (default 1.0 each); ``dtype`` is ``bf16``,
-    ``fp16`` or ``fp32`` (default: every tensor keeps its dtype).
+    ``fp16`` or ``fp32`` (default: every tensor keeps its dtype, except in a build with
+    quantized weights, which defaults to bf16 unless ``requantize``).
+
+    ``requantize`` keeps a quantized base quantized; ``untouched="roundtrip"`` (a
+    full-precision base and an adapter trained on a quantized one) writes every Linear weight
+    the quantizer would have quantized as ``deq(Q(W))``, not just the adapted ones.
     """
     from adapterhub.formats import read_adapter
     from adapterhub.merging import adapter_weights
@@ -107,23 +161,29 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                                "safetensors files")
     if not adapters:
         raise MergeError("apply needs at least one adapter")
-    packages = [a if isinstance(a, AdapterPackage) else read_adapter(a) for a in adapters]
-    weights = adapter_weights(weights, len(packages))
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    plan = BuildPlan(checkpoint, packages, weights, DTYPES.get(dtype) if dtype else None,
+    if untouched not in UNTOUCHED:
+        raise MergeError(f"unknown untouched {untouched!r}; choose one of "
+                         f"{', '.join(UNTOUCHED)}")
+    quantized_base = bool(checkpoint.quantized)
+    if requantize and not quantized_base:
+        raise MergeError(f"--requantize keeps a quantized base quantized, but "
+                         f"{checkpoint.path} holds no quantized weights",
+                         hint="Drop --requantize; an adapter trained on a quantized base is "
+                              "folded into deq(Q(W)) rebuilt from these weights")
+    if untouched != "original" and quantized_base:
+        raise MergeError(f"--untouched {untouched} is for a full-precision base; the weights "
+                         f"of {checkpoint.path} are quantized already")
+    packages = [a if isinstance(a, AdapterPackage) else read_adapter(a) for a in adapters]
+    weights = adapter_weights(weights, len(packages))
+    plan = BuildPlan(checkpoint, packages, weights, None,
                      methods=[(p.method, p.config) for p in packages],
-                     groups=[p.method.group_tensors(p.tensors) for p in packages])
+                     groups=[p.method.group_tensors(p.tensors) for p in packages],
+                     requantize=requantize, untouched=untouched)
     for index, package in enumerate(packages):
-        label = f"adapter {index + 1} ({package.manifest.method_name}, " \
-                f"{package.digest[:19]})"
+        label = _label(plan, index)
         fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
-        if package.manifest.quantization:
-            raise IncompatibleBaseModelError(
-                f"{label} was trained on a quantized base "
-                f"({package.manifest.quantization.get('name')}); folding it into the "
-                f"unquantized weights would not reproduce what it learned",
-                hint="Serve it unmerged on the quantized base")
         report = check_base(package.manifest, checkpoint)
         if report.problems:
             more = f" ({len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
@@ -137,18 +197,90 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                                  f"resolve to the base tensor {tensor!r}")
             seen[tensor] = module
             info = checkpoint.tensors[tensor].info
-            if info.dtype not in FLOAT_DTYPES:
+            if info.dtype not in FLOAT_DTYPES and tensor not in checkpoint.quantized:
                 raise IncompatibleBaseModelError(
                     f"{label}: the base tensor {tensor} is {info.dtype}; apply folds deltas "
                     f"into floating-point weights only ({', '.join(FLOAT_DTYPES)})")
             plan.folds.setdefault(tensor, []).append(Fold(index, module))
+    if not quantized_base:
+        _plan_roundtrip(plan)
+    if dtype is None and not requantize and (quantized_base or plan.roundtrip):
+        dtype = QUANTIZED_DEFAULT_DTYPE
+    plan.dtype = DTYPES[dtype] if dtype else None
     return plan
+
+
+def _label(plan: BuildPlan, index: int) -> str:
+    package = plan.packages[index]
+    return f"adapter {index + 1} ({package.manifest.method_name}, {package.digest[:19]})"
+
+
+def _plan_roundtrip(plan: BuildPlan) -> None:
+    """On a full-precision base: which tensors become ``deq(Q(W))``, and with what quantization.
+
+    A Linear weight an adapter trained on a quantized base folds into is rebuilt with that
+    adapter's quantization; with ``untouched="roundtrip"`` so is every other one. Which
+    weights are Linear weights: those ``adapterhub quantize`` quantizes (2-D ``.weight``
+    tensors, not embeddings or output heads, which QLoRA keeps in full precision too).
+    Adapters that disagree on a weight's base are refused.
+    """
+    from adapterhub.quantization import describe_quantization, same_quantization
+    from adapterhub.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
+
+    trained = {i: p.manifest.quantization for i, p in enumerate(plan.packages)
+               if p.manifest.quantization}
+    for record in trained.values():  # an unknown quantizer or config fails here, not midway
+        describe_quantization(record)
+    def quantizable(name: str) -> bool:
+        info = plan.checkpoint.tensors[name].info
+        return is_linear_weight(name, info.dtype, info.shape, DEFAULT_SKIP)
+
+    for tensor, folds in plan.folds.items():
+        if not quantizable(tensor):
+            continue  # full precision during training as well
+        records = [(fold.adapter, trained.get(fold.adapter)) for fold in folds]
+        first, record = records[0]
+        for other, other_record in records[1:]:
+            if not same_quantization(record, other_record):
+                raise MergeError(
+                    f"{_label(plan, first)} and {_label(plan, other)} both change {tensor} "
+                    f"but were trained on different bases ("
+                    f"{_trained_on(record)} and {_trained_on(other_record)})",
+                    hint="Build with adapters trained on the same base")
+        if record:
+            plan.roundtrip[tensor] = record
+    if plan.untouched != "roundtrip":
+        return
+    records = list(trained.values())
+    if not records:
+        raise MergeError("--untouched roundtrip needs an adapter trained on a quantized base "
+                         "(its manifest records the quantization); none of these was",
+                         hint="Drop --untouched")
+    if any(not same_quantization(records[0], r) for r in records[1:]):
+        raise MergeError("--untouched roundtrip: the adapters were trained on differently "
+                         "quantized bases (" + ", ".join(sorted({describe_quantization(r)
+                                                                 for r in records})) + ")")
+    for name in plan.checkpoint.tensors:
+        if name in plan.roundtrip or not quantizable(name):
+            continue
+        if name in plan.folds:
+            raise MergeError(f"{_label(plan, plan.folds[name][0].adapter)} was trained on "
+                             f"full-precision weights; with --untouched roundtrip, {name} "
+                             f"would be deq(Q(W))")
+        plan.roundtrip[name] = records[0]
+
+
+def _trained_on(record: dict[str, Any] | None) -> str:
+    from adapterhub.quantization import describe_quantization
+
+    return "full-precision weights" if record is None else describe_quantization(record)
 
 
 def apply_adapters(base: str | os.PathLike[str],
                    adapters: Sequence[str | os.PathLike[str] | AdapterPackage],
                    out: str | os.PathLike[str], *, weights: Sequence[float] | None = None,
-                   dtype: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                   dtype: str | None = None, requantize: bool = False,
+                   untouched: str = "original", show_progress: bool = True) -> dict[str, Any]:
     """Build ``out``: the base checkpoint with ``Σ weight_i · ΔW_i`` folded in; returns the record.
 
     ``out`` must not exist or be an empty directory. See the module docstring for how tensors
@@ -156,7 +288,8 @@ def apply_adapters(base: str | os.PathLike[str],
     """
     out = Path(out)
     refuse_non_empty(out)
-    plan = plan_build(base, adapters, weights=weights, dtype=dtype)
+    plan = plan_build(base, adapters, weights=weights, dtype=dtype, requantize=requantize,
+                      untouched=untouched)
     tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,35 +353,107 @@ def _alive(pid: int) -> bool:
 # -- writing ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A tensor computed before the shards are laid out (a re-quantized weight's parts),
+    parked in the build's scratch file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+class _Build:
+    """State shared by a build's jobs."""
+
+    def __init__(self, plan: BuildPlan, tmp: Path) -> None:
+        self.plan = plan
+        self.streamer = Streamer()
+        self.budget = MemoryBudget(WHOLE_TENSOR_BUDGET)
+        self.counts = {"merged": 0, "copied": 0, "cast": 0}
+        self.prepared: dict[str, Prepared] = {}
+        self.reports: dict[str, RequantizationReport] = {}
+        self._lock = threading.Lock()
+        self._scratch_end = 0
+        # unlinked at once: the scratch file never appears in the output
+        path = tmp / ".scratch"
+        self.scratch_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(path)
+
+    def park(self, name: str, tensor: torch.Tensor) -> None:
+        """Keep ``tensor`` in the scratch file for :func:`_write_tensor` to copy."""
+        from adapterhub.safetensors_io import dtype_name, tensor_bytes
+
+        data = tensor_bytes(tensor)
+        with self._lock:
+            offset, self._scratch_end = self._scratch_end, self._scratch_end + len(data)
+        pwrite_all(self.scratch_fd, data, offset)
+        self.prepared[name] = Prepared(dtype_name(tensor.dtype), tuple(tensor.shape), offset,
+                                       len(data))
+
+    def output(self, info: TensorInfo) -> tuple[str, tuple[int, ...]] | None:
+        """The dtype and shape ``info``'s tensor is written with; ``None``: left out."""
+        plan = self.plan
+        if info.name in self.prepared:
+            prepared = self.prepared[info.name]
+            return prepared.dtype, prepared.shape
+        if info.name in plan.quantized or info.name in plan.state_tensors:
+            if plan.requantize:  # kept as stored (``dtype`` casts full-precision tensors only)
+                return info.dtype, info.shape
+            quantized = plan.quantized.get(info.name)
+            return None if quantized is None else (plan.dtype, quantized.shape)
+        return plan.out_dtype(info), info.shape
+
+    def kind(self, info: TensorInfo) -> str:
+        """How ``info``'s tensor is written: ``merged`` (ΔW added), ``copied`` (its bytes as
+        they are) or ``cast`` (rewritten without ΔW: cast, dequantized or round-tripped)."""
+        plan = self.plan
+        if info.name in plan.folds:
+            return "merged"
+        if info.name in plan.roundtrip or (info.name in plan.quantized and not plan.requantize):
+            return "cast"
+        return "copied" if self.output(info) == (info.dtype, info.shape) else "cast"
+
+    def close(self) -> None:
+        os.close(self.scratch_fd)
+
+
 def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
     from adapterhub import __version__
     from adapterhub.progress import progress
 
     checkpoint = plan.checkpoint
-    counts = {"merged": 0, "copied": 0, "cast": 0}
+    build = _Build(plan, tmp)
     out_entries = []
-    streamer = Streamer()
-    with ThreadPoolExecutor(_workers(), thread_name_prefix="adapterhub-apply") as pool, \
-            progress(total=len(checkpoint.tensors), desc="apply", unit="tensor",
-                     disable=not show_progress) as bar:
-        for header in checkpoint.headers:
-            _write_shard(plan, pool, streamer, header, tmp / header.path.name, counts, bar)
-            out_entries += [(name, plan.out_dtype(info), info.shape)
-                            for name, info in header.tensors.items()]
-    skipped = _copy_other_files(plan, tmp)
+    try:
+        with ThreadPoolExecutor(_workers(), thread_name_prefix="adapterhub-apply") as pool, \
+                progress(total=len(checkpoint.tensors) - len(plan.state_tensors), desc="apply",
+                         unit="tensor", disable=not show_progress) as bar:
+            if plan.requantize:  # first, so that every shard's layout is known
+                jobs = [(_requantize, (build, name)) for name in plan.folds
+                        if name in plan.quantized]
+                _run(pool, jobs, bar)
+                build.counts["merged"] += len(jobs)
+            for header in checkpoint.headers:
+                _write_shard(build, pool, header, tmp / header.path.name, bar)
+                for info in header.tensors.values():
+                    if (output := build.output(info)) is not None:
+                        out_entries.append((info.name, *output))
+    finally:
+        build.close()
+    skipped = _copy_other_files(plan, tmp, {name: dtype for name, dtype, _ in out_entries},
+                                sum(_nbytes(dtype, shape) for _, dtype, shape in out_entries))
     record = {
         "format": BUILD_FORMAT,
         "tool": {"name": "adapterhub", "version": __version__},
         "base": {"name": checkpoint.name, "fingerprint": checkpoint.fingerprint,
                  "files": [f.name for f in checkpoint.files],
                  "tensors": len(checkpoint.tensors)},
-        "adapters": [{"digest": p.digest, "method": p.manifest.method_name,
-                      "weight": w, "modules": len(p.manifest.base_model.get("modules", {})),
-                      "fingerprint_match": match}
-                     for p, w, match in zip(plan.packages, plan.weights,
-                                            plan.fingerprint_match)],
+        "adapters": [_adapter_record(plan, index) for index in range(len(plan.packages))],
         "dtype": next((k for k, v in DTYPES.items() if v == plan.dtype), None),
-        "tensors": counts,
+        "tensors": build.counts,
+        "quantization": _quantization_record(build),
         "fingerprint": fingerprint_of(out_entries),
         "skipped_files": skipped,
     }
@@ -256,22 +461,116 @@ def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
     return record
 
 
+def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    rows, cols = rows_cols(shape)
+    return rows * cols * DTYPE_SIZES[dtype]
+
+
+def _adapter_record(plan: BuildPlan, index: int) -> dict[str, Any]:
+    package = plan.packages[index]
+    folded_into = Counter(plan.base_kind(tensor) for tensor, folds in plan.folds.items()
+                          for fold in folds if fold.adapter == index)
+    return {"digest": package.digest, "method": package.manifest.method_name,
+            "weight": plan.weights[index],
+            "modules": len(package.manifest.base_model.get("modules", {})),
+            "fingerprint_match": plan.fingerprint_match[index],
+            "quantization": package.manifest.quantization,
+            "folded_into": dict(sorted(folded_into.items()))}
+
+
+def _quantization_record(build: _Build) -> dict[str, Any] | None:
+    """The build record's ``quantization`` section: how the base stores its weights, what
+    became of them, and for a re-quantizing build the measured rounding error."""
+    plan = build.plan
+    if not plan.quantized and not plan.roundtrip:
+        return None
+    base = {json.dumps(q.quantization, sort_keys=True): q.quantization
+            for q in plan.quantized.values()}
+    weights = Counter("roundtrip" if name in plan.roundtrip else
+                      "dequantized" if not plan.requantize else
+                      "requantized" if name in plan.folds else "kept"
+                      for name in [*plan.quantized, *plan.roundtrip])
+    section: dict[str, Any] = {
+        "base": [base[key] for key in sorted(base)],
+        "output": "quantized" if plan.requantize else "full_precision",
+        "weights": dict(sorted(weights.items())),
+    }
+    if not plan.quantized:
+        section["untouched"] = plan.untouched
+    if plan.requantize:
+        reports = [build.reports[name] for name in sorted(build.reports)]
+        total = sum(reports[1:], reports[0]) if reports else None
+        section["requantization"] = {
+            "total": total.to_dict() if total else None,
+            "tensors": {name: build.reports[name].to_dict() for name in sorted(build.reports)}}
+    return section
+
+
 def _workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def _write_shard(plan: BuildPlan, pool: ThreadPoolExecutor, streamer: Streamer,
-                 header: Header, dst: Path, counts: dict[str, int], bar: Any) -> None:
+def _run(pool: ThreadPoolExecutor, jobs: list[tuple[Any, tuple]], bar: Any) -> None:
+    """Run ``(function, args)`` jobs on the pool, ticking ``bar`` for each; the first failure
+    cancels the rest and is raised once every running job has stopped."""
+    futures = [pool.submit(function, *args) for function, args in jobs]
+    try:
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+
+
+def _requantize(build: _Build, name: str) -> None:
+    """Fold the ΔW of a quantized weight and quantize it again; park its new tensors."""
+    from adapterhub.quantization import requantize_merged, resolve_quantizer
+    from adapterhub.quantized_checkpoint import read_quantized
+
+    plan = build.plan
+    info = plan.quantized[name]
+    with build.budget.reserve(_whole_tensor_bytes(info.shape)):
+        terms = _terms(plan, name, info.shape)
+        quantized = read_quantized(plan.checkpoint, info.stored)
+
+        def add_delta(block: torch.Tensor, r0: int, r1: int) -> None:
+            for term in terms:
+                term.add_to(block, r0, r1)
+
+        requantized, report = requantize_merged(quantized, add_delta, what=name)
+        tensors = resolve_quantizer(info.stored.quantizer).state_dict(requantized, name)
+        if set(tensors) != set(info.stored.tensors):
+            raise MergeError(f"re-quantizing {name} gave the tensors {sorted(tensors)}; the "
+                             f"base stores {sorted(info.stored.tensors)}")
+        for key, tensor in tensors.items():
+            stored_dtype = plan.checkpoint.tensors[key].info.dtype
+            build.park(key, tensor)
+            if build.prepared[key].dtype != stored_dtype:
+                raise MergeError(f"{key} is stored as {stored_dtype}; re-quantizing gives "
+                                 f"{build.prepared[key].dtype}",
+                                 hint="Build without --requantize (a full-precision output)")
+    build.reports[name] = report
+
+
+def _whole_tensor_bytes(shape: tuple[int, ...]) -> int:
+    rows, cols = rows_cols(shape)
+    return rows * cols * WHOLE_TENSOR_BYTES_PER_ELEMENT
+
+
+def _write_shard(build: _Build, pool: ThreadPoolExecutor, header: Header, dst: Path,
+                 bar: Any) -> None:
     """Write one shard as independent jobs at known offsets: the header and any bytes between
-    tensors, then every tensor (copied raw, cast, or merged)."""
+    tensors, then every tensor (copied raw, cast, dequantized or merged)."""
     ordered = sorted(header.tensors.values(), key=lambda t: t.start)
-    rewrite = any(plan.out_dtype(info) != info.dtype for info in ordered)
+    rewrite = any(build.output(info) != (info.dtype, info.shape) for info in ordered)
     src_fd = os.open(header.path, os.O_RDONLY)
     dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     futures: list[Future] = []
     try:
         if rewrite:
-            head, offsets = _new_layout(plan, header, ordered)
+            head, offsets = _new_layout(build, header, ordered)
             futures.append(pool.submit(pwrite_all, dst_fd, head, 0))
         else:  # the same layout: header and any gap or tail copied verbatim
             offsets = {info.name: info.start for info in ordered}
@@ -282,14 +581,17 @@ def _write_shard(plan: BuildPlan, pool: ThreadPoolExecutor, streamer: Streamer,
                     futures.append(pool.submit(copy_range, src_fd, dst_fd, pos, pos,
                                                start - pos))
                 pos = max(pos, end)
-        tensors = []
+        tensors, parts = [], []
         for info in ordered:
-            kind = "merged" if info.name in plan.folds else \
-                "cast" if plan.out_dtype(info) != info.dtype else "copied"
-            counts[kind] += 1
-            tensors.append(pool.submit(_write_tensor, plan, streamer, src_fd, dst_fd, info,
-                                       offsets[info.name], kind))
-        futures += tensors
+            if info.name not in offsets:
+                continue  # a quantized weight's state tensor, dropped with its quantization
+            job = pool.submit(_write_tensor, build, src_fd, dst_fd, info, offsets[info.name])
+            if info.name in build.plan.state_tensors or info.name in build.prepared:
+                parts.append(job)  # counted with its weight
+            else:
+                build.counts[build.kind(info)] += 1
+                tensors.append(job)
+        futures += tensors + parts
         for future in as_completed(tensors):
             future.result()
             bar.update(1)
@@ -303,64 +605,96 @@ def _write_shard(plan: BuildPlan, pool: ThreadPoolExecutor, streamer: Streamer,
         os.close(dst_fd)
 
 
-def _write_tensor(plan: BuildPlan, streamer: Streamer, src_fd: int, dst_fd: int,
-                  info: TensorInfo, offset: int, kind: str) -> None:
-    if kind == "copied":
+def _write_tensor(build: _Build, src_fd: int, dst_fd: int, info: TensorInfo,
+                  offset: int) -> None:
+    from adapterhub.quantization import quantized_base, resolve_quantizer
+    from adapterhub.quantized_checkpoint import read_quantized
+
+    plan, name = build.plan, info.name
+    if name in build.prepared:
+        prepared = build.prepared[name]
+        copy_range(build.scratch_fd, dst_fd, prepared.offset, offset, prepared.nbytes)
+        return
+    dtype, shape = build.output(info)
+    if name not in plan.folds and (dtype, shape) == (info.dtype, info.shape) \
+            and name not in plan.roundtrip:
         copy_range(src_fd, dst_fd, info.start, offset, info.nbytes)
+        return
+    terms = _terms(plan, name, shape) if name in plan.folds else []
+    if name in plan.quantized:
+        with build.budget.reserve(_whole_tensor_bytes(shape)):
+            stored = plan.quantized[name].stored
+            weight = resolve_quantizer(stored.quantizer).dequantize(
+                read_quantized(plan.checkpoint, stored))
+            build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
+    elif name in plan.roundtrip:
+        with build.budget.reserve(_whole_tensor_bytes(shape)):
+            weight = quantized_base(plan.checkpoint.read_tensor(name), plan.roundtrip[name])
+            build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
     else:
-        terms = _terms(plan, info) if kind == "merged" else []
-        streamer.stream(src_fd, dst_fd, info, offset, plan.out_dtype(info), terms)
+        build.streamer.stream(src_fd, dst_fd, info, offset, dtype, terms)
 
 
-def _new_layout(plan: BuildPlan, header: Header, ordered: list[TensorInfo]
+def _new_layout(build: _Build, header: Header, ordered: list[TensorInfo]
                 ) -> tuple[bytes, dict[str, int]]:
-    """The header for cast tensors (same key order, same data order) and where each tensor's
-    bytes go in the new file."""
+    """The header for the rewritten tensors (same key order, same data order, dropped ones
+    left out) and where each tensor's bytes go in the new file."""
+    outputs = {info.name: build.output(info) for info in ordered}
     offsets, offset = {}, 0
     for info in ordered:
-        offsets[info.name] = [offset, offset + plan.out_nbytes(info)]
-        offset += plan.out_nbytes(info)
+        if outputs[info.name] is not None:
+            size = _nbytes(*outputs[info.name])
+            offsets[info.name] = [offset, offset + size]
+            offset += size
     entries: dict[str, Any] = {"__metadata__": header.metadata} if header.metadata else {}
-    for name, info in header.tensors.items():
-        entries[name] = {"dtype": plan.out_dtype(info), "shape": list(info.shape),
-                         "data_offsets": offsets[name]}
+    for name in header.tensors:
+        if name in offsets:
+            dtype, shape = outputs[name]
+            entries[name] = {"dtype": dtype, "shape": list(shape),
+                             "data_offsets": offsets[name]}
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
     head = struct.pack("<Q", len(raw)) + raw
     return head, {name: len(head) + begin for name, (begin, _) in offsets.items()}
 
 
-def _terms(plan: BuildPlan, info: TensorInfo) -> list[Term]:
+def _terms(plan: BuildPlan, name: str, shape: tuple[int, ...]) -> list[Term]:
     """Each fold's ΔW from its method's merge kernel: the exact low-rank factors when the
     method has them (``low_rank``), else the dense ``delta_weight``, both in fp32."""
-    rows, cols = rows_cols(info.shape)
+    rows, cols = rows_cols(shape)
     terms = []
-    for fold in plan.folds[info.name]:
+    for fold in plan.folds[name]:
         method, config = plan.methods[fold.adapter]
         group = plan.groups[fold.adapter][fold.module]
         weight = plan.weights[fold.adapter]
-        factors = method.low_rank(fold.module, group, config, info.shape)
+        factors = method.low_rank(fold.module, group, config, shape)
         if factors is not None:
             left, right = (f.float().contiguous() for f in factors)
             if left.shape[0] != rows or right.shape[-1] != cols \
                     or left.shape[1] != right.shape[0]:
                 raise MergeError(f"{method.name} factors {tuple(left.shape)} and "
                                  f"{tuple(right.shape)} of {fold.module} do not fit "
-                                 f"{info.name} {list(info.shape)}")
+                                 f"{name} {list(shape)}")
             terms.append(Term(weight, left=left, right=right))
         else:
-            dense = method.delta_weight(fold.module, group, config, info.shape).float()
-            if tuple(dense.shape) != info.shape:
+            dense = method.delta_weight(fold.module, group, config, shape).float()
+            if tuple(dense.shape) != shape:
                 raise MergeError(f"{method.name} delta of {fold.module} has shape "
-                                 f"{tuple(dense.shape)}; {info.name} is {list(info.shape)}")
+                                 f"{tuple(dense.shape)}; {name} is {list(shape)}")
             terms.append(Term(weight, dense=dense.reshape(rows, cols)))
     return terms
 
 
-def _copy_other_files(plan: BuildPlan, tmp: Path) -> list[str]:
-    """Copy config, tokenizer and other small files; return the weight files left out."""
+def _copy_other_files(plan: BuildPlan, tmp: Path, dtypes: dict[str, str],
+                      total_size: int) -> list[str]:
+    """Copy config, tokenizer and other small files; return the weight files left out.
+
+    ``dtypes`` maps every output tensor to its dtype, ``total_size`` is their bytes: the index
+    is rewritten when they differ from the base's.
+    """
     base = plan.checkpoint.path
     shards = {f.name for f in plan.checkpoint.files}
+    dequantized = bool(plan.quantized) and not plan.requantize
     skipped: list[str] = []
 
     def leave_out(directory: str, names: list[str]) -> set[str]:
@@ -379,34 +713,41 @@ def _copy_other_files(plan: BuildPlan, tmp: Path) -> list[str]:
             continue
         if entry.is_dir():
             shutil.copytree(entry, tmp / entry.name, ignore=leave_out)
-        elif entry.name == "config.json" and plan.dtype:
-            _write_config(entry, tmp / entry.name, plan.dtype)
+        elif entry.name == "config.json" and (plan.dtype or dequantized):
+            _write_config(entry, tmp / entry.name, plan.dtype, dequantized)
         else:
             shutil.copyfile(entry, tmp / entry.name)
     index = base / INDEX_FILE
     if index.exists():
-        if plan.dtype:
-            _write_index(plan, index, tmp / INDEX_FILE)
-        else:
+        same = dtypes == {name: t.info.dtype for name, t in plan.checkpoint.tensors.items()} \
+            and total_size == sum(t.info.nbytes for t in plan.checkpoint.tensors.values())
+        if same:
             shutil.copyfile(index, tmp / INDEX_FILE)
+        else:
+            _write_index(index, tmp / INDEX_FILE, set(dtypes), total_size)
     return sorted(skipped)
 
 
-def _write_config(src: Path, dst: Path, dtype: str) -> None:
-    """config.json with its dtype entry (``torch_dtype`` or ``dtype``) set to the new dtype."""
+def _write_config(src: Path, dst: Path, dtype: str | None, dequantized: bool) -> None:
+    """config.json with its dtype entry (``torch_dtype`` or ``dtype``) set to the new dtype,
+    and without ``quantization_config`` when the weights were dequantized."""
     config = json.loads(src.read_text())
     if isinstance(config, dict):
         for key in ("torch_dtype", "dtype"):
             if key in config and dtype in CONFIG_DTYPES:
                 config[key] = CONFIG_DTYPES[dtype]
+        if dequantized:
+            config.pop("quantization_config", None)
     dst.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _write_index(plan: BuildPlan, src: Path, dst: Path) -> None:
-    """The index with the same weight map and the total size of the cast tensors."""
+def _write_index(src: Path, dst: Path, names: set[str], total_size: int) -> None:
+    """The index for the output: the weight map of the tensors it holds, their total size."""
     index = json.loads(src.read_text())
+    weight_map = index.get("weight_map")
+    if isinstance(weight_map, dict):
+        index["weight_map"] = {k: v for k, v in weight_map.items() if k in names}
     metadata = index.get("metadata")
     if isinstance(metadata, dict) and "total_size" in metadata:
-        metadata["total_size"] = sum(plan.out_nbytes(t.info)
-                                     for t in plan.checkpoint.tensors.values())
+        metadata["total_size"] = total_size
     dst.write_text(json.dumps(index, indent=2) + "\n")

@@ -16,6 +16,8 @@ from registry_db.digests import canonical_json, sha256_digest
 if TYPE_CHECKING:
     import torch
 
+    from adapterhub.quantized_checkpoint import QuantizedWeightInfo
+
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -32,7 +34,8 @@ class Checkpoint:
 
     Understands ``model.safetensors``, sharded ``model-0000X-of-0000N.safetensors`` with
     ``model.safetensors.index.json``, and a lone ``*.safetensors``. Refuses pickle-only
-    checkpoints. Nothing here reads tensor data.
+    checkpoints. Nothing here reads tensor data (except :attr:`quantized`, which
+    reads the small metadata tensor of each quantized weight).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -99,6 +102,24 @@ class Checkpoint:
             return json.loads(cfg.read_text())
         except ValueError:
             raise FormatError(f"{cfg} is not valid JSON") from None
+
+    @cached_property
+    def quantized(self) -> dict[str, QuantizedWeightInfo]:
+        """The quantized weights (a QLoRA base), by weight name, with the shape each stands for.
+
+        Empty for a full-precision checkpoint. Unlike everything else here this reads tensor
+        data: each quantized weight's small metadata tensor (see
+        :func:`adapterhub.quantized_checkpoint.describe_quantized`).
+        """
+        from adapterhub.quantized_checkpoint import describe_quantized
+
+        return describe_quantized(self)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the tensor ``name`` stands for: a quantized weight's own shape, not
+        that of its packed data."""
+        quantized = self.quantized.get(name)
+        return quantized.shape if quantized else self.tensors[name].info.shape
 
     @property
     def name(self) -> str:

@@ -34,17 +34,31 @@ class CompatReport:
 
 
 def check_base(manifest: Manifest, checkpoint: Checkpoint) -> CompatReport:
-    """Check every module the adapter adapts against the checkpoint's tensor headers."""
+    """Check every module the adapter adapts against the checkpoint's tensor headers.
+
+    A quantized weight (a QLoRA base) is checked by the shape it stands for, and, for an
+    adapter trained on a quantized base, by how it was quantized: an adapter that learned to
+    correct one quantization does not fit weights stored with another.
+    """
     expected = manifest.base_model.get("fingerprint")
     report = CompatReport(None if expected is None else expected == checkpoint.fingerprint)
+    quantized = checkpoint.quantized
     for path, shape in sorted(manifest.base_model.get("modules", {}).items()):
         name = checkpoint.module_weight(path)
         if name is None:
             report.problems.append(f"the base has no weight for module {path!r}")
             continue
         report.modules[path] = name
-        actual = list(checkpoint.tensors[name].info.shape)
+        actual = list(checkpoint.shape(name))
         if actual != list(shape):
             report.problems.append(f"{name} has shape {actual}; the adapter expects "
                                    f"{list(shape)}")
+        stored = quantized.get(name)
+        if stored is not None and manifest.quantization is not None:
+            from adapterhub.quantization import describe_quantization, same_quantization
+
+            if not same_quantization(manifest.quantization, stored.quantization):
+                report.problems.append(
+                    f"{name} is stored as {describe_quantization(stored.quantization)}; the "
+                    f"adapter was trained on {describe_quantization(manifest.quantization)}")
     return report

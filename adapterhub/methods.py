@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Self, Union, get_args, get_origin
 
 from adapterhub.errors import ConfigError, ExportError, FormatError, MergeError
@@ -407,12 +408,18 @@ class Quantizer:
       ``make_linear`` quantizes an ``nn.Linear`` into one;
     * ``state_dict``/``stored_weights``/``from_state_dict`` — the checkpoint layout, so that
       quantized checkpoints are written and read without the reader knowing the format;
-    * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``.
+    * ``checkpoint_config`` — what to record in a quantized checkpoint's ``config.json``;
+    * optionally ``describe_stored`` (a stored weight's shape, dtype and config from its
+      metadata alone, for compatibility checks) and ``compute_fields`` (config fields that do
+      not change the stored values, see ``storage_config``).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[QuantizerConfig]] = QuantizerConfig
     description: ClassVar[str] = ""
+    #: config fields that say how a quantized weight is computed with, not what is stored
+    #: (NF4: ``compute_dtype``); two configs that differ only there quantize a weight alike
+    compute_fields: ClassVar[tuple[str, ...]] = ()
 
     def make_config(self, config: QuantizerConfig | dict[str, Any] | None = None,
                     **kwargs: Any) -> QuantizerConfig:
@@ -420,6 +427,12 @@ class Quantizer:
         if isinstance(config, self.Config):
             return self.Config.from_dict({**config.to_dict(), **kwargs}) if kwargs else config
         return self.Config.from_dict({**(config or {}), **kwargs})
+
+    def storage_config(self, config: QuantizerConfig | dict[str, Any] | None) -> dict[str, Any]:
+        """The fields of ``config`` that decide the stored values (``compute_fields`` left
+        out): equal for two configs exactly when they quantize every weight to the same bytes."""
+        return {key: value for key, value in self.make_config(config).to_dict().items()
+                if key not in self.compute_fields}
 
     def bits_per_param(self, config: QuantizerConfig) -> float:
         """Average storage bits per quantized parameter, constants included."""
@@ -458,6 +471,19 @@ class Quantizer:
     def from_state_dict(self, name: str, tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
         """Rebuild the weight ``name`` from its checkpoint tensors (as ``stored_weights`` lists)."""
         raise NotImplementedError
+
+    def describe_stored(self, name: str, shapes: dict[str, tuple[int, ...]],
+                        read: Callable[[str], torch.Tensor]
+                        ) -> tuple[tuple[int, ...], torch.dtype, QuantizerConfig]:
+        """The shape, dtype and config of the weight ``name`` stored in a checkpoint, without
+        dequantizing it: what a compatibility check needs before anything is built.
+
+        ``shapes`` are the header shapes of its tensors (as ``stored_weights`` lists them);
+        ``read(tensor name)`` reads one of them. This default reads them all; a quantizer
+        whose metadata sits in a small tensor reads just that one.
+        """
+        quantized = self.from_state_dict(name, {key: read(key) for key in shapes})
+        return quantized.shape, quantized.dtype, quantized.config
 
     def checkpoint_config(self, config: QuantizerConfig, skipped: list[str]) -> dict[str, Any]:
         """The ``quantization_config`` entry for ``config.json`` (``skipped``: modules left as

@@ -15,13 +15,15 @@ Merging an adapter trained on a quantized base ``Q(W)`` (the adapter learned to 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import ConfigError
-from adapterhub.methods import QuantizedTensor, Quantizer, QuantizerConfig, fold_delta
+from adapterhub.errors import ConfigError, MergeError
+from adapterhub.methods import (QuantizedTensor, Quantizer, QuantizerConfig, check_finite,
+                                fold_delta)
 from adapterhub.plugins import get_quantizer
 
 if TYPE_CHECKING:
@@ -81,6 +83,27 @@ def quantized_base(weight: torch.Tensor, quantization: dict[str, Any]) -> torch.
     quantizer = resolve_quantizer(quantization["name"])
     config = quantizer.make_config(quantization.get("config") or {})
     return quantizer.dequantize(quantizer.quantize(weight, config))
+
+
+def same_quantization(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two ``quantization`` records (manifest entries) store weights alike: the same
+    quantizer and the same :meth:`~adapterhub.Quantizer.storage_config` (the compute dtype
+    may differ)."""
+    if a is None or b is None:
+        return a is b
+    if a.get("name") != b.get("name"):
+        return False
+    quantizer = resolve_quantizer(a["name"])
+    return quantizer.storage_config(a.get("config")) == \
+        quantizer.storage_config(b.get("config"))
+
+
+def describe_quantization(record: dict[str, Any]) -> str:
+    """``nf4 (blocksize=64, double_quant=true)``: a record's stored-value settings, for messages."""
+    quantizer = resolve_quantizer(record["name"])
+    fields = ", ".join(f"{key}={json.dumps(value)}"
+                       for key, value in quantizer.storage_config(record.get("config")).items())
+    return f"{record['name']} ({fields})" if fields else record["name"]
 
 
 def merge_dequantized(quantized: QuantizedTensor, delta: torch.Tensor, *, scale: float = 1.0,
@@ -153,17 +176,59 @@ def merge_requantized(quantized: QuantizedTensor, delta: torch.Tensor, *, scale:
     PEFT's ``Linear4bit.merge`` does). Quantization constants are recomputed, so elements
     the adapter did not touch can move too; the report counts them.
     """
+    from adapterhub.tensor_stream import rows_cols
+
+    if tuple(delta.shape) != tuple(quantized.shape):
+        raise MergeError(f"{what}: delta shape {tuple(delta.shape)} does not match the base "
+                         f"weight {tuple(quantized.shape)}")
+    rows = delta.reshape(rows_cols(quantized.shape))
+
+    def add_delta(block: torch.Tensor, r0: int, r1: int) -> None:
+        block.add_(rows[r0:r1].to(device=block.device, dtype=block.dtype), alpha=scale)
+
+    return requantize_merged(quantized, add_delta, what=what)
+
+
+def requantize_merged(quantized: QuantizedTensor,
+                      add_delta: Callable[[torch.Tensor, int, int], None], *,
+                      what: str = "delta") -> tuple[QuantizedTensor, RequantizationReport]:
+    """:func:`merge_requantized` with ΔW given by rows: ``add_delta(block, r0, r1)`` adds rows
+    ``r0:r1`` of ``scale·ΔW`` (the weight seen as ``[shape[0], -1]``) into the fp32 ``block``.
+
+    Works a block of rows at a time, so besides the new quantized weight it holds three
+    weight-sized tensors in the weight's own dtype (``deq(Q(W))``, the merged weight to
+    re-quantize, then its dequantized value), never one in fp32.
+    """
     import torch
 
+    from adapterhub.tensor_stream import row_blocks, rows_cols
+
     quantizer = resolve_quantizer(quantized.quantizer)
-    base = quantizer.dequantize(quantized).to(torch.float32)
-    ideal = fold_delta(base, delta, scale=scale, what=what)
-    requantized = quantizer.quantize(ideal.to(quantized.dtype), quantized.config)
-    served = quantizer.dequantize(requantized).to(torch.float32)
-    error = served - ideal
-    step = ideal - base
-    report = RequantizationReport(
-        numel=ideal.numel(), delta_sq=float(step.square().sum()),
-        error_sq=float(error.square().sum()), max_abs_delta=float(step.abs().max()),
-        max_abs_error=float(error.abs().max()), changed=int((served != base).sum()))
+    base = quantizer.dequantize(quantized).reshape(rows_cols(quantized.shape))
+
+    def ideal_rows(r0: int, r1: int) -> torch.Tensor:  # deq(Q(W)) + ΔW in fp32
+        block = base[r0:r1].to(torch.float32)
+        add_delta(block, r0, r1)
+        return block
+
+    merged = torch.empty_like(base)
+    for r0, r1 in row_blocks(base.shape):
+        merged[r0:r1] = ideal_rows(r0, r1)
+        check_finite(merged[r0:r1], what)  # after the cast: an fp16 overflow is refused too
+    requantized = quantizer.quantize(merged.reshape(quantized.shape), quantized.config)
+    del merged
+    served = quantizer.dequantize(requantized).reshape(base.shape)
+    delta_sq = error_sq = max_delta = max_error = 0.0
+    changed = 0
+    for r0, r1 in row_blocks(base.shape):
+        ideal = ideal_rows(r0, r1)
+        step = ideal - base[r0:r1].to(torch.float32)
+        error = served[r0:r1].to(torch.float32).sub_(ideal)
+        delta_sq += float(step.square().sum(dtype=torch.float64))
+        error_sq += float(error.square().sum(dtype=torch.float64))
+        max_delta = max(max_delta, float(step.abs().max()))
+        max_error = max(max_error, float(error.abs().max()))
+        changed += int((served[r0:r1] != base[r0:r1]).sum())
+    report = RequantizationReport(base.numel(), delta_sq, error_sq, max_delta, max_error,
+                                  changed)
     return requantized, report

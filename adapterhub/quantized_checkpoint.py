@@ -64,6 +64,39 @@ def stored_quantized(checkpoint: Checkpoint) -> dict[str, StoredQuantized]:
     return found
 
 
+@dataclass(frozen=True)
+class QuantizedWeightInfo:
+    """What a quantized weight of a checkpoint stands for, from its metadata (no dequantizing)."""
+
+    stored: StoredQuantized
+    shape: tuple[int, ...]   # the weight's own shape (not the packed data's)
+    dtype: str               # safetensors name of the dtype it dequantizes to
+    config: QuantizerConfig
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        """As a manifest's ``quantization`` entry: ``{"name": ..., "config": {...}}``."""
+        return {"name": self.stored.quantizer, "config": self.config.to_dict()}
+
+
+def describe_quantized(checkpoint: Checkpoint) -> dict[str, QuantizedWeightInfo]:
+    """Every quantized weight of ``checkpoint`` with its shape, dtype and config, by weight name.
+
+    Reads only what each quantizer needs for that (for NF4: the small quant_state tensor) and
+    checks the stored sizes against it; raises :class:`~adapterhub.QuantizationError` for an
+    invalid entry. ``Checkpoint.quantized`` caches the answer.
+    """
+    from adapterhub.safetensors_io import dtype_name
+
+    out = {}
+    for weight, stored in stored_quantized(checkpoint).items():
+        quantizer = resolve_quantizer(stored.quantizer)
+        shapes = {name: checkpoint.tensors[name].info.shape for name in stored.tensors}
+        shape, dtype, config = quantizer.describe_stored(weight, shapes, checkpoint.read_tensor)
+        out[weight] = QuantizedWeightInfo(stored, tuple(shape), dtype_name(dtype), config)
+    return out
+
+
 def read_quantized(checkpoint: Checkpoint, stored: StoredQuantized) -> QuantizedTensor:
     """Read one quantized weight (its packed data and state tensors only)."""
     tensors = {name: checkpoint.read_tensor(name) for name in stored.tensors}

@@ -135,7 +135,9 @@ def test_same_files_sharding_and_index(llama, built):
 
     assert record["adapters"] == [{"digest": read_adapter(llama["lora"]).digest,
                                    "method": "lora", "weight": 1.0, "modules": 14,
-                                   "fingerprint_match": None}]
+                                   "fingerprint_match": None, "quantization": None,
+                                   "folded_into": {"full_precision": 14}}]
+    assert record["quantization"] is None
     assert json.loads((out / BUILD_RECORD).read_text()) == record
 
 

@@ -83,6 +83,7 @@ def test_chunk_boundaries_match_bitsandbytes(monkeypatch, chunk):
     from adapterhub_qlora import kernels
 
     monkeypatch.setattr(kernels, "CHUNK", chunk)
+    monkeypatch.setattr(kernels, "DEQUANT_CHUNK", chunk)
     quantizer = adapterhub.get_quantizer("nf4")
     generator = torch.Generator().manual_seed(1)
     for shape, blocksize in [((301, 97), 64), ((64, 200), 128), ((5000,), 32), ((63, 64), 64)]:

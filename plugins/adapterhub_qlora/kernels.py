@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,10 +33,10 @@ from adapterhub_qlora.codes import bounds4, code4
 LUT_BINS = 65536
 
 
-#: elements per work item (every blocksize divides it): at torch's parallel grain size, so
-#: each op on a chunk runs on one thread, and chunks are spread over a few Python threads
-#: instead (torch ops release the GIL). On a busy machine this beats letting every op fork
-#: and join its own OpenMP team: one descheduled thread no longer stalls each op.
+#: elements per quantisation work item (every blocksize divides it): at torch's parallel
+#: grain size, so each op on a chunk runs on one thread, and chunks are spread over a few
+#: Python threads instead (torch ops release the GIL). On a busy machine this beats letting
+#: every op fork and join its own OpenMP team: one descheduled thread no longer stalls each op.
 CHUNK = 1 << 15
 
 
@@ -60,7 +61,7 @@ def quantize_4bit(weight: torch.Tensor, kind: str, blocksize: int
         scaled = body * (1.0 / block_absmax.clamp(min=1e-38)).unsqueeze(1)
         _pack(_codes(scaled.view(-1), kind), out=packed[start // 2:stop // 2])
 
-    _in_chunks(work, full, blocksize)
+    _in_chunks(work, full, max(CHUNK // blocksize, 1) * blocksize)
     if rem:
         tail = flat[full:].float()
         absmax[-1] = tail.abs().max().clamp(min=1e-38)  # stored clamped, unlike full blocks
@@ -110,46 +111,85 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, block
                     shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """The weight of ``shape`` and ``dtype`` that packed 4-bit codes and their absmax stand for.
 
-    Four codes at a time: each pair of packed bytes, read as one uint16, indexes a table of
-    the four code values it holds (16 bytes, gathered as one complex128: torch's 1-D
-    ``index_select`` copies those faster than rows of a 2-D table).
+    Two codes at a time: each packed byte indexes a 256-entry table of the two code values it
+    holds (2 KB, one complex64 per byte: a 1-D ``index_select`` of 8-byte items is the fastest
+    gather torch has on CPU); the absmax of each block scales them in one broadcast multiply
+    in fp32, then one cast to ``dtype`` (for fp32, the multiply writes the output directly).
+    Work items of up to :data:`DEQUANT_CHUNK` elements, spread evenly over the threads, reuse
+    per-thread buffers, so nothing is allocated per item.
     """
     n = math.prod(int(d) for d in shape)
     data = packed.reshape(-1)
     if data.dtype != torch.uint8:
         data = data.view(torch.uint8)
-    if data.storage_offset() % 2:  # a uint16 view needs 2-byte alignment
-        data = data.clone()
     absmax = absmax.to(torch.float32)
     out = torch.empty(n, dtype=dtype, device=data.device)
     rem = n % blocksize
     full = n - rem
-    quads = _quad_table(kind, data.device)
-    words = data[:full // 2].view(torch.uint16)
+    pairs = _pair_codes(kind, data.device)
     scales = absmax.unsqueeze(1)
     rows = out[:full].view(-1, blocksize)
 
     def work(start: int, stop: int) -> None:
-        index = words[start // 4:stop // 4].to(torch.int32)
-        values = quads.index_select(0, index).view(torch.float32).view(-1, blocksize)
+        index, values = _buffers((stop - start) // 2, data.device)
+        index.copy_(data[start // 2:stop // 2])
+        torch.index_select(pairs, 0, index, out=values)
+        block = values.view(torch.float32).view(-1, blocksize)
         first, last = start // blocksize, stop // blocksize
-        rows[first:last].copy_(values.mul_(scales[first:last]))
+        if dtype == torch.float32:
+            torch.mul(block, scales[first:last], out=rows[first:last])
+        else:
+            rows[first:last].copy_(block.mul_(scales[first:last]))
 
-    _in_chunks(work, full, blocksize)
+    _in_chunks(work, full, _even_step(full, blocksize))
     if rem:
         values = _pair_table(kind, data.device)[data[full // 2:].long()].view(-1)[:rem]
         out[full:].copy_(values.mul_(absmax[-1]))
     return out.view(tuple(shape))
 
 
-def _in_chunks(work: Callable[[int, int], None], total: int, blocksize: int) -> None:
-    """Call ``work(start, stop)`` over ``[0, total)`` in chunks of whole blocks, in parallel.
+#: elements per dequantisation work item, at most: few large items keep torch's per-op
+#: overhead small; each thread's reused buffers hold 6 bytes per element (int32 index per
+#: byte, two fp32 values)
+DEQUANT_CHUNK = 1 << 20
+
+_BUFFERS = threading.local()
+
+
+def _buffers(pairs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This thread's int32 index and complex64 value buffers, ``pairs`` long (grown as needed,
+    never past a work item)."""
+    have = _BUFFERS.__dict__.setdefault("by_device", {})
+    index, values = have.get(device, (None, None))
+    if index is None or index.numel() < pairs:
+        # normal tensors even under inference mode, so that any later call may write them
+        with torch.inference_mode(False):
+            index = torch.empty(pairs, dtype=torch.int32, device=device)
+            values = torch.empty(pairs, dtype=torch.complex64, device=device)
+        have[device] = (index, values)
+    return index[:pairs], values[:pairs]
+
+
+def _even_step(total: int, blocksize: int) -> int:
+    """A work item size in whole blocks: at most :data:`DEQUANT_CHUNK` elements (or one
+    block), and as many items as a multiple of the thread count, so all threads finish
+    together."""
+    threads = max(torch.get_num_threads(), 1)
+    blocks = max(-(-total // blocksize), 1)
+    per_item = max(DEQUANT_CHUNK // blocksize, 1)
+    items = -(-blocks // per_item)
+    items = -(-items // threads) * threads
+    return max(-(-blocks // items), 1) * blocksize
+
+
+def _in_chunks(work: Callable[[int, int], None], total: int, step: int) -> None:
+    """Call ``work(start, stop)`` over ``[0, total)`` in chunks of ``step`` (whole blocks),
+    in parallel.
 
     The calling thread and ``torch.get_num_threads() - 1`` pool threads each take the next
     chunk from one shared iterator until none is left. The caller's grad and inference modes
     (thread-local in torch) are set in the pool threads too.
     """
-    step = max(CHUNK // blocksize, 1) * blocksize
     spans = iter([(start, min(start + step, total)) for start in range(0, total, step)])
     helpers = min(torch.get_num_threads(), -(-total // step)) - 1
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -187,17 +227,9 @@ def _pair_table(kind: str, device: torch.device) -> torch.Tensor:
 
 
 @functools.cache
-def _quad_table(kind: str, device: torch.device) -> torch.Tensor:
-    """The four code values of two consecutive packed bytes, indexed by the bytes read as one
-    native-endian uint16: 65,536 fp32 quadruples, each viewed as one complex128."""
-    pairs = _pair_table(kind, torch.device("cpu"))
-    both = torch.arange(65536, dtype=torch.int32)
-    byte_pairs = torch.stack([both >> 8, both & 0xFF], dim=1).to(torch.uint8).contiguous()
-    keys = byte_pairs.view(torch.uint16).view(-1).long()
-    table = torch.empty(65536, 4)
-    table[keys] = torch.cat([pairs[byte_pairs[:, 0].long()], pairs[byte_pairs[:, 1].long()]],
-                            dim=1)
-    return table.view(torch.complex128).view(-1).to(device)
+def _pair_codes(kind: str, device: torch.device) -> torch.Tensor:
+    """:func:`_pair_table` with each byte's two fp32 values as one complex64: ``[256]``."""
+    return _pair_table(kind, device).view(torch.complex64).view(-1)
 
 
 def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int

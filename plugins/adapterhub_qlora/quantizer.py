@@ -19,7 +19,8 @@ for a weight stored under ``W``:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,7 @@ class Bnb4bitQuantizer(Quantizer):
 
     kind: ClassVar[str]
     Config = Bnb4bitConfig
+    compute_fields = ("compute_dtype",)
 
     @property
     def state_key(self) -> str:
@@ -120,31 +122,61 @@ class Bnb4bitQuantizer(Quantizer):
 
     def from_state_dict(self, name: str, tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
         what = f"quantized weight {name!r}"
-        meta = _read_meta(tensors.get(f"{name}.{self.state_key}"), what)
-        if meta.get("quant_type") != self.kind:
-            raise QuantizationError(f"{what} is {meta.get('quant_type')!r}, not {self.kind!r}")
-        try:
-            shape = tuple(int(d) for d in meta["shape"])
-            config = self.make_config(blocksize=int(meta["blocksize"]),
-                                      double_quant=f"{name}.nested_absmax" in tensors)
-            dtype = getattr(torch, meta["dtype"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise QuantizationError(f"{what} has an invalid quant_state ({exc})") from None
+        shape, dtype, config, meta = self._read_layout(name, tensors.get(
+            f"{name}.{self.state_key}"), has_nested=f"{name}.nested_absmax" in tensors)
         data = tensors.get(name)
         if data is None or any(f"{name}.{k}" not in tensors for k in ("absmax", "quant_map")):
             raise QuantizationError(f"{what} lacks its packed data, absmax or quant_map")
         state = {k: tensors[f"{name}.{k}"] for k in STATE_KEYS if f"{name}.{k}" in tensors}
         if config.double_quant:
-            if meta.get("nested_blocksize") != NESTED_BLOCKSIZE or "nested_quant_map" not in state:
-                raise QuantizationError(f"{what}: double quantisation needs nested_quant_map "
-                                        f"and nested_blocksize {NESTED_BLOCKSIZE}")
             state["nested_offset"] = torch.tensor(float(meta["nested_offset"]),
                                                   dtype=torch.float32)
         # a quant_storage other than uint8 (bf16 for FSDP) holds the same bytes
         packed = data.contiguous().view(torch.uint8).reshape(-1, 1)
         quantized = QuantizedTensor(self.name, config, packed, state, shape, dtype)
-        _check_layout(quantized, self.kind, what)
+        _check_sizes({k: v.numel() for k, v in state.items()}, packed.numel(), shape, config,
+                     what)
+        _check_values(quantized, self.kind, what)
         return quantized
+
+    def describe_stored(self, name: str, shapes: dict[str, tuple[int, ...]],
+                        read: Callable[[str], torch.Tensor]
+                        ) -> tuple[tuple[int, ...], torch.dtype, Bnb4bitConfig]:
+        """Reads the quant_state JSON only; checks every stored size against it."""
+        key = f"{name}.{self.state_key}"
+        shape, dtype, config, _ = self._read_layout(
+            name, read(key) if key in shapes else None,
+            has_nested=f"{name}.nested_absmax" in shapes)
+        what = f"quantized weight {name!r}"
+        if name not in shapes or any(f"{name}.{k}" not in shapes
+                                     for k in ("absmax", "quant_map")):
+            raise QuantizationError(f"{what} lacks its packed data, absmax or quant_map")
+        numel = {k: math.prod(shapes[f"{name}.{k}"]) for k in STATE_KEYS
+                 if f"{name}.{k}" in shapes}
+        # the packed data may be stored as another dtype (quant_storage): count its bytes
+        _check_sizes(numel, None, shape, config, what)
+        return shape, dtype, config
+
+    def _read_layout(self, name: str, meta_tensor: torch.Tensor | None, has_nested: bool
+                     ) -> tuple[tuple[int, ...], torch.dtype, Bnb4bitConfig, dict[str, Any]]:
+        """Shape, dtype, config and the raw metadata of a stored weight, from its quant_state."""
+        what = f"quantized weight {name!r}"
+        meta = _read_meta(meta_tensor, what)
+        if meta.get("quant_type") != self.kind:
+            raise QuantizationError(f"{what} is {meta.get('quant_type')!r}, not {self.kind!r}")
+        try:
+            shape = tuple(int(d) for d in meta["shape"])
+            config = self.make_config(blocksize=int(meta["blocksize"]), double_quant=has_nested)
+            dtype = getattr(torch, meta["dtype"])
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"{meta['dtype']!r} is not a dtype")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QuantizationError(f"{what} has an invalid quant_state ({exc})") from None
+        if config.double_quant and (meta.get("nested_blocksize") != NESTED_BLOCKSIZE
+                                    or "nested_offset" not in meta):
+            raise QuantizationError(f"{what}: double quantisation needs nested_offset and "
+                                    f"nested_blocksize {NESTED_BLOCKSIZE}")
+        return shape, dtype, config, meta
 
     def checkpoint_config(self, config: Bnb4bitConfig, skipped: list[str]) -> dict[str, Any]:
         # The keys transformers' BitsAndBytesConfig.to_dict() writes, so that transformers
@@ -186,20 +218,32 @@ def _read_meta(tensor: torch.Tensor | None, what: str) -> dict[str, Any]:
     return meta
 
 
-def _check_layout(q: QuantizedTensor, kind: str, what: str) -> None:
-    """Refuse state tensors whose sizes do not fit the shape (a truncated or foreign file)."""
-    blocks = -(-q.numel // q.config.blocksize)
-    sizes = {"packed data": (q.data.numel(), (q.numel + 1) // 2),
-             "absmax": (q.state["absmax"].numel(), blocks)}
-    if q.config.double_quant:
-        sizes["nested_absmax"] = (q.state["nested_absmax"].numel(),
-                                  -(-blocks // NESTED_BLOCKSIZE))
-        sizes["nested_quant_map"] = (q.state["nested_quant_map"].numel(), 256)
+def _check_sizes(state: dict[str, int], packed: int | None, shape: tuple[int, ...],
+                 config: Bnb4bitConfig, what: str) -> None:
+    """Refuse state tensors whose sizes do not fit the shape (a truncated or foreign file).
+
+    ``state`` holds the element count of each state tensor, ``packed`` that of the packed
+    data as bytes (``None``: not checked).
+    """
+    numel = math.prod(shape)
+    blocks = -(-numel // config.blocksize)
+    sizes = {"absmax": (state.get("absmax"), blocks)}
+    if packed is not None:
+        sizes["packed data"] = (packed, (numel + 1) // 2)
+    if config.double_quant:
+        sizes["nested_absmax"] = (state.get("nested_absmax"), -(-blocks // NESTED_BLOCKSIZE))
+        sizes["nested_quant_map"] = (state.get("nested_quant_map"), 256)
     for part, (actual, expected) in sizes.items():
+        if actual is None:
+            raise QuantizationError(f"{what}: {part} is missing")
         if actual != expected:
             raise QuantizationError(f"{what}: {part} holds {actual} values; shape "
-                                    f"{list(q.shape)} with blocksize {q.config.blocksize} "
+                                    f"{list(shape)} with blocksize {config.blocksize} "
                                     f"needs {expected}")
+
+
+def _check_values(q: QuantizedTensor, kind: str, what: str) -> None:
+    """Refuse an absmax of the wrong dtype or a code book that is not ``kind``'s."""
     absmax_dtype = torch.uint8 if q.config.double_quant else torch.float32
     if q.state["absmax"].dtype != absmax_dtype:
         raise QuantizationError(f"{what}: absmax is {q.state['absmax'].dtype}, expected "
