@@ -141,3 +141,20 @@ class MissingBlobsError(IntegrityError):
 
 class PromotionError(AdapterHubError):
     """``promote`` refused: the version's metrics do not meet the condition."""
+
+
+# --- hub -----------------------------------------------------------------------------------
+
+
+class AuthenticationError(RegistryError):
+    """A hub refused the request: no token, or an unknown, revoked or expired one (HTTP 401)."""
+
+    default_hint = ("Set ADAPTERHUB_TOKEN or run 'adapterhub login URL' with a token from "
+                    "'adapterhub token create' on the hub")
+
+
+class PermissionDeniedError(RegistryError):
+    """The token is valid but its scopes do not cover the request (HTTP 403)."""
+
+    default_hint = ("Ask the hub's admin for a token with the scope shown (adapterhub token "
+                    "create --scope LEVEL:NAMESPACE)")

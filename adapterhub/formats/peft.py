@@ -16,6 +16,8 @@ from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
 from adapterhub.safetensors_io import load_tensors, save_tensors, write_bytes_atomic
 
 if TYPE_CHECKING:
+    import torch
+
     from adapterhub.methods import AdapterMethod
     from adapterhub.package import AdapterPackage
 
@@ -79,15 +81,22 @@ def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | No
                                 base_fingerprint=fingerprint)
 
 
-def write_peft(package: AdapterPackage, out: str | os.PathLike[str]) -> Path:
-    """Write ``package`` in the PEFT layout; methods PEFT cannot express raise ExportError."""
+def peft_payload(package: AdapterPackage) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """``adapter_config.json`` bytes and the tensors under their PEFT keys; methods PEFT
+    cannot express raise ExportError."""
     config, tensors = package.method.to_peft(package)
     base = package.manifest.base_model
     config = {"base_model_name_or_path": base.get("name"), "revision": base.get("revision"),
               "inference_mode": True, "task_type": None, **config}
+    return ((json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+            {KEY_PREFIX + key: value for key, value in tensors.items()})
+
+
+def write_peft(package: AdapterPackage, out: str | os.PathLike[str]) -> Path:
+    """Write ``package`` in the PEFT layout; methods PEFT cannot express raise ExportError."""
+    config, tensors = peft_payload(package)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors({KEY_PREFIX + key: value for key, value in tensors.items()}, out / WEIGHTS_FILE)
-    write_bytes_atomic(out / CONFIG_FILE,
-                       (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    save_tensors(tensors, out / WEIGHTS_FILE)
+    write_bytes_atomic(out / CONFIG_FILE, config)
     return out
