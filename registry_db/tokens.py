@@ -169,3 +169,29 @@ class TokenStore:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             return _info(row)
+
+    # -- signed URLs ------------------------------------------------------------------------
+
+    def _key(self, token_id: int) -> tuple[Token, bytes]:
+        with self.db.read() as s:
+            row = s.get(Token, token_id)
+        if row is None:
+            raise TokenError("the signed URL names no token of this hub")
+        return row, bytes.fromhex(row.token_hash)
+
+    def sign(self, token_id: int, message: str) -> str:
+        """An HMAC of ``message`` keyed by the token (for URLs that carry no header, such as
+        the upload URLs a Hugging Face client PUTs to). Revoking the token voids them."""
+        _, key = self._key(token_id)
+        return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+    def check_signature(self, token_id: int, message: str, signature: str) -> TokenInfo:
+        """The token that signed ``message``, if it is still active; TokenError otherwise."""
+        row, key = self._key(token_id)
+        expected = hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise TokenError("the URL's signature is not valid")
+        info = _info(row)
+        if info.state != "active":
+            raise TokenError(f"the token {info.prefix}… that signed this URL is {info.state}")
+        return info
