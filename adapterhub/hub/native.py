@@ -58,7 +58,7 @@ def digest_list(body: dict[str, Any], key: str = "digests") -> list[str]:
 def health(request: Request) -> dict[str, Any]:
     """Liveness and readiness: the registry answers a query."""
     hub = hub_of(request)
-    hub.registry.service.repositories("\0")  # one cheap round trip to the database
+    hub.registry.service.repositories("-")  # one cheap round trip (no name starts with -)
     return {"status": "ok", "auth": hub.auth}
 
 
