@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from adapterhub import errors as ah
@@ -94,6 +95,14 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return response(HubError(400, f"malformed request: {where}: "
                                       f"{first.get('msg', 'invalid')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, HubError):  # FastAPI wraps errors raised reading a body
+            return response(exc.__cause__)
+        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 \
+            else str(exc.detail)
+        return response(HubError(exc.status_code, message, headers=dict(exc.headers or {})))
 
     @app.exception_handler(ClientDisconnect)
     async def disconnected(request: Request, exc: ClientDisconnect) -> JSONResponse:
