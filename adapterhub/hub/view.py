@@ -26,7 +26,7 @@ h1{font-size:1.4rem}h1 a{color:inherit;text-decoration:none}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}
 th{background:#f3f3f3}code{font-size:.85rem}.tag{background:#e4efff;border-radius:4px;
-padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.deleted{color:#999;text-decoration:line-through}
+padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.nw{white-space:nowrap}.deleted{color:#999;text-decoration:line-through}
 """
 
 
@@ -34,6 +34,10 @@ def page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
                         f"<h1><a href='/'>adapterhub</a> · {escape(title)}</h1>{body}</body></html>")
+
+
+def link(version) -> str:
+    return f"<a href='/ui/{quote(version.name)}'>{escape(version.ref)}</a>"
 
 
 def tags_html(tags) -> str:
@@ -60,8 +64,8 @@ def index(request: Request, who: Principal = Depends(principal)) -> HTMLResponse
             continue
         rows.append(f"<tr><td>{link}</td><td>{counts[name]}</td><td>{escape(v.ref)} "
                     f"{tags_html(v.tags)}</td><td>{escape(v.method)}</td>"
-                    f"<td>{escape(v.base_name or '-')}</td><td>{human_size(v.size)}</td>"
-                    f"<td>{v.created_at:%Y-%m-%d %H:%M}</td></tr>")
+                    f"<td>{escape(v.base_name or '-')}</td><td class=nw>{human_size(v.size)}</td>"
+                    f"<td class=nw>{v.created_at:%Y-%m-%d %H:%M}</td></tr>")
     table = ("<table><tr><th>Repository</th><th>Versions</th><th>Latest</th><th>Method</th>"
              "<th>Base model</th><th>Size</th><th>Updated</th></tr>" + "".join(rows)
              + "</table>") if rows else "<p class=muted>No repositories yet.</p>"
@@ -80,7 +84,7 @@ def repository_page(request: Request, namespace: str, name: str,
         for digest in v.parents:
             parent = service.find(digest)
             if parent is not None and who.can("read", parent.name):
-                parents.append(f"<a href='/ui/{quote(parent.name)}'>{escape(parent.ref)}</a>")
+                parents.append(link(parent))
             else:
                 parents.append(f"<code>{escape(digest[:19])}…</code>")
         children = [c for c in service.children(v.digest) if who.can("read", c.name)]
@@ -89,15 +93,16 @@ def repository_page(request: Request, namespace: str, name: str,
             f"<tr{css}><td>{escape(v.ref)}</td><td>{tags_html(v.tags)}</td>"
             f"<td><code title='{escape(v.digest)}'>{escape(v.digest[:19])}…</code><br>"
             f"<span class=muted>commit {commit_id(v)[:12]}</span></td>"
-            f"<td>{escape(v.method)}</td><td>{human_size(v.size)}</td>"
-            f"<td>{v.created_at:%Y-%m-%d %H:%M}</td><td>{escape(v.author or '-')}</td>"
+            f"<td>{escape(v.method)}</td><td class=nw>{human_size(v.size)}</td>"
+            f"<td class=nw>{v.created_at:%Y-%m-%d %H:%M}</td><td>{escape(v.author or '-')}</td>"
             f"<td>{escape(v.message or '')}</td><td>{', '.join(parents) or '-'}</td>"
-            f"<td>{', '.join(escape(c.ref) for c in children) or '-'}</td></tr>")
+            f"<td>{', '.join(link(c) for c in children) or '-'}</td></tr>")
     table = ("<table><tr><th>Version</th><th>Tags</th><th>Digest</th><th>Method</th>"
              "<th>Size</th><th>Created</th><th>Author</th><th>Message</th><th>Parents</th>"
              "<th>Children</th></tr>" + "".join(rows) + "</table>") if rows else \
         "<p class=muted>No versions yet.</p>"
-    hint = (f"<p class=muted>Hugging Face clients: <code>HF_ENDPOINT={escape(str(request.base_url))}"
+    endpoint = str(request.base_url).rstrip("/")
+    hint = (f"<p class=muted>Hugging Face clients: <code>HF_ENDPOINT={escape(endpoint)}"
             f"</code>, repository <code>{escape(repo)}</code>, revision <code>v&lt;N&gt;</code>,"
             f" a tag or <code>main</code>.</p>")
     return page(repo, table + hint)
