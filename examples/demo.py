@@ -25,6 +25,7 @@ NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "clum
 #: further steps, each a module beside this file with ``run(workdir, adapter_dir)``
 STEPS = [
     ("5. Push, tag, list, show and pull back with a registry", "demo_registry"),
+    ("6. Serve a hub, push to it over HTTP with a token, pull into a second registry", "demo_hub"),
 ]
 SUBJECTS = ["the film", "this book", "the concert", "our dinner", "the play", "that album",
             "the lecture", "the trip"]
