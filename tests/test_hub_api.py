@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import threading
 
 import httpx
@@ -219,16 +220,22 @@ class DroppingProxy:
                     sent += len(data)
             except OSError:
                 pass
-            for s in (client, upstream):
+            for sock in (client, upstream):  # wakes the other direction's recv
                 try:
-                    s.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
         up, down = (self.cut_after, None) if self.direction == "up" else (None, self.cut_after)
-        threading.Thread(target=pump, args=(upstream, client, down if cut else None),
-                         daemon=True).start()
+        other = threading.Thread(target=pump, args=(upstream, client, down if cut else None),
+                                 daemon=True)
+        other.start()
         pump(client, upstream, up if cut else None)
+        other.join()
+        # dropped as a failing network drops it: a reset, whatever is still in flight
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        upstream.close()
 
     def close(self):
         self.sock.close()

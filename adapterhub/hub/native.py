@@ -39,6 +39,11 @@ ERROR_FRAME = 2**64 - 1
 BUNDLE_FILES = 10_000  # blobs per bundle at most
 
 
+def json_response(data: Any) -> Response:
+    """JSON straight from ``json.dumps``: FastAPI's encoder takes ~40x longer on manifests."""
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
+
+
 def full_name(namespace: str, name: str) -> str:
     return validate_name(f"{namespace}/{name}")
 
@@ -81,26 +86,26 @@ def whoami(request: Request, who: Principal = Depends(principal)) -> dict[str, A
 
 @router.get("/api/v1/resolve")
 def resolve(request: Request, ref: str = Query(..., max_length=300),
-            who: Principal = Depends(principal)) -> dict[str, Any]:
+            who: Principal = Depends(principal)) -> Response:
     """The version a ref names, with its manifest."""
     parsed = parse_ref(ref)
     who.require("read", parsed.name)
-    return hub_of(request).registry.resolve(ref).to_dict(with_manifest=True)
+    return json_response(hub_of(request).registry.resolve(ref).to_dict(with_manifest=True))
 
 
 @router.get("/api/v1/find/{digest}")
-def find(request: Request, digest: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+def find(request: Request, digest: str, who: Principal = Depends(principal)) -> Response:
     """A version with this manifest digest that the caller may read (404 if none)."""
     found = hub_of(request).registry.service.find(digest)
     if found is None or not who.can("read", found.name):
         raise HubError(404, f"no version with digest {digest}")
-    return found.to_dict(with_manifest=True)
+    return json_response(found.to_dict(with_manifest=True))
 
 
 @router.get("/api/v1/versions")
 def versions(request: Request, prefix: str | None = None, method: str | None = None,
              base: str | None = None, label: list[str] = Query(default=[]),
-             who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+             who: Principal = Depends(principal)) -> Response:
     """Live versions (search): by name prefix, method, base model, labels ``K=V``."""
     who.require("read")
     labels = {}
@@ -110,7 +115,7 @@ def versions(request: Request, prefix: str | None = None, method: str | None = N
             raise HubError(400, f"labels are KEY=VALUE; got {pair!r}")
         labels[key] = value
     found = hub_of(request).registry.list(prefix, method=method, base=base, labels=labels)
-    return [v.to_dict() for v in found if who.can("read", v.name)]
+    return json_response([v.to_dict() for v in found if who.can("read", v.name)])
 
 
 @router.get("/api/v1/repos")
@@ -129,15 +134,15 @@ def repositories(request: Request, who: Principal = Depends(principal)) -> list[
 
 @router.get("/api/v1/repos/{namespace}/{name}/log")
 def log(request: Request, namespace: str, name: str,
-        who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+        who: Principal = Depends(principal)) -> Response:
     repo = full_name(namespace, name)
     who.require("read", repo)
-    return [v.to_dict() for v in hub_of(request).registry.log(repo)]
+    return json_response([v.to_dict() for v in hub_of(request).registry.log(repo)])
 
 
 @router.get("/api/v1/lineage")
 def lineage(request: Request, ref: str = Query(..., max_length=300),
-            who: Principal = Depends(principal)) -> dict[str, Any]:
+            who: Principal = Depends(principal)) -> Response:
     """A version, the versions it descends from (nearest first) and those made from it."""
     who.require("read", parse_ref(ref).name)
     service = hub_of(request).registry.service
@@ -157,7 +162,8 @@ def lineage(request: Request, ref: str = Query(..., max_length=300),
         ancestors.append({**parent.to_dict(), "depth": depth, "visible": True})
         frontier += [(p, depth + 1) for p in parent.parents]
     children = [c.to_dict() for c in service.children(version.digest) if who.can("read", c.name)]
-    return {"version": version.to_dict(), "ancestors": ancestors, "children": children}
+    return json_response({"version": version.to_dict(), "ancestors": ancestors,
+                          "children": children})
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -343,7 +349,7 @@ def finish_upload(request: Request, upload_id: str,
 
 @router.post("/api/v1/repos/{namespace}/{name}/commit")
 def commit(request: Request, namespace: str, name: str, body: dict = Body(...),
-           who: Principal = Depends(principal)) -> dict[str, Any]:
+           who: Principal = Depends(principal)) -> Response:
     """Record a manifest as the next version and move tags, in one transaction."""
     repo = full_name(namespace, name)
     who.require("write", repo)
@@ -364,7 +370,8 @@ def commit(request: Request, namespace: str, name: str, body: dict = Body(...),
     result = hub_of(request).registry.service.commit(
         repo, Manifest.from_dict(manifest), message=body.get("message"),
         author=body.get("author") or who.actor, tags=tags, created_at=when)
-    return {"version": result.version.to_dict(with_manifest=True), "created": result.created}
+    return json_response({"version": result.version.to_dict(with_manifest=True),
+                          "created": result.created})
 
 
 @router.put("/api/v1/repos/{namespace}/{name}/tags/{tag}")
