@@ -29,8 +29,6 @@ from adapterhub.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canon
                                 remote_class, send_version)
 
 if TYPE_CHECKING:
-    import torch
-
     from adapterhub.package import AdapterPackage
     from adapterhub.sources import Source
     from registry_db import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,

@@ -101,7 +101,7 @@ def test_concurrent_clients_lose_and_corrupt_nothing(served):
                 blobs = {digest_of(d): d for d in tensors.values()}
                 name = f"soak/repo{index % 4}"
                 result = send_version(remote, name, manifest,
-                                      lambda ds: ((d, blobs[d]) for d in ds),
+                                      lambda ds, blobs=blobs: ((d, blobs[d]) for d in ds),
                                       show_progress=False)
                 if not result.created or result.version.digest != manifest.digest:
                     errors.append(f"push to {name} returned {result}")
@@ -128,7 +128,7 @@ def test_concurrent_clients_lose_and_corrupt_nothing(served):
         log = service.log(name)
         assert len({v.number for v in log}) == len(log)
         assert {v.digest for v in log} == {d for n, d, _ in pushed if n == name}
-    for name, digest, tensors in random.Random(0).sample(pushed, min(40, len(pushed))):
+    for _, _, tensors in random.Random(0).sample(pushed, min(40, len(pushed))):
         for data in tensors.values():
             assert hashlib.sha256(service.blobs.read(digest_of(data))).digest() == \
                 hashlib.sha256(data).digest()

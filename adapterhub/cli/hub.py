@@ -1,4 +1,5 @@
-"""The hub: ``serve``, ``token create/list/revoke`` (on the hub's registry), ``login``/``logout``."""
+"""The hub: ``serve``, ``token create/list/revoke`` (on the hub's registry), ``login``,
+``logout``."""
 
 from __future__ import annotations
 

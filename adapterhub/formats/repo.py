@@ -14,7 +14,6 @@ request (a hub's replicas agree on ETags without sharing a cache).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -98,14 +97,3 @@ def package_from_files(files: Mapping[str, bytes]) -> AdapterPackage:
                 write_bytes_atomic(Path(tmp) / name, files[name])
         return read_repo(tmp)
 
-
-def manifest_of(files: Mapping[str, bytes]) -> Manifest | None:
-    """The manifest in ``adapter.json``, if the files have one (FormatError if invalid)."""
-    from registry_db.manifest import Manifest, ManifestError
-
-    if MANIFEST_FILE not in files:
-        return None
-    try:
-        return Manifest.from_dict(json.loads(files[MANIFEST_FILE]))
-    except (UnicodeDecodeError, json.JSONDecodeError, ManifestError) as exc:
-        raise FormatError(f"{MANIFEST_FILE} is not a valid manifest ({exc})") from None

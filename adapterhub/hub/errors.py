@@ -51,7 +51,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (db.NotFoundError, 404), (ah.AdapterNotFoundError, 404), (db.ConflictError, 409),
     (db.CorruptionError, 422), (ah.IntegrityError, 422), (ah.FormatError, 422),
     (ah.ConfigError, 422), (ah.ExportError, 422), (ah.UnknownMethodError, 422),
-    (ManifestError, 422), (db.SchemaError, 503), (db.RegistryDBError, 400), (ah.AdapterHubError, 400),
+    (ManifestError, 422), (db.SchemaError, 503), (db.RegistryDBError, 400),
+    (ah.AdapterHubError, 400),
 ]
 
 

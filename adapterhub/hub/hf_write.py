@@ -190,7 +190,7 @@ async def lfs_upload(request: Request, namespace: str, name: str, oid: str) -> R
             index += 1
     if received != size:
         raise HubError(400, f"received {received} bytes; the object has {size}")
-    if buffer or size == 0 or size % chunk_size:
+    if buffer or size == 0:  # the last, shorter chunk (or the only one, empty)
         await run_in_threadpool(service.blobs.upload_chunk, upload.upload_id, index,
                                 bytes(buffer))
     await run_in_threadpool(service.blobs.finish_upload, upload.upload_id)

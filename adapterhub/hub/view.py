@@ -26,14 +26,16 @@ h1{font-size:1.4rem}h1 a{color:inherit;text-decoration:none}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}
 th{background:#f3f3f3}code{font-size:.85rem}.tag{background:#e4efff;border-radius:4px;
-padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.nw{white-space:nowrap}.deleted{color:#999;text-decoration:line-through}
+padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.nw{white-space:nowrap}
+.deleted{color:#999;text-decoration:line-through}
 """
 
 
 def page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><html lang=en><head><meta charset=utf-8>"
                         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-                        f"<h1><a href='/'>adapterhub</a> · {escape(title)}</h1>{body}</body></html>")
+                        f"<h1><a href='/'>adapterhub</a> · {escape(title)}</h1>{body}"
+                        f"</body></html>")
 
 
 def link(version) -> str:
