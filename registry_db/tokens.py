@@ -62,7 +62,7 @@ class Scope:
 def parse_scope(text: str) -> Scope:
     """``write:team-*`` → ``Scope("write", "team-*")``; a bare level means every repository."""
     match = SCOPE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
+    if match is None or ".." in text:
         raise InvalidNameError(f"invalid scope {str(text)[:80]!r}: use read, write or admin, "
                                f"optionally followed by :PATTERN (e.g. write:team-*)")
     return Scope(match.group(1), match.group(2) or "*")

@@ -208,3 +208,34 @@ def test_hf_remote_push_and_pull_through_the_upload_protocol(hub, tmp_path):
     with Registry(tmp_path / "pulled.db") as reg:
         assert [v.digest for v in reg.log("lab/minilm")] == [child.digest, parent_digest]
         assert reg.verify().ok
+
+
+def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
+    """What ``PeftModel.push_to_hub`` does: a PEFT folder with a model card. The card is not
+    an adapter file: the hub answers ``shouldIgnore`` and the client leaves it out."""
+    from adapterhub.formats.peft import write_peft
+    from adapterhub.package import AdapterPackage
+
+    package = AdapterPackage.load(hub.root / "v1")
+    folder = write_peft(package, tmp_path / "peft")
+    (folder / "README.md").write_text("---\nlibrary_name: peft\n---\n# my adapter\n")
+    env = client_env(hub, HF_TOKEN=hub.token("write:peft"))
+    out = run_python(f"""
+        import json
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo("peft/minilm", exist_ok=True)
+        info = api.upload_folder(repo_id="peft/minilm", folder_path={str(folder)!r},
+                                 commit_message="from PEFT")
+        again = api.upload_folder(repo_id="peft/minilm", folder_path={str(folder)!r})
+        print(json.dumps({{"oid": info.oid, "again": again.oid}}))
+    """, env)
+    version = hub.hub.registry.resolve("peft/minilm")
+    assert version.ref == "peft/minilm@1" and version.message == "from PEFT"
+    assert out["oid"] == out["again"] == version.digest[7:47]  # unchanged files: no commit
+    got = hub.hub.registry.get(version)
+    assert all(torch.equal(got.tensors[k], package.tensors[k]) for k in package.tensors)
+    files = hub.hub.renders.files(version)
+    assert "README.md" not in files
+    fresh = type(hub.hub.renders)(hub.hub.registry).files(version)  # another replica
+    assert {p: f.data for p, f in fresh.items()} == {p: f.data for p, f in files.items()}

@@ -203,3 +203,18 @@ def test_bytes_that_do_not_match_their_digest_are_refused(hub):
                          content=good).status_code == 401
     usage = hub.hub.registry.usage()
     assert (usage.versions, usage.blobs, usage.partial_uploads) == (0, 0, 0)
+
+
+def test_scope_patterns():
+    from registry_db import InvalidNameError
+    from registry_db.tokens import parse_scope
+
+    team_star = parse_scope("write:team-*")
+    assert team_star.allows("write", "team-a/bot") and team_star.allows("read", "team-b/x")
+    assert not team_star.allows("write", "team/bot") and not team_star.allows("admin", "team-a/x")
+    one = parse_scope("read:team/bot")
+    assert one.allows("read", "team/bot") and not one.allows("read", "team/bot2")
+    assert parse_scope("admin").allows("write", "anyone/anything")
+    for bad in ["owner", "write:", "write:Team", "write:a/b/c", "read:../x", ""]:
+        with pytest.raises(InvalidNameError, match="invalid scope"):
+            parse_scope(bad)

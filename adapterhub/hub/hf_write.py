@@ -90,6 +90,15 @@ def create_repo(request: Request, body: dict = Body(...),
     return JSONResponse({"url": url, "name": repo, "id": repo})
 
 
+@router.post("/api/validate-yaml")
+def validate_yaml(body: dict = Body(...), who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Clients check a model card before uploading it; the hub does not keep model cards
+    (preupload answers ``shouldIgnore`` for them), so any card is fine."""
+    who.require("write")
+    return {"warnings": [{"message": "adapterhub serve keeps no model cards; README.md is "
+                                     "not stored"}]}
+
+
 @router.post("/api/models/{namespace}/{name}/preupload/{revision}")
 def preupload(request: Request, namespace: str, name: str, revision: str,
               body: dict = Body(...), who: Principal = Depends(principal)) -> dict[str, Any]:
