@@ -64,7 +64,9 @@ def parse_scope(text: str) -> Scope:
     match = SCOPE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None or ".." in text:
         raise InvalidNameError(f"invalid scope {str(text)[:80]!r}: use read, write or admin, "
-                               f"optionally followed by :PATTERN (e.g. write:team-*)")
+                               f"optionally followed by :PATTERN",
+                               hint="e.g. --scope read, --scope write:team-*, "
+                                    "--scope admin:team/bot")
     return Scope(match.group(1), match.group(2) or "*")
 
 

@@ -103,6 +103,8 @@ def test_cli_push_pull_json_tokens_and_login(tmp_path, run, monkeypatch):
                              "--name", "ci", "--json", "--db", db).stdout)
     token = created["token"]
     assert token.startswith("ahub_") and created["scopes"] == ["write:team"]
+    err = run("token", "create", "--scope", "owner:team", "--db", db, code=1).stderr
+    assert "invalid scope 'owner:team'" in err and "--scope write:team-*" in err
     listed = json.loads(run("token", "list", "--json", "--db", db).stdout)
     assert [t["state"] for t in listed] == ["active"] and "token" not in listed[0]
     assert token not in run("token", "list", "--db", db).stdout
@@ -146,8 +148,11 @@ def test_cli_push_pull_json_tokens_and_login(tmp_path, run, monkeypatch):
 def test_health_metrics_and_json_access_log(tmp_path, caplog):
     with HubServer(str(tmp_path / "hub.db")) as server:
         assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+        token = server.token("read")
         with caplog.at_level(logging.INFO, logger="adapterhub.hub.access"):
             httpx.get(f"{server.url}/api/v1/versions")  # 401
+            httpx.get(f"{server.url}/api/v1/versions", headers={"Authorization":
+                                                                f"Bearer {token}"})
             text = httpx.get(f"{server.url}/metrics").text
     assert re.search(r'adapterhub_requests_total\{method="GET",handler="versions",'
                      r'status="401"\} 1\n', text)
@@ -157,6 +162,8 @@ def test_health_metrics_and_json_access_log(tmp_path, caplog):
     assert {"method": "GET", "path": "/api/v1/versions", "status": 401}.items() <= \
         lines[0].items()
     assert lines[0]["client"].startswith("127.0.0.1:") and "ms" in lines[0]
+    assert lines[0]["token"] is None and lines[1]["token"] == 1  # the id, never the secret
+    assert token not in caplog.text
 
 
 def test_upload_resumes_from_what_the_hub_already_holds(tmp_path, monkeypatch):
