@@ -2,7 +2,8 @@
 ``adapterhub serve`` with ``adapterhub pull`` (into a registry, every byte re-hashed) vs
 ``huggingface_hub.hf_hub_download`` of the same version's ``adapter_model.safetensors`` from
 the same server vs a local file copy; push throughput; ``show`` (``GET /api/v1/resolve``)
-requests per second with 16 concurrent clients. Writes ``benchmarks/results/hub.json``.
+requests per second with 16 concurrent clients; and, for the cost of HTTP itself, the same
+pull straight from the hub's database file. Writes ``benchmarks/results/hub.json``.
 
 Run: ``python -m benchmarks hub`` (or ``make bench``).
 """
@@ -112,6 +113,11 @@ def main() -> dict[str, Any]:
             targets = iter(range(REPEAT))
             pull_s = timed(lambda: _pull(root / f"pulled{next(targets)}.db", url), REPEAT)
 
+            # the same pull straight from the hub's database file (no HTTP), for the overhead
+            direct = iter(range(REPEAT))
+            file_s = timed(lambda: _pull(root / f"direct{next(direct)}.db", str(hub_db)),
+                           REPEAT)
+
             # the same version through the Hugging Face protocol, into a fresh cache each time
             caches = iter(range(REPEAT + 1))
 
@@ -146,13 +152,15 @@ def main() -> dict[str, Any]:
                  "adapterhub_over_hf": round(med(pull_s) / med(hf_s), 2),
                  "adapterhub_over_copy": round(med(pull_s) / med(copy_s), 1),
                  "hf_over_copy": round(med(hf_s) / med(copy_s), 1),
+                 "registry_file_pull_s": round(med(file_s), 3),
+                 "adapterhub_over_registry_file_pull": round(med(pull_s) / med(file_s), 2),
                  "adapterhub_mb_per_s": round(tensor_bytes / med(pull_s) / 1e6, 1),
                  "hf_mb_per_s": round(hf_bytes / med(hf_s) / 1e6, 1)},
         "push": {"push_s": round(med(push_s), 3),
                  "mb_per_s": round(tensor_bytes / med(push_s) / 1e6, 1)},
         "show": show,
         "runs": {"repeat": REPEAT, "pull_s": pull_s, "hf_s": hf_s, "copy_s": copy_s,
-                 "push_s": push_s},
+                 "registry_file_pull_s": file_s, "push_s": push_s},
         "notes": "median of 3; loopback; hub and clients share one machine",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -165,11 +173,11 @@ def main() -> dict[str, Any]:
     return result
 
 
-def _pull(db: Path, url: str) -> None:
+def _pull(db: Path, source: str) -> None:
     from adapterhub.registry import Registry
 
     with Registry(db) as reg:
-        reg.pull("bench/adapter@1", url, progress=False)
+        reg.pull("bench/adapter@1", source, progress=False)
 
 
 if __name__ == "__main__":

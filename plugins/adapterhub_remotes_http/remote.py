@@ -15,6 +15,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from registry_db import CommitResult, Manifest, VersionInfo
 
 SMALL = 4 << 20  # bytes: blobs below this go in bundles
-BUNDLE = 32 << 20  # bytes per bundle (the hub accepts up to 64 MiB)
+BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
+BUNDLE_READ = 16 << 20  # bytes per bundle read
 ERROR_FRAME = 2**64 - 1
 
 
@@ -160,21 +162,41 @@ class HttpRemote(Remote):
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
+        """Small blobs in bundles (the next bundle is fetched while the caller stores the
+        current one), large ones one by one, all in the order asked."""
         report = progress or (lambda n: None)
+        plan: list[list[str]] = []  # a bundle of small blobs, or [one large blob]
         run: list[str] = []
         run_bytes = 0
         for digest in digests:
             size = self._blobs.get(digest, (None, SMALL))[1]
-            if size < SMALL:
-                run.append(digest)
-                run_bytes += size
-                if run_bytes < BUNDLE:
-                    continue
-            yield from self._read_bundle(run, report)
-            run, run_bytes = [], 0
             if size >= SMALL:
-                yield digest, self._read_large(digest, size, report)
-        yield from self._read_bundle(run, report)
+                plan += [run, [digest]] if run else [[digest]]
+                run, run_bytes = [], 0
+                continue
+            run.append(digest)
+            run_bytes += size
+            if run_bytes >= BUNDLE_READ:
+                plan.append(run)
+                run, run_bytes = [], 0
+        if run:
+            plan.append(run)
+
+        def small(group: list[str]) -> bool:
+            return self._blobs.get(group[0], (None, SMALL))[1] < SMALL
+
+        with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool:
+            ahead: Future | None = None
+            for index, group in enumerate(plan):
+                if not small(group):
+                    yield group[0], self._read_large(group[0], self._blobs[group[0]][1],
+                                                     report)
+                    continue
+                current = ahead or pool.submit(self._read_bundle, group, report)
+                following = plan[index + 1] if index + 1 < len(plan) else None
+                ahead = (pool.submit(self._read_bundle, following, report)
+                         if following and small(following) else None)
+                yield from current.result()
 
     def _repository_of(self, digest: str) -> str:
         repo = self._blobs.get(digest, (self._repository, 0))[0]
@@ -191,29 +213,26 @@ class HttpRemote(Remote):
         return data
 
     def _read_bundle(self, digests: list[str], report: ProgressCallback
-                     ) -> Iterator[tuple[str, bytes]]:
-        if not digests:
-            return
+                     ) -> list[tuple[str, bytes]]:
         by_repo: dict[str, list[str]] = {}
         for digest in digests:
             by_repo.setdefault(self._repository_of(digest), []).append(digest)
         received: dict[str, bytes] = {}
         for repo, wanted in by_repo.items():
-            body = self.client.request("POST", f"/api/v1/repos/{repo}/blobs/read",
-                                       json={"digests": wanted}).content
+            body = memoryview(self.client.request("POST", f"/api/v1/repos/{repo}/blobs/read",
+                                                  json={"digests": wanted}).content)
             offset = 0
             for digest in wanted:
                 (size,) = struct.unpack_from("<Q", body, offset)
                 offset += 8
                 if size == ERROR_FRAME:
                     (length,) = struct.unpack_from("<Q", body, offset)
-                    error = json.loads(body[offset + 8:offset + 8 + length])
+                    error = json.loads(bytes(body[offset + 8:offset + 8 + length]))
                     raise IntegrityError(f"{self.url}: {error['error']}", hint=error.get("hint"))
-                received[digest] = self._checked(digest, body[offset:offset + size])
+                received[digest] = self._checked(digest, bytes(body[offset:offset + size]))
                 offset += size
                 report(size)
-        for digest in digests:
-            yield digest, received[digest]
+        return [(digest, received[digest]) for digest in digests]
 
     def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytes:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
