@@ -88,8 +88,7 @@ def sibling(f: RenderedFile, *, blobs: bool) -> dict[str, Any]:
     return entry
 
 
-def model_info(request: Request, repo: str, version: VersionInfo | None,
-               who: Principal) -> dict[str, Any]:
+def model_info(request: Request, repo: str, version: VersionInfo | None) -> dict[str, Any]:
     files = files_of(request, version) if version else {}
     public = hub_of(request).auth == "read-public"
     info: dict[str, Any] = {
@@ -117,14 +116,14 @@ def repo_info(request: Request, namespace: str, name: str,
         version = hub_of(request).registry.resolve(repo)
     except AdapterNotFoundError:  # an empty repository has no commit yet
         version = None
-    return model_info(request, repo, version, who)
+    return model_info(request, repo, version)
 
 
 @router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
 def revision_info(request: Request, namespace: str, name: str, revision: str,
                   who: Principal = Depends(principal)) -> dict[str, Any]:
     repo = repository(request, namespace, name, who)
-    return model_info(request, repo, resolve_revision(request, repo, revision), who)
+    return model_info(request, repo, resolve_revision(request, repo, revision))
 
 
 @router.get("/api/models/{namespace}/{name}/tree/{revision}")
