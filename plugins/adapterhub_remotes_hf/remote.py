@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from registry_db import CommitResult, Manifest, VersionInfo
 
 NUMBER_TAG = re.compile(r"^v([1-9][0-9]*)$")
+XET_HINT = ("The endpoint does not speak Xet (adapterhub serve does not): set "
+            "HF_HUB_DISABLE_XET=1")
 
 
 class HfRemote(Remote):
@@ -65,12 +67,16 @@ class HfRemote(Remote):
 
             cls = {401: AuthenticationError, 403: PermissionDeniedError}.get(status,
                                                                             RegistryError)
-            raise cls(f"{self.url}: {what}: {str(exc).splitlines()[0]}",
-                      hint="Set HF_TOKEN (or run 'hf auth login') with access to the "
-                           "repository" if status in (401, 403) else None) from None
-        except OSError as exc:  # connection failures
-            raise RegistryError(f"{self.url}: {what}: {exc}",
-                                hint="Check HF_ENDPOINT and the network") from None
+            hint = None
+            if status in (401, 403):
+                hint = "Set HF_TOKEN (or run 'hf auth login') with access to the repository"
+            elif "xet" in str(exc).lower():
+                hint = XET_HINT
+            raise cls(f"{self.url}: {what}: {str(exc).splitlines()[0]}", hint=hint) from None
+        except OSError as exc:  # connection failures (hf_xet's among them)
+            hint = XET_HINT if "xet" in str(exc).lower() else "Check HF_ENDPOINT and the network"
+            raise RegistryError(f"{self.url}: {what}: {str(exc).splitlines()[0]}",
+                                hint=hint) from None
 
     def _check(self, name: str) -> None:
         if name != self.name:
@@ -91,9 +97,18 @@ class HfRemote(Remote):
 
             from adapterhub.formats.repo import ADAPTER_FILES, read_repo
 
-            path = self._call(f"download {commit}", snapshot_download, self.repo_id,
-                              revision=commit, allow_patterns=list(ADAPTER_FILES),
-                              endpoint=self.api.endpoint)
+            from huggingface_hub.utils import (are_progress_bars_disabled,
+                                               disable_progress_bars, enable_progress_bars)
+
+            quiet = are_progress_bars_disabled()
+            disable_progress_bars()  # a few small files: adapterhub's own bar is enough
+            try:
+                path = self._call(f"download {commit}", snapshot_download, self.repo_id,
+                                  revision=commit, allow_patterns=list(ADAPTER_FILES),
+                                  endpoint=self.api.endpoint)
+            finally:
+                if not quiet:
+                    enable_progress_bars()
             self._packages[commit] = read_repo(path)
         return self._packages[commit]
 
