@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: test demo bench docs clean
 
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 demo: $(STAMP)
@@ -28,3 +29,12 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) site build *.egg-info
+
+# the HTML view test renders the hub's pages in Debian's chromium (a missing one fails it)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing and cannot be installed here (needs root and apt-get);" \
+		     "tests/test_hub_view.py will fail" >&2; \
+	fi

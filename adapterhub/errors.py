@@ -160,3 +160,20 @@ class QuantizationError(AdapterHubError, ValueError):
 
     default_hint = ("Check the weight's dtype and the quantizer config, or re-quantize the "
                     "checkpoint with 'adapterhub quantize'")
+
+
+# --- hub -----------------------------------------------------------------------------------
+
+
+class AuthenticationError(RegistryError):
+    """A hub refused the request: no token, or an unknown, revoked or expired one (HTTP 401)."""
+
+    default_hint = ("Set ADAPTERHUB_TOKEN or run 'adapterhub login URL' with a token from "
+                    "'adapterhub token create' on the hub")
+
+
+class PermissionDeniedError(RegistryError):
+    """The token is valid but its scopes do not cover the request (HTTP 403)."""
+
+    default_hint = ("Ask the hub's admin for a token with the scope shown (adapterhub token "
+                    "create --scope LEVEL:NAMESPACE)")

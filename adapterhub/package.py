@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
@@ -64,6 +65,29 @@ class AdapterPackage:
                      for k, v in tensors.items()},
             quantization=quantization, parents=tuple(parents), recipe=recipe,
             metrics=metrics or {}, labels=labels or {})
+        return cls(manifest, tensors)
+
+    @classmethod
+    def from_blobs(cls, manifest: Manifest, blobs: Mapping[str, Any]) -> AdapterPackage:
+        """The package whose tensors are the raw ``blobs`` (digest → bytes) the manifest
+        names. Tensors share the buffers (writable ones, such as ``bytearray``, avoid a copy);
+        equal tensors that share a blob get their own copy."""
+        import torch
+
+        from adapterhub.safetensors_io import torch_dtype
+
+        tensors: dict[str, torch.Tensor] = {}
+        used: set[str] = set()
+        for name, entry in sorted(manifest.tensors.items()):
+            dtype = torch_dtype(entry.dtype)
+            data = blobs[entry.digest]
+            if not len(data):
+                tensors[name] = torch.empty(entry.shape, dtype=dtype)
+                continue
+            writable = isinstance(data, bytearray) and entry.digest not in used
+            buffer = data if writable else bytearray(data)
+            used.add(entry.digest)
+            tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
         return cls(manifest, tensors)
 
     def with_manifest(self, **changes: Any) -> AdapterPackage:

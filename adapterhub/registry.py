@@ -29,8 +29,6 @@ from adapterhub.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canon
                                 remote_class, send_version)
 
 if TYPE_CHECKING:
-    import torch
-
     from adapterhub.package import AdapterPackage
     from adapterhub.sources import Source
     from registry_db import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
@@ -171,27 +169,13 @@ class Registry:
 
     def get(self, ref: str | VersionInfo) -> AdapterPackage:
         """The version as an :class:`AdapterPackage`; every blob is re-hashed as it is read."""
-        import torch
-
         from adapterhub.package import AdapterPackage
-        from adapterhub.safetensors_io import torch_dtype
 
         version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
             ref if isinstance(ref, str) else ref.ref)
         entries = version.manifest.tensors
         blobs = dict(self.read_blobs(e.digest for e in entries.values()))
-        tensors: dict[str, torch.Tensor] = {}
-        used: set[str] = set()  # equal tensors (e.g. zero-initialised ones) share a blob
-        for name, entry in sorted(entries.items()):
-            dtype = torch_dtype(entry.dtype)
-            data = blobs[entry.digest]
-            if not data:
-                tensors[name] = torch.empty(entry.shape, dtype=dtype)
-                continue
-            buffer = bytearray(data) if entry.digest in used else data
-            used.add(entry.digest)
-            tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
-        return AdapterPackage(version.manifest, tensors)
+        return AdapterPackage.from_blobs(version.manifest, blobs)
 
     def read_blob(self, digest: str) -> bytearray:
         """A blob's bytes, verified against its digest."""

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from adapterhub.errors import (AdapterNotFoundError, FormatError,
+from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, FormatError,
                                IntegrityError, MissingBlobsError, RefError, RegistryError)
 from adapterhub.progress import progress
 
@@ -37,6 +37,7 @@ def registry_db_errors() -> Iterator[None]:
     """Turn :mod:`registry_db` errors into the matching :mod:`adapterhub.errors` class."""
     from registry_db import errors as db
     from registry_db.manifest import ManifestError
+    from registry_db.tokens import TokenError
 
     try:
         yield
@@ -45,8 +46,8 @@ def registry_db_errors() -> Iterator[None]:
             raise MissingBlobsError(exc.message, digests=exc.digests, hint=exc.hint) from None
         cls = {db.InvalidNameError: RefError, db.NotFoundError: AdapterNotFoundError,
                db.CorruptionError: IntegrityError, db.MissingParentsError: IntegrityError,
-               db.ConflictError: RegistryError, db.SchemaError: RegistryError
-               }.get(type(exc), RegistryError)
+               db.ConflictError: RegistryError, db.SchemaError: RegistryError,
+               TokenError: AuthenticationError}.get(type(exc), RegistryError)
         raise cls(exc.message, hint=exc.hint or None) from None
     except ManifestError as exc:
         raise FormatError(f"invalid manifest: {exc}") from None

@@ -282,3 +282,28 @@ class SafetensorsWriter:
             self.close()
         else:
             self.abort()
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], Any]],
+                      metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file from raw tensors ``{name: (dtype, shape, bytes)}``, byte for byte
+    the same for the same input (sorted header keys; tensors ordered by element size, then
+    name, so every tensor stays aligned; header padded with spaces to 8 bytes).
+
+    Needs no torch: a hub renders files straight from stored blobs with it.
+    """
+    order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n][0]], n))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        dtype, shape, data = tensors[name]
+        size = memoryview(data).nbytes
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return b"".join([struct.pack("<Q", len(raw)), raw,
+                     *(memoryview(tensors[n][2]).cast("B") for n in order)])

@@ -27,6 +27,8 @@ STEPS = [
     ("5. Push, tag, list, show and pull back with a registry", "demo_registry"),
     ("6. TIES-merge two adapters into a new version and build a merged MiniLM",
      "demo_deploy"),
+    ("7. Serve a hub, push to it over HTTP with a token, pull into a second registry",
+     "demo_hub"),
 ]
 SUBJECTS = ["the film", "this book", "the concert", "our dinner", "the play", "that album",
             "the lecture", "the trip"]

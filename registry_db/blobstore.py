@@ -233,6 +233,26 @@ class BlobStore:
             s.flush()
             return UploadInfo(str(blob.id), digest, size, chunk_size, ())
 
+    def resume_upload(self, digest: str, size: int, *, itemsize: int = 1,
+                      chunk_size: int | None = None) -> UploadInfo | None:
+        """Like :meth:`begin_upload`, but continue the newest unfinished upload of the same
+        blob (same size and chunk size) if there is one, so a client that lost its upload id
+        (a crash, a new process) resends only the chunks the registry lacks."""
+        _check_digest(digest)
+        chunk_size = chunk_size or codec.CHUNK_SIZE
+        if not self.missing([digest]):
+            return None
+        with self.db.read() as s:
+            upload_id = s.scalar(select(Blob.id).where(
+                Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
+                Blob.chunk_size == chunk_size).order_by(Blob.id.desc()).limit(1))
+        if upload_id is not None:
+            try:
+                return self.upload_status(str(upload_id))
+            except NotFoundError:  # finished or collected meanwhile
+                pass
+        return self.begin_upload(digest, size, itemsize=itemsize, chunk_size=chunk_size)
+
     def upload_status(self, upload_id: str) -> UploadInfo:
         """Which chunks of an upload the registry holds (to resume after a failure)."""
         with self.db.read() as s:

@@ -191,3 +191,22 @@ class Event(Base):
     digest: Mapped[str | None] = mapped_column(DIGEST)
     actor: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[str | None]
+
+
+class Token(Base):
+    """An API token of ``adapterhub serve``: only the sha256 of the secret is stored.
+
+    ``scopes`` is a JSON list of ``level:pattern`` strings (``write:team-*``); ``prefix`` is
+    the start of the secret, shown by ``token list`` so a person can tell tokens apart.
+    """
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[str]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

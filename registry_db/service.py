@@ -31,6 +31,7 @@ from registry_db.models import (Blob, Event, Lineage, RemoteRow, Repository, Tag
 from registry_db.records import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
                                  VerifyReport, VersionInfo)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
+from registry_db.tokens import TokenStore
 
 MAX_LABEL_VALUE = 1024
 
@@ -58,6 +59,7 @@ class RegistryService:
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.db = Database(url)
         self.blobs = BlobStore(self.db)
+        self.tokens = TokenStore(self.db)
         self.url = self.db.url
 
     def close(self) -> None:
@@ -123,7 +125,45 @@ class RegistryService:
                                  .order_by(Version.number.desc()))
             return self._infos(s, list(versions))
 
+    def repositories(self, prefix: str | None = None) -> list[str]:
+        """Names of repositories (with or without live versions), sorted."""
+        query = select(Repository.name).order_by(Repository.name)
+        if prefix:
+            query = query.where(Repository.name.startswith(prefix, autoescape=True))
+        with self.db.read() as s:
+            return list(s.scalars(query))
+
+    def children(self, digest: str) -> list[VersionInfo]:
+        """Live versions that name ``digest`` among their parents (lineage downwards)."""
+        with self.db.read() as s:
+            versions = s.scalars(
+                select(Version).join(Lineage, Lineage.version_id == Version.id)
+                .where(Lineage.parent_digest == digest, Version.deleted_at.is_(None))
+                .order_by(Version.id))
+            return self._infos(s, list(versions))
+
+    def references_blob(self, name: str, digest: str) -> bool:
+        """Whether a version of repository ``name`` (live or deleted) uses blob ``digest``
+        (so a reader of ``name`` may fetch it)."""
+        validate_name(name)
+        with self.db.read() as s:
+            return s.scalar(
+                select(VersionTensor.version_id)
+                .join(Version, Version.id == VersionTensor.version_id)
+                .join(Repository, Repository.id == Version.repository_id)
+                .where(Repository.name == name, VersionTensor.blob_digest == digest)
+                .limit(1)) is not None
+
     # -- writing versions -------------------------------------------------------------------
+
+    def create_repository(self, name: str) -> bool:
+        """Create an empty repository; False if it exists already."""
+        validate_name(name)
+        with self.db.write() as s:
+            if s.scalar(select(Repository.id).where(Repository.name == name)) is not None:
+                return False
+            self._repository_for_update(s, name, utcnow())
+            return True
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
-from adapterhub.safetensors_io import load_tensors, write_bytes_atomic
+from adapterhub.safetensors_io import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
+                                       write_bytes_atomic)
 
 if TYPE_CHECKING:
     import torch
@@ -96,12 +97,12 @@ def with_base(package: AdapterPackage, config: dict[str, Any]) -> dict[str, Any]
 
 
 def layout_files(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, bytes]:
-    """The two files of a PEFT adapter directory, as bytes."""
-    from safetensors.torch import save
-
-    contiguous = {k: v.detach().contiguous() for k, v in sorted(tensors.items())}
+    """The two files of a PEFT adapter directory, as bytes (deterministic: the same adapter
+    gives the same bytes everywhere, which the hub's ETags rely on)."""
+    weights = {key: (dtype_name(t.dtype), tuple(t.shape), tensor_bytes(t))
+               for key, t in tensors.items()}
     return {CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-            WEIGHTS_FILE: save(contiguous, metadata={"format": "pt"})}
+            WEIGHTS_FILE: safetensors_bytes(weights, {"format": "pt"})}
 
 
 def write_files(files: dict[str, bytes], out: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,202 @@
+"""The Hugging Face Hub download protocol, over the registry's versions.
+
+A repository ``ns/name`` is a model repository; each live version is a commit whose id is the
+first 40 hex digits of the version digest (``sha256:5f0c…`` → ``5f0c…``, 40 characters), so
+clients cache by it and a pinned commit always means the same bytes. Revisions:
+
+=====================  ======================================
+``main``, ``latest``   the newest live version
+``v3``                 version number 3
+``prod`` (any tag)     the version the tag points at
+40 hex digits          the version whose digest starts with them
+=====================  ======================================
+
+Files are rendered by :mod:`adapterhub.formats.repo` (PEFT layout when PEFT can express the
+method, native otherwise, plus ``adapter.json``). ``ETag``/``X-Linked-Etag`` are the sha256
+of the file, so a client's blob cache is content-addressed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from adapterhub.errors import AdapterNotFoundError, RefError
+from adapterhub.hub.auth import Principal, principal
+from adapterhub.hub.context import hub_of
+from adapterhub.hub.errors import HubError
+from adapterhub.hub.native import _range, full_name
+from adapterhub.hub.render import LFS_POINTER_SIZE, RenderedFile
+from registry_db import VersionInfo
+from registry_db.errors import InvalidNameError
+
+router = APIRouter()
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+NUMBER_RE = re.compile(r"^v([1-9][0-9]{0,17})$")
+TREE_PAGE = 1000
+
+
+def commit_id(version: VersionInfo) -> str:
+    """The 40-hex commit id a version has for Hugging Face clients."""
+    return version.digest.removeprefix("sha256:")[:40]
+
+
+def repository(request: Request, namespace: str, name: str, who: Principal) -> str:
+    """The repository name, after checking it exists and the caller may read it."""
+    try:
+        repo = full_name(namespace, name)
+    except InvalidNameError as exc:
+        raise HubError(404, f"no repository {namespace}/{name}: {exc.message}",
+                       code="RepoNotFound") from None
+    who.require("read", repo)
+    if repo not in hub_of(request).registry.service.repositories(repo):
+        raise HubError(404, f"repository {repo} not found", code="RepoNotFound")
+    return repo
+
+
+def resolve_revision(request: Request, repo: str, revision: str) -> VersionInfo:
+    """The version a revision names (see the module docstring); 404 RevisionNotFound."""
+    if revision in ("main", "latest"):
+        ref = repo
+    elif NUMBER_RE.match(revision):
+        ref = f"{repo}@{revision[1:]}"
+    elif COMMIT_RE.match(revision):
+        ref = f"{repo}@sha256:{revision}"
+    else:
+        ref = f"{repo}:{revision}"
+    try:
+        return hub_of(request).registry.resolve(ref)
+    except (AdapterNotFoundError, RefError) as exc:
+        raise HubError(404, f"revision {revision!r} not found in {repo}: {exc.message}",
+                       code="RevisionNotFound") from None
+
+
+def files_of(request: Request, version: VersionInfo) -> dict[str, RenderedFile]:
+    return hub_of(request).renders.files(version)
+
+
+def sibling(f: RenderedFile, *, blobs: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"rfilename": f.path}
+    if blobs:
+        entry.update(size=f.size, blobId=f.git_oid)
+        if f.lfs:
+            entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": LFS_POINTER_SIZE}
+    return entry
+
+
+def model_info(request: Request, repo: str, version: VersionInfo | None) -> dict[str, Any]:
+    files = files_of(request, version) if version else {}
+    public = hub_of(request).auth == "read-public"
+    info: dict[str, Any] = {
+        "_id": repo, "id": repo, "modelId": repo, "author": repo.partition("/")[0],
+        "sha": commit_id(version) if version else None, "private": not public,
+        "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+        "siblings": [sibling(f, blobs=request.query_params.get("blobs") in ("1", "true", "True"))
+                     for f in files.values()],
+    }
+    if version is not None:
+        when = version.created_at.isoformat().replace("+00:00", "Z")
+        info.update(lastModified=when, createdAt=when,
+                    library_name="peft" if "adapter_config.json" in files else "adapterhub",
+                    cardData={"base_model": version.base_name, "library_name": "peft"
+                              if "adapter_config.json" in files else "adapterhub"},
+                    tags=sorted({*version.tags, f"v{version.number}", version.method}))
+    return info
+
+
+@router.get("/api/models/{namespace}/{name}")
+def repo_info(request: Request, namespace: str, name: str,
+              who: Principal = Depends(principal)) -> dict[str, Any]:
+    repo = repository(request, namespace, name, who)
+    try:
+        version = hub_of(request).registry.resolve(repo)
+    except AdapterNotFoundError:  # an empty repository has no commit yet
+        version = None
+    return model_info(request, repo, version)
+
+
+@router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
+def revision_info(request: Request, namespace: str, name: str, revision: str,
+                  who: Principal = Depends(principal)) -> dict[str, Any]:
+    repo = repository(request, namespace, name, who)
+    return model_info(request, repo, resolve_revision(request, repo, revision))
+
+
+@router.get("/api/models/{namespace}/{name}/tree/{revision}")
+@router.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
+def tree(request: Request, namespace: str, name: str, revision: str, path: str = "",
+         who: Principal = Depends(principal)) -> JSONResponse:
+    """The files at a revision (a flat repository: no folders), paged with ``Link``."""
+    repo = repository(request, namespace, name, who)
+    version = resolve_revision(request, repo, revision)
+    if path.strip("/"):
+        raise HubError(404, f"{repo} has no folder {path!r} at {revision}",
+                       code="EntryNotFound", headers={"X-Repo-Commit": commit_id(version)})
+    params = request.query_params
+    try:
+        start = int(params.get("cursor", "0"))
+        limit = max(1, min(TREE_PAGE, int(params.get("limit", TREE_PAGE))))
+    except ValueError:
+        raise HubError(400, "cursor and limit must be integers") from None
+    entries = []
+    for f in files_of(request, version).values():
+        entry: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size,
+                                 "oid": f.git_oid}
+        if f.lfs:
+            entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": LFS_POINTER_SIZE}
+        entries.append(entry)
+    page = entries[start:start + limit]
+    headers = {"X-Repo-Commit": commit_id(version)}
+    if start + limit < len(entries):
+        base = str(request.url.remove_query_params(["cursor", "limit"]))
+        sep = "&" if "?" in base else "?"
+        headers["Link"] = f'<{base}{sep}cursor={start + limit}&limit={limit}>; rel="next"'
+    return JSONResponse(page, headers=headers)
+
+
+@router.api_route("/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+def resolve_file(request: Request, namespace: str, name: str, revision: str, path: str,
+                 who: Principal = Depends(principal)) -> Response:
+    """A file's bytes (GET, with ``Range``) or only its headers (HEAD)."""
+    repo = repository(request, namespace, name, who)
+    version = resolve_revision(request, repo, revision)
+    commit = commit_id(version)
+    found = files_of(request, version).get(path)
+    if found is None:
+        raise HubError(404, f"{path[:200]!r} is not a file of {repo} at {revision}",
+                       code="EntryNotFound", headers={"X-Repo-Commit": commit})
+    headers = {"X-Repo-Commit": commit, "ETag": f'"{found.etag}"',
+               "X-Linked-Etag": f'"{found.etag}"', "X-Linked-Size": str(found.size),
+               "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0",
+               "Content-Disposition": f"inline; filename*=UTF-8''{quote(path.rsplit('/')[-1])}"}
+    media = "application/json" if path.endswith(".json") else "application/octet-stream"
+    span = _range(request.headers.get("range"), found.size) if found.size else None
+    if span is None:
+        headers["Content-Length"] = str(found.size)
+        body = b"" if request.method == "HEAD" else found.data
+        return Response(body, media_type=media, headers=headers)
+    start, end = span
+    headers.update({"Content-Range": f"bytes {start}-{end}/{found.size}",
+                    "Content-Length": str(end - start + 1)})
+    body = b"" if request.method == "HEAD" else found.data[start:end + 1]
+    return Response(body, status_code=206, media_type=media, headers=headers)
+
+
+@router.get("/api/models/{namespace}/{name}/refs")
+def refs(request: Request, namespace: str, name: str,
+         who: Principal = Depends(principal)) -> dict[str, Any]:
+    """``main`` (the newest version), a tag ``v<N>`` per live version, and the named tags."""
+    repo = repository(request, namespace, name, who)
+    versions = [v for v in hub_of(request).registry.log(repo) if not v.deleted]
+    branches = ([{"name": "main", "ref": "refs/heads/main", "targetCommit": commit_id(versions[0])}]
+                if versions else [])
+    tags = []
+    for v in versions:
+        for tag in (f"v{v.number}", *v.tags):
+            tags.append({"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": commit_id(v)})
+    return {"branches": branches, "tags": sorted(tags, key=lambda t: t["name"]),
+            "converts": [], "pullRequests": []}

@@ -1,0 +1,110 @@
+"""The HTML view: repositories, then one repository's versions, tags, lineage and sizes.
+
+Server-rendered, no JavaScript; every value from the registry goes through
+:func:`html.escape`. Reading it needs read access like the API (``--auth read-public`` opens
+it to anyone).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from adapterhub.cli.output import human_size
+from adapterhub.hub.auth import Principal, principal
+from adapterhub.hub.context import hub_of
+from adapterhub.hub.hf_read import commit_id, repository
+
+router = APIRouter()
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#1d1d1f}
+h1{font-size:1.4rem}h1 a{color:inherit;text-decoration:none}
+table{border-collapse:collapse;width:100%;font-size:.9rem}
+th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}
+th{background:#f3f3f3}code{font-size:.85rem}.tag{background:#e4efff;border-radius:4px;
+padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.nw{white-space:nowrap}
+.deleted{color:#999;text-decoration:line-through}
+"""
+
+
+def page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+                        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+                        f"<h1><a href='/'>adapterhub</a> · {escape(title)}</h1>{body}"
+                        f"</body></html>")
+
+
+def link(version) -> str:
+    return f"<a href='/ui/{quote(version.name)}'>{escape(version.ref)}</a>"
+
+
+def tags_html(tags) -> str:
+    return "".join(f"<span class=tag>{escape(t)}</span>" for t in tags)
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, who: Principal = Depends(principal)) -> HTMLResponse:
+    who.require("read")
+    registry = hub_of(request).registry
+    latest, counts = {}, {}
+    for v in registry.list():
+        counts[v.name] = counts.get(v.name, 0) + 1
+        latest.setdefault(v.name, v)
+    rows = []
+    for name in registry.service.repositories():
+        if not who.can("read", name):
+            continue
+        v = latest.get(name)
+        link = f"<a href='/ui/{quote(name)}'>{escape(name)}</a>"
+        if v is None:
+            rows.append(f"<tr><td>{link}</td><td>0</td><td colspan=5 class=muted>no versions"
+                        f"</td></tr>")
+            continue
+        rows.append(f"<tr><td>{link}</td><td>{counts[name]}</td><td>{escape(v.ref)} "
+                    f"{tags_html(v.tags)}</td><td>{escape(v.method)}</td>"
+                    f"<td>{escape(v.base_name or '-')}</td><td class=nw>{human_size(v.size)}</td>"
+                    f"<td class=nw>{v.created_at:%Y-%m-%d %H:%M}</td></tr>")
+    table = ("<table><tr><th>Repository</th><th>Versions</th><th>Latest</th><th>Method</th>"
+             "<th>Base model</th><th>Size</th><th>Updated</th></tr>" + "".join(rows)
+             + "</table>") if rows else "<p class=muted>No repositories yet.</p>"
+    return page("repositories", table)
+
+
+@router.get("/ui/{namespace}/{name}", response_class=HTMLResponse)
+def repository_page(request: Request, namespace: str, name: str,
+                    who: Principal = Depends(principal)) -> HTMLResponse:
+    repo = repository(request, namespace, name, who)
+    service = hub_of(request).registry.service
+    versions = service.log(repo)
+    rows = []
+    for v in versions:
+        parents = []
+        for digest in v.parents:
+            parent = service.find(digest)
+            if parent is not None and who.can("read", parent.name):
+                parents.append(link(parent))
+            else:
+                parents.append(f"<code>{escape(digest[:19])}…</code>")
+        children = [c for c in service.children(v.digest) if who.can("read", c.name)]
+        css = " class=deleted" if v.deleted else ""
+        rows.append(
+            f"<tr{css}><td>{escape(v.ref)}</td><td>{tags_html(v.tags)}</td>"
+            f"<td><code title='{escape(v.digest)}'>{escape(v.digest[:19])}…</code><br>"
+            f"<span class=muted>commit {commit_id(v)[:12]}</span></td>"
+            f"<td>{escape(v.method)}</td><td class=nw>{human_size(v.size)}</td>"
+            f"<td class=nw>{v.created_at:%Y-%m-%d %H:%M}</td><td>{escape(v.author or '-')}</td>"
+            f"<td>{escape(v.message or '')}</td><td>{', '.join(parents) or '-'}</td>"
+            f"<td>{', '.join(link(c) for c in children) or '-'}</td></tr>")
+    table = ("<table><tr><th>Version</th><th>Tags</th><th>Digest</th><th>Method</th>"
+             "<th>Size</th><th>Created</th><th>Author</th><th>Message</th><th>Parents</th>"
+             "<th>Children</th></tr>" + "".join(rows) + "</table>") if rows else \
+        "<p class=muted>No versions yet.</p>"
+    endpoint = str(request.base_url).rstrip("/")
+    hint = (f"<p class=muted>Hugging Face clients: <code>HF_ENDPOINT={escape(endpoint)}"
+            f"</code>, repository <code>{escape(repo)}</code>, revision <code>v&lt;N&gt;</code>,"
+            f" a tag or <code>main</code>.</p>")
+    return page(repo, table + hint)

@@ -1,0 +1,120 @@
+"""An HTTP client for ``adapterhub serve``: bearer token, retries, errors as adapterhub errors.
+
+Connection failures and 5xx answers are retried with exponential backoff (0.25 s, 0.5 s, 1 s,
+… with jitter); every request the client sends is safe to repeat (uploads are content-
+addressed, commits of the same manifest return the same version). A refusal becomes the
+matching :mod:`adapterhub.errors` class, with the hub's message and hint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import httpx
+
+from adapterhub import __version__
+from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, FormatError,
+                               IntegrityError, MissingBlobsError, PermissionDeniedError,
+                               RefError, RegistryError)
+
+RETRY_STATUS = {500, 502, 503, 504}
+_BY_CODE = {
+    "CorruptionError": IntegrityError, "IntegrityError": IntegrityError,
+    "MissingParentsError": IntegrityError, "FormatError": FormatError,
+    "ManifestError": FormatError, "InvalidNameError": RefError, "RefError": RefError,
+    "NotFoundError": AdapterNotFoundError, "AdapterNotFoundError": AdapterNotFoundError,
+}
+
+
+class HubClient:
+    """One hub at ``url``; ``token`` defaults to :func:`adapterhub.credentials.token_for`."""
+
+    def __init__(self, url: str, *, token: str | None = None, retries: int = 6,
+                 backoff: float = 0.25, timeout: float = 120.0) -> None:
+        from adapterhub.credentials import hub_key, token_for
+
+        hub_key(url)  # validates the URL
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        token = token if token is not None else token_for(url)
+        headers = {"User-Agent": f"adapterhub/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers, follow_redirects=False,
+                                 timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pause(self, attempt: int) -> None:
+        time.sleep(self.backoff * 2 ** attempt * (0.5 + random.random()))
+
+    def unreachable(self, exc: Exception) -> RegistryError:
+        return RegistryError(f"cannot reach the hub at {self.url} after {self.retries + 1} "
+                             f"attempts: {type(exc).__name__}: {exc}",
+                             hint="Check that 'adapterhub serve' runs there and the URL is right")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request, retrying connection errors and 5xx; raise on a refusal."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                    if response.status_code >= 400:
+                        raise self.error(response)
+                    return response
+                last = RegistryError(f"HTTP {response.status_code}: {_message(response)}")
+            if attempt < self.retries:
+                self.pause(attempt)
+        raise self.unreachable(last)
+
+    def get_json(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self.request("POST", path, json=body, **kwargs).json()
+
+    def error(self, response: httpx.Response) -> RegistryError:
+        """The adapterhub error for a refused request."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        message = f"{self.url}: {_message(response)}"
+        hint = body.get("hint") or None
+        status, code = response.status_code, body.get("code")
+        if status == 401:
+            return AuthenticationError(message, hint=f"Set ADAPTERHUB_TOKEN or run "
+                                                     f"'adapterhub login {self.url}'")
+        if status == 403:
+            return PermissionDeniedError(message, hint=hint)
+        if code == "MissingBlobs":
+            return MissingBlobsError(message, digests=list(body.get("missing", [])), hint=hint)
+        if status == 404 and code not in _BY_CODE:
+            return AdapterNotFoundError(message, hint=hint)
+        cls = _BY_CODE.get(code, RegistryError)
+        return cls(message, hint=hint)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return body["error"]
+    except ValueError:
+        pass
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()

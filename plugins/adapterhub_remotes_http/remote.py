@@ -1,0 +1,264 @@
+"""A hub reached over HTTP (the native API of ``adapterhub serve``).
+
+Pushing: the hub says which blobs it lacks; blobs under :data:`SMALL` bytes travel together in
+bundles, larger ones as resumable uploads in the hub's chunk size: before sending, the client
+asks which chunks the hub already holds (after a dropped connection, or from an upload an
+earlier process left unfinished) and sends only the others. The hub re-hashes every blob.
+Pulling: small blobs arrive in framed streams, large ones with ``Range`` requests that resume
+where a dropped connection stopped; the client hashes every blob before handing it on (and
+the receiving registry hashes it again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import httpx
+
+from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryError
+from adapterhub.hubclient import HubClient
+from adapterhub.remotes import Buffer, ProgressCallback, Remote
+
+if TYPE_CHECKING:
+    from registry_db import CommitResult, Manifest, VersionInfo
+
+SMALL = 4 << 20  # bytes: blobs below this go in bundles
+BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
+BUNDLE_READ = 16 << 20  # bytes per bundle read
+ERROR_FRAME = 2**64 - 1
+
+
+def _sha256(data: Buffer) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class HttpRemote(Remote):
+    """``http://host:port`` or ``https://…``: an ``adapterhub serve`` hub."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url.rstrip("/"))
+        self.client = HubClient(self.url)
+        self._blobs: dict[str, tuple[str, int]] = {}  # digest → (repository, size) seen
+        self._repository: str | None = None
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- reading versions -------------------------------------------------------------------
+
+    def _version(self, data: dict) -> VersionInfo:
+        from registry_db import VersionInfo
+
+        version = VersionInfo.from_dict(data)
+        if version.manifest is not None:
+            for entry in version.manifest.tensors.values():
+                self._blobs.setdefault(entry.digest, (version.name, entry.nbytes))
+        self._repository = version.name
+        return version
+
+    def resolve(self, ref: str) -> VersionInfo:
+        return self._version(self.client.get_json("/api/v1/resolve", params={"ref": ref}))
+
+    def find(self, digest: str) -> VersionInfo | None:
+        try:
+            return self._version(self.client.get_json(f"/api/v1/find/{digest}"))
+        except AdapterNotFoundError:
+            return None
+
+    # -- pushing ----------------------------------------------------------------------------
+
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        wanted = sorted(set(digests))
+        if not wanted:
+            return set()
+        return set(self.client.post_json("/api/v1/blobs/missing",
+                                         {"digests": wanted})["missing"])
+
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        report = progress or (lambda n: None)
+        bundle: list[tuple[str, memoryview, int]] = []
+        size = 0
+        for digest, data, itemsize in blobs:
+            view = memoryview(data).cast("B")
+            if len(view) >= SMALL:
+                self._upload_large(digest, view, itemsize, report)
+                continue
+            bundle.append((digest, view, itemsize))
+            size += len(view)
+            if size >= BUNDLE:
+                self._send_bundle(bundle, report)
+                bundle, size = [], 0
+        if bundle:
+            self._send_bundle(bundle, report)
+
+    def _send_bundle(self, bundle: list[tuple[str, memoryview, int]],
+                     report: ProgressCallback) -> None:
+        index = json.dumps([{"digest": d, "size": len(v), "itemsize": i}
+                            for d, v, i in bundle]).encode()
+        body = b"".join([struct.pack("<Q", len(index)), index, *(v for _, v, _ in bundle)])
+        self.client.request("POST", "/api/v1/blobs", content=body,
+                            headers={"Content-Type": "application/octet-stream"})
+        report(sum(len(v) for _, v, _ in bundle))
+
+    def _upload_large(self, digest: str, view: memoryview, itemsize: int,
+                      report: ProgressCallback) -> None:
+        for _ in range(3):  # again from the start if the hub dropped the upload (gc)
+            info = self.client.post_json("/api/v1/uploads", {
+                "digest": digest, "size": len(view), "itemsize": itemsize})
+            if info["complete"]:
+                report(len(view))
+                return
+            upload, chunk = info["upload_id"], info["chunk_size"]
+            count = max(1, -(-len(view) // chunk))
+            received = set(info["received"])
+            report(sum(len(view[i * chunk:(i + 1) * chunk]) for i in received))
+            try:
+                for i in range(count):
+                    if i not in received:
+                        self._put_chunk(upload, i, view[i * chunk:(i + 1) * chunk])
+                        report(len(view[i * chunk:(i + 1) * chunk]))
+                self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
+                return
+            except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
+                continue
+        raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
+                            hint="Is a gc with --grace 0 running on the hub? Push again")
+
+    def _put_chunk(self, upload: str, index: int, data: memoryview) -> None:
+        """Send one chunk; if the connection keeps failing, ask the hub whether it arrived
+        (the request may have been stored before the answer was lost)."""
+        path = f"/api/v1/uploads/{upload}/chunks/{index}"
+        try:
+            self.client.request("PUT", path, content=bytes(data),
+                                headers={"Content-Type": "application/octet-stream"})
+        except RegistryError as exc:
+            if "cannot reach" not in exc.message:
+                raise
+            status = self.client.get_json(f"/api/v1/uploads/{upload}")
+            if index not in status["received"]:
+                raise
+
+    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
+               author: str | None = None, tags: Sequence[str] = (),
+               created_at: datetime | None = None) -> CommitResult:
+        from registry_db import CommitResult, validate_name
+
+        validate_name(name)
+        body = {"manifest": json.loads(manifest.canonical()), "message": message,
+                "author": author, "tags": list(tags),
+                "created_at": created_at.isoformat() if created_at else None}
+        result = self.client.post_json(f"/api/v1/repos/{name}/commit", body)
+        return CommitResult(self._version(result["version"]), result["created"])
+
+    # -- pulling ----------------------------------------------------------------------------
+
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        """Small blobs in bundles (the next bundle is fetched while the caller stores the
+        current one), large ones one by one, all in the order asked."""
+        report = progress or (lambda n: None)
+        plan: list[list[str]] = []  # a bundle of small blobs, or [one large blob]
+        run: list[str] = []
+        run_bytes = 0
+        for digest in digests:
+            size = self._blobs.get(digest, (None, SMALL))[1]
+            if size >= SMALL:
+                plan += [run, [digest]] if run else [[digest]]
+                run, run_bytes = [], 0
+                continue
+            run.append(digest)
+            run_bytes += size
+            if run_bytes >= BUNDLE_READ:
+                plan.append(run)
+                run, run_bytes = [], 0
+        if run:
+            plan.append(run)
+
+        def small(group: list[str]) -> bool:
+            return self._blobs.get(group[0], (None, SMALL))[1] < SMALL
+
+        with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool:
+            ahead: Future | None = None
+            for index, group in enumerate(plan):
+                if not small(group):
+                    yield group[0], self._read_large(group[0], self._blobs[group[0]][1],
+                                                     report)
+                    continue
+                current = ahead or pool.submit(self._read_bundle, group, report)
+                following = plan[index + 1] if index + 1 < len(plan) else None
+                ahead = (pool.submit(self._read_bundle, following, report)
+                         if following and small(following) else None)
+                yield from current.result()
+
+    def _repository_of(self, digest: str) -> str:
+        repo = self._blobs.get(digest, (self._repository, 0))[0]
+        if repo is None:
+            raise AdapterNotFoundError(f"{self.url}: resolve a version before reading its blobs")
+        return repo
+
+    def _checked(self, digest: str, data: bytes) -> bytes:
+        actual = _sha256(data)
+        if actual != digest:
+            raise IntegrityError(f"{self.url}: blob {digest} arrived corrupt (its bytes hash "
+                                 f"to {actual})", hint="Pull again; if it persists, run "
+                                                       "'adapterhub verify' on the hub")
+        return data
+
+    def _read_bundle(self, digests: list[str], report: ProgressCallback
+                     ) -> list[tuple[str, bytes]]:
+        by_repo: dict[str, list[str]] = {}
+        for digest in digests:
+            by_repo.setdefault(self._repository_of(digest), []).append(digest)
+        received: dict[str, bytes] = {}
+        for repo, wanted in by_repo.items():
+            body = memoryview(self.client.request("POST", f"/api/v1/repos/{repo}/blobs/read",
+                                                  json={"digests": wanted}).content)
+            offset = 0
+            for digest in wanted:
+                (size,) = struct.unpack_from("<Q", body, offset)
+                offset += 8
+                if size == ERROR_FRAME:
+                    (length,) = struct.unpack_from("<Q", body, offset)
+                    error = json.loads(bytes(body[offset + 8:offset + 8 + length]))
+                    raise IntegrityError(f"{self.url}: {error['error']}", hint=error.get("hint"))
+                received[digest] = self._checked(digest, bytes(body[offset:offset + size]))
+                offset += size
+                report(size)
+        return [(digest, received[digest]) for digest in digests]
+
+    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytes:
+        """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
+        path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
+        data = bytearray()
+        failures = 0
+        while True:
+            headers = {"Range": f"bytes={len(data)}-"} if data else {}
+            try:
+                with self.client.http.stream("GET", path, headers=headers) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        if response.status_code not in (500, 502, 503, 504):
+                            raise self.client.error(response)
+                        raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                    if data and response.status_code != 206:
+                        report(-len(data))
+                        data.clear()  # the hub sent the whole blob again
+                    for piece in response.iter_bytes(1 << 20):
+                        data += piece
+                        report(len(piece))
+                if len(data) >= size:
+                    return self._checked(digest, bytes(data))
+                raise httpx.RemoteProtocolError("the stream ended early")
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > self.client.retries:
+                    raise self.client.unreachable(exc) from None
+                self.client.pause(failures - 1)
