@@ -40,3 +40,21 @@ def registry_url(request, tmp_path):
     name = f"t{uuid.uuid4().hex[:16]}"
     yield server.create_database(name)
     server.drop_database(name)
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Invoke the CLI in a temp working directory; asserts the exit code (default 0)."""
+    from click.testing import CliRunner
+
+    from adapterhub.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, (result.output, result.stderr)
+        return result
+
+    return invoke

@@ -14,10 +14,8 @@ import threading
 import httpx
 import pytest
 import torch
-from click.testing import CliRunner
 from hub_server import HubServer
 
-from adapterhub.cli import cli
 from adapterhub.errors import AuthenticationError, PermissionDeniedError
 from adapterhub.package import AdapterPackage
 from adapterhub.registry import Registry
@@ -41,19 +39,6 @@ def lora(seed=0, big=0, **fields):
 def hub(registry_url):
     with HubServer(registry_url) as server:
         yield server
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, (result.output, result.stderr)
-        return result
-
-    return invoke
 
 
 def test_push_pull_over_http_with_lineage_tags_and_search(hub, tmp_path, monkeypatch):

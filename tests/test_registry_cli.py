@@ -4,10 +4,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from adapterhub.cli import cli
 from adapterhub.package import AdapterPackage
 from registry_db.models import Blob, Chunk
 
@@ -24,18 +22,9 @@ def save_lora(path, seed=0, **fields):
     return path
 
 
-@pytest.fixture
-def run(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def _local_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_DB", str(tmp_path / "registry.db"))
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, (result.output, result.stderr)
-        return result
-
-    return invoke
 
 
 def as_json(result):
