@@ -20,7 +20,7 @@ from adapterhub.cli import cli
 from adapterhub.quantization import merge_dequantized, merge_requantized
 from adapterhub.quantized_checkpoint import load_quantized, read_quantized, stored_quantized
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 # down_proj has 352 inputs: its blocks of 64 straddle rows
 CONFIG = dict(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
@@ -214,7 +214,6 @@ def test_requantized_build_keeps_nf4_and_records_the_error(qlora, deltas, requan
     bf16 = transformers.LlamaForCausalLM.from_pretrained(dequantized[0], dtype=torch.bfloat16)
     assert float((logits - exact).abs().max()) > \
         5 * float((_logits(bf16, qlora["tokens"]) - exact).abs().max())
-    pytest.importorskip("bitsandbytes")
     import bitsandbytes.functional as F
 
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
@@ -339,7 +338,6 @@ def test_full_precision_adapter_on_a_quantized_base(qlora, deltas, tmp_path):
 
 def test_transformers_saved_base(qlora, dequantized, tmp_path):
     """A checkpoint transformers + bitsandbytes quantized and saved builds the same model."""
-    pytest.importorskip("bitsandbytes")
     config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                              bnb_4bit_use_double_quant=True,
                                              bnb_4bit_compute_dtype=torch.bfloat16)

@@ -14,8 +14,7 @@ from adapterhub.cli import cli
 from adapterhub.quantized_checkpoint import (load_quantized, quantize_checkpoint,
                                              read_quantized, stored_quantized)
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("bitsandbytes")
+import transformers
 
 CONFIG = dict(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
