@@ -86,20 +86,9 @@ def run(workdir: pathlib.Path, adapter_dir: pathlib.Path) -> None:
     print("stop      hub stopped")
 
 
-def _tiny_adapter(directory: pathlib.Path) -> pathlib.Path:
-    import torch
-
-    from adapterhub.package import AdapterPackage
-
-    g = torch.Generator().manual_seed(0)
-    tensors = {"lin0.lora_A": torch.randn(4, 16, generator=g),
-               "lin0.lora_B": torch.randn(32, 4, generator=g) * 0.01}
-    package = AdapterPackage.build("lora", {"r": 4, "lora_alpha": 8, "target_modules": ["lin0"]},
-                                   tensors, base_name="tiny-mlp")
-    return package.save(directory)
-
-
 if __name__ == "__main__":
+    from demo_registry import tiny_adapter
+
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
-        run(root / "work", _tiny_adapter(root / "adapter"))
+        run(root / "work", tiny_adapter(root / "adapter"))

@@ -57,7 +57,8 @@ def run(workdir: pathlib.Path, adapter_dir: pathlib.Path) -> None:
               f"{report.versions_checked} versions")
 
 
-def _tiny_adapter(directory: pathlib.Path) -> pathlib.Path:
+def tiny_adapter(directory: pathlib.Path) -> pathlib.Path:
+    """A small bf16 LoRA package, to run a demo step on its own (and in tests)."""
     import torch
 
     from adapterhub.package import AdapterPackage
@@ -77,4 +78,4 @@ def _tiny_adapter(directory: pathlib.Path) -> pathlib.Path:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
-        run(root / "work", _tiny_adapter(root / "adapter"))
+        run(root / "work", tiny_adapter(root / "adapter"))
