@@ -51,10 +51,12 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
 from adapterhub.compat import check_base
 from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
-                               MergeError, OutputExistsError, WriteError)
+                               MergeError, WriteError)
+from adapterhub.outdir import refuse_non_empty
 from adapterhub.safetensors_io import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
 from adapterhub.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
                                       rows_cols)
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -320,12 +322,6 @@ def _single_thread():
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def refuse_non_empty(out: Path) -> None:
-    """Raise :class:`OutputExistsError` unless ``out`` is missing or an empty directory."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(f"{out} already exists and is not empty")
 
 
 def remove_stale_builds(out: Path) -> list[Path]:
@@ -731,7 +727,7 @@ def _copy_other_files(plan: BuildPlan, tmp: Path, dtypes: dict[str, str],
 def _write_config(src: Path, dst: Path, dtype: str | None, dequantized: bool) -> None:
     """config.json with its dtype entry (``torch_dtype`` or ``dtype``) set to the new dtype,
     and without ``quantization_config`` when the weights were dequantized."""
-    config = json.loads(src.read_text())
+    config = parse_json(src.read_bytes(), what=str(src))
     if isinstance(config, dict):
         for key in ("torch_dtype", "dtype"):
             if key in config and dtype in CONFIG_DTYPES:
@@ -743,7 +739,7 @@ def _write_config(src: Path, dst: Path, dtype: str | None, dequantized: bool) ->
 
 def _write_index(src: Path, dst: Path, names: set[str], total_size: int) -> None:
     """The index for the output: the weight map of the tensors it holds, their total size."""
-    index = json.loads(src.read_text())
+    index = parse_json(src.read_bytes(), what=str(src))
     weight_map = index.get("weight_map")
     if isinstance(weight_map, dict):
         index["weight_map"] = {k: v for k, v in weight_map.items() if k in names}

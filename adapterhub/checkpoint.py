@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 from adapterhub.errors import AdapterNotFoundError, FormatError, UnsafeFormatError
 from adapterhub.safetensors_io import PICKLE_SUFFIXES, Header, TensorInfo, read_header
 from registry_db.digests import canonical_json, sha256_digest
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ class Checkpoint:
         index = self.path / INDEX_FILE
         if index.exists():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = parse_json(index.read_bytes(), what=str(index))["weight_map"]
                 shards = sorted(set(weight_map.values()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise FormatError(f"{index} is not a valid safetensors index (no weight_map)"
@@ -98,10 +98,7 @@ class Checkpoint:
         cfg = self.path / "config.json" if self.path.is_dir() else None
         if cfg is None or not cfg.exists():
             return {}
-        try:
-            return json.loads(cfg.read_text())
-        except ValueError:
-            raise FormatError(f"{cfg} is not valid JSON") from None
+        return parse_json(cfg.read_bytes(), what=str(cfg))
 
     @cached_property
     def quantized(self) -> dict[str, QuantizedWeightInfo]:

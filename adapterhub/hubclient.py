@@ -15,17 +15,12 @@ from typing import Any
 import httpx
 
 from adapterhub import __version__
-from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, FormatError,
-                               IntegrityError, MissingBlobsError, PermissionDeniedError,
-                               RefError, RegistryError)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
+                               PermissionDeniedError, RegistryError, error_class)
 
 RETRY_STATUS = {500, 502, 503, 504}
-_BY_CODE = {
-    "CorruptionError": IntegrityError, "IntegrityError": IntegrityError,
-    "MissingParentsError": IntegrityError, "FormatError": FormatError,
-    "ManifestError": FormatError, "InvalidNameError": RefError, "RefError": RefError,
-    "NotFoundError": AdapterNotFoundError, "AdapterNotFoundError": AdapterNotFoundError,
-}
+#: for answers without an adapterhub error code (a proxy in front of the hub)
+_BY_STATUS = {401: AuthenticationError, 403: PermissionDeniedError, 404: AdapterNotFoundError}
 
 
 class HubClient:
@@ -87,27 +82,20 @@ class HubClient:
     def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, json=body, **kwargs).json()
 
-    def error(self, response: httpx.Response) -> RegistryError:
-        """The adapterhub error for a refused request."""
+    def error(self, response: httpx.Response) -> AdapterHubError:
+        """The adapterhub error for a refused request: the class the hub's error code names
+        (see :func:`adapterhub.errors.error_class`), with the hub's message and hint."""
         try:
             body = response.json()
         except ValueError:
             body = {}
         body = body if isinstance(body, dict) else {}
-        message = f"{self.url}: {_message(response)}"
-        hint = body.get("hint") or None
-        status, code = response.status_code, body.get("code")
-        if status == 401:
-            return AuthenticationError(message, hint=f"Set ADAPTERHUB_TOKEN or run "
-                                                     f"'adapterhub login {self.url}'")
-        if status == 403:
-            return PermissionDeniedError(message, hint=hint)
-        if code == "MissingBlobs":
-            return MissingBlobsError(message, digests=list(body.get("missing", [])), hint=hint)
-        if status == 404 and code not in _BY_CODE:
-            return AdapterNotFoundError(message, hint=hint)
-        cls = _BY_CODE.get(code, RegistryError)
-        return cls(message, hint=hint)
+        code = body.get("code") or response.headers.get("x-error-code")
+        cls = error_class(code) or _BY_STATUS.get(response.status_code, RegistryError)
+        hint = body.get("hint") if isinstance(body.get("hint"), str) else None
+        if cls is AuthenticationError:
+            hint = f"Set ADAPTERHUB_TOKEN or run 'adapterhub login {self.url}'"
+        return cls.from_wire(f"{self.url}: {_message(response)}", hint, body)
 
 
 def _message(response: httpx.Response) -> str:

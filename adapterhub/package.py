@@ -7,7 +7,6 @@ load).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.errors import FormatError, IntegrityError
 from adapterhub.safetensors_io import (dtype_name, load_tensors, save_tensors, tensor_digest,
                                        write_bytes_atomic)
-from registry_db.manifest import Manifest, ManifestError, TensorEntry
+from registry_db.manifest import Manifest, TensorEntry
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -70,24 +70,27 @@ class AdapterPackage:
     @classmethod
     def from_blobs(cls, manifest: Manifest, blobs: Mapping[str, Any]) -> AdapterPackage:
         """The package whose tensors are the raw ``blobs`` (digest → bytes) the manifest
-        names. Tensors share the buffers (writable ones, such as ``bytearray``, avoid a copy);
-        equal tensors that share a blob get their own copy."""
+        names. Tensors are views of the buffers, never allocated from a claimed shape: a blob
+        must hold exactly the bytes its dtype and shape need (:class:`IntegrityError`
+        otherwise), and tensors that name the same blob share one buffer rather than each
+        getting a copy (treat package tensors as read-only)."""
         import torch
 
         from adapterhub.safetensors_io import torch_dtype
 
         tensors: dict[str, torch.Tensor] = {}
-        used: set[str] = set()
+        buffers: dict[str, Any] = {}
         for name, entry in sorted(manifest.tensors.items()):
-            dtype = torch_dtype(entry.dtype)
             data = blobs[entry.digest]
-            if not len(data):
-                tensors[name] = torch.empty(entry.shape, dtype=dtype)
-                continue
-            writable = isinstance(data, bytearray) and entry.digest not in used
-            buffer = data if writable else bytearray(data)
-            used.add(entry.digest)
-            tensors[name] = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+            if len(data) != entry.nbytes:
+                raise IntegrityError(f"tensor {name!r} is {entry.dtype} {list(entry.shape)} "
+                                     f"({entry.nbytes} bytes) but its blob holds {len(data)}")
+            if entry.digest not in buffers:  # writable buffers avoid a copy and a warning
+                buffers[entry.digest] = data if isinstance(data, bytearray) else bytearray(data)
+            buffer = buffers[entry.digest]
+            dtype = torch_dtype(entry.dtype)
+            tensors[name] = (torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+                             if len(buffer) else torch.empty(entry.shape, dtype=dtype))
         return cls(manifest, tensors)
 
     def with_manifest(self, **changes: Any) -> AdapterPackage:
@@ -165,9 +168,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         raise FormatError(f"{directory} is not an adapter package (no {MANIFEST_FILE})",
                           hint="Point at a directory written by 'adapterhub' or 'save()', or "
                                "import a PEFT adapter with 'adapterhub import'")
+    data = parse_json(path.read_bytes(), what=str(path))
     try:
-        return Manifest.from_dict(json.loads(path.read_bytes()))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path} is not valid JSON ({exc})") from None
-    except ManifestError as exc:
-        raise FormatError(f"{path}: {exc}") from None
+        return Manifest.from_dict(data)
+    except FormatError as exc:
+        raise type(exc)(f"{path}: {exc.message}") from None

@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.ci import default_author
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
+from adapterhub.outdir import output_dir, refuse_non_empty
 from adapterhub.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canonical_url,
-                                copy_version, is_path_like, open_remote, registry_db_errors,
+                                copy_version, is_path_like, open_remote,
                                 remote_class, send_version)
 
 if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
     from adapterhub.sources import Source
-    from registry_db import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
+    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
                              VerifyReport, VersionInfo)
 
 DB_ENV = "ADAPTERHUB_DB"
@@ -57,16 +58,27 @@ class Registry:
             SQLite file; default :func:`default_url`.
     """
 
-    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
-        from registry_db import RegistryService
+    def __init__(self, url: str | os.PathLike[str] | None = None, *,
+                 caller: Caller | None = None) -> None:
+        from registry_db import Caller, RegistryService
 
-        with registry_db_errors():
-            self.service = RegistryService(default_url() if url is None else url)
+        self.service = RegistryService(default_url() if url is None else url)
         self.url = self.service.url
-        self._local = DatabaseRemote(self.url, service=self.service)
+        self.caller = caller or Caller.local_user(default_author())
+        self._local = DatabaseRemote(self.url, service=self.service, caller=self.caller)
+        self._owned = True
+
+    def as_caller(self, caller: Caller) -> Registry:
+        """The same registry seen by ``caller`` (what a hub does for each request): every
+        call is authorized for it. Sharing the database connection; closing it is a no-op."""
+        view = object.__new__(Registry)
+        view.service, view.url, view.caller, view._owned = self.service, self.url, caller, False
+        view._local = DatabaseRemote(self.url, service=self.service, caller=caller)
+        return view
 
     def close(self) -> None:
-        self.service.close()
+        if self._owned:
+            self.service.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -93,12 +105,11 @@ class Registry:
         """
         from adapterhub.sources import Source, resolve_source
 
-        with registry_db_errors():
-            from registry_db.refs import validate_name, validate_tag
+        from registry_db.refs import validate_name, validate_tag
 
-            validate_name(name)
-            for tag in tags:
-                validate_tag(tag)
+        validate_name(name)
+        for tag in tags:
+            validate_tag(tag)
         src = source if isinstance(source, Source) else resolve_source(source, registry=self)
         manifest = src.manifest
         if labels:
@@ -117,17 +128,20 @@ class Registry:
 
     def pull(self, ref: str, source: str | Remote | None = None, *,
              out: str | os.PathLike[str] | None = None, format: str = "native",
-             progress: bool = True) -> VersionInfo:
+             force: bool = False, progress: bool = True) -> VersionInfo:
         """Copy ``ref`` from ``source`` (a remote name or registry URL), with the versions it
         descends from, into this registry, re-hashing every byte; then, with ``out``, write
-        it as files (``format`` ``native`` or ``peft``). Without ``source`` the version comes
-        from this registry and only the files are written.
+        it as files (``format`` ``native`` or ``peft``; see :meth:`write_files` for ``out``
+        and ``force``). Without ``source`` the version comes from this registry and only the
+        files are written.
 
         Version numbers are per registry: the pulled version gets the next number here; its
         digest, author, message and creation time travel with it.
         """
         if format not in FORMATS:
             raise RefError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if out is not None and not force:
+            refuse_non_empty(Path(out))  # before anything is transferred
         if source is None:
             version = self.resolve(ref)
         else:
@@ -139,33 +153,38 @@ class Registry:
             finally:
                 if not isinstance(source, Remote):
                     remote.close()
-            self.service.record_event("pull", version=version, actor=default_author(),
+            self.service.record_event("pull", version=version, caller=self.caller,
                                       detail={"from": remote.url, "ref": ref})
         if out is not None:
-            self.write_files(version.ref, out, format=format)
+            self.write_files(version.ref, out, format=format, force=force)
         return version
 
     def write_files(self, ref: str | VersionInfo, out: str | os.PathLike[str], *,
-                    format: str = "native") -> Path:
+                    format: str = "native", force: bool = False) -> Path:
         """Write a version to directory ``out``: ``adapter.json`` + ``adapter.safetensors``
-        (``native``) or ``adapter_config.json`` + ``adapter_model.safetensors`` (``peft``)."""
+        (``native``) or ``adapter_config.json`` + ``adapter_model.safetensors`` (``peft``).
+
+        ``out`` must be missing or empty; ``force`` replaces an existing directory as a
+        whole, so no file of another adapter is left beside the new ones.
+        """
         from adapterhub.formats.peft import write_peft
 
         package = self.get(ref)
-        return write_peft(package, out) if format == "peft" else package.save(out)
+        with output_dir(out, force=force) as staging:
+            write_peft(package, staging) if format == "peft" else package.save(staging)
+        return Path(out)
 
     # -- reading ----------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> VersionInfo:
         """The version a ref names (``ns/name``, ``@N``, ``:tag``, ``@sha256:…``), with its
         manifest."""
-        with registry_db_errors():
-            return self.service.resolve(ref)
+        return self.service.resolve(ref, caller=self.caller)
 
     def find(self, digest: str) -> VersionInfo | None:
-        """The version whose manifest digest is ``digest`` (any repository), or None."""
-        with registry_db_errors():
-            return self.service.find(digest)
+        """A version whose manifest digest is ``digest`` (in a repository the caller may
+        read), or None."""
+        return self.service.find(digest, caller=self.caller)
 
     def get(self, ref: str | VersionInfo) -> AdapterPackage:
         """The version as an :class:`AdapterPackage`; every blob is re-hashed as it is read."""
@@ -179,13 +198,11 @@ class Registry:
 
     def read_blob(self, digest: str) -> bytearray:
         """A blob's bytes, verified against its digest."""
-        with registry_db_errors():
-            return self.service.blobs.read(digest)
+        return self.service.blobs.read(digest, caller=self.caller)
 
     def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
         """``(digest, bytes)`` for each digest, in order, each verified against its digest."""
-        with registry_db_errors():
-            yield from self.service.blobs.read_many(digests)
+        yield from self.service.blobs.read_many(digests, caller=self.caller)
 
     def list(self, prefix: str | None = None, *, method: str | None = None,
              base: str | None = None, labels: dict[str, str] | None = None
@@ -194,13 +211,16 @@ class Registry:
 
         ``base`` is a base-model fingerprint (``sha256:…``) or name.
         """
-        with registry_db_errors():
-            return self.service.list_versions(prefix, method=method, base=base, labels=labels)
+        return self.service.list_versions(prefix, caller=self.caller, method=method, base=base,
+                                          labels=labels)
+
+    def repositories(self, prefix: str | None = None) -> list[str]:
+        """Names of repositories (with or without live versions), sorted."""
+        return self.service.repositories(prefix, caller=self.caller)
 
     def log(self, name: str) -> list[VersionInfo]:
         """All versions of one repository, newest first (soft-deleted ones flagged)."""
-        with registry_db_errors():
-            return self.service.log(name)
+        return self.service.log(name, caller=self.caller)
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
         """Settings that differ and the norm of each tensor's change, from ``a`` to ``b``."""
@@ -218,35 +238,30 @@ class Registry:
         return {"a": va.ref, "b": vb.ref, **diff_manifests(va.manifest, vb.manifest, load)}
 
     def usage(self) -> Usage:
-        with registry_db_errors():
-            return self.service.usage()
+        return self.service.usage()
 
     def events(self, repository: str | None = None, limit: int = 100) -> list[EventInfo]:
         """The audit log (pushes, pulls, tag moves, deletions, gc runs), newest first."""
-        with registry_db_errors():
-            return self.service.events(repository=repository, limit=limit)
+        return self.service.events(caller=self.caller, repository=repository, limit=limit)
 
     # -- tags, deletion, maintenance ----------------------------------------------------------
 
     def tag(self, ref: str, tag: str) -> VersionInfo:
         """Point ``tag`` at the version ``ref`` names (moving it if it exists)."""
-        with registry_db_errors():
-            return self.service.tag(ref, tag, actor=default_author())
+        return self.service.tag(ref, tag, caller=self.caller)
 
     def untag(self, ref: str) -> VersionInfo:
         """Delete the tag in ``ns/name:TAG``; returns the version it pointed at."""
-        with registry_db_errors():
-            from registry_db.refs import parse_ref
+        from registry_db.refs import parse_ref
 
-            parsed = parse_ref(ref)
-            if parsed.tag is None:
-                raise RefError(f"{ref!r} names no tag", hint="Write it as ns/name:TAG")
-            return self.service.untag(parsed.name, parsed.tag, actor=default_author())
+        parsed = parse_ref(ref)
+        if parsed.tag is None:
+            raise RefError(f"{ref!r} names no tag", hint="Write it as ns/name:TAG")
+        return self.service.untag(parsed.name, parsed.tag, caller=self.caller)
 
     def rm(self, ref: str) -> VersionInfo:
         """Soft-delete a version (its tags go too); ``gc`` reclaims the bytes later."""
-        with registry_db_errors():
-            return self.service.remove(ref, actor=default_author())
+        return self.service.remove(ref, caller=self.caller)
 
     def gc(self, *, keep_last: int | None = None, keep_tagged: bool = False,
            per_label: str | None = None, prefix: str | None = None, dry_run: bool = False,
@@ -255,15 +270,13 @@ class Registry:
         ``per_label``; ``keep_tagged`` spares tagged ones; ``prefix`` limits it to matching
         repositories), then removal of deleted versions nothing descends from and of blobs
         nothing references that were untouched for ``grace``. ``dry_run`` reports only."""
-        with registry_db_errors():
-            return self.service.gc(keep_last=keep_last, keep_tagged=keep_tagged,
-                                   per_label=per_label, prefix=prefix, dry_run=dry_run,
-                                   grace=grace, actor=default_author())
+        return self.service.gc(caller=self.caller, keep_last=keep_last,
+                               keep_tagged=keep_tagged, per_label=per_label, prefix=prefix,
+                               dry_run=dry_run, grace=grace)
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob and check every reference; see ``report.problems``."""
-        with registry_db_errors():
-            return self.service.verify()
+        return self.service.verify(caller=self.caller)
 
     def promote(self, ref: str, tag: str, conditions: Iterable[str] = ()) -> VersionInfo:
         """Move ``tag`` to ``ref`` if every condition (``'METRIC>=X'``) holds on its metrics.
@@ -283,7 +296,7 @@ class Registry:
                                      f"{value:g}, which fails {condition}; tag {tag!r} "
                                      f"{where}")
         promoted = self.tag(version.ref, tag)
-        self.service.record_event("promote", version=promoted, actor=default_author(),
+        self.service.record_event("promote", version=promoted, caller=self.caller,
                                   detail={"tag": tag, "conditions": [str(c) for c in parsed]})
         return promoted
 
@@ -299,21 +312,17 @@ class Registry:
         """Remember ``url`` as remote ``name`` (its scheme must belong to an installed remote
         kind; a path is stored absolute)."""
         remote_class(url)
-        with registry_db_errors():
-            return self.service.add_remote(name, canonical_url(url))
+        return self.service.remotes.add(name, canonical_url(url))
 
     def remotes(self) -> list[RemoteInfo]:
-        with registry_db_errors():
-            return self.service.remotes()
+        return self.service.remotes.list()
 
     def remove_remote(self, name: str) -> RemoteInfo:
-        with registry_db_errors():
-            return self.service.remove_remote(name)
+        return self.service.remotes.remove(name)
 
     def remote(self, name_or_url: str) -> Remote:
         """Connect to a remote by name (see :meth:`add_remote`) or by URL/path."""
-        with registry_db_errors():
-            known = self.service.remote(name_or_url)
+        known = self.service.remotes.get(name_or_url)
         if known is not None:
             return open_remote(known.url)
         if "://" not in name_or_url and not is_path_like(name_or_url):

@@ -12,7 +12,6 @@ database (a path, ``sqlite:///…``, ``postgresql://…``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,37 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, FormatError,
-                               IntegrityError, MissingBlobsError, RefError, RegistryError)
+from adapterhub.ci import default_author
+from adapterhub.errors import AdapterNotFoundError, IntegrityError, MissingBlobsError
 from adapterhub.progress import progress
 
 if TYPE_CHECKING:
-    from registry_db import CommitResult, Manifest, RegistryService, VersionInfo
+    from registry_db import Caller, CommitResult, Manifest, RegistryService, VersionInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
 ProgressCallback = Callable[[int], None]
 PROGRESS_MIN_BYTES = 1 << 20  # smaller transfers finish before a bar would help
-
-
-@contextlib.contextmanager
-def registry_db_errors() -> Iterator[None]:
-    """Turn :mod:`registry_db` errors into the matching :mod:`adapterhub.errors` class."""
-    from registry_db import errors as db
-    from registry_db.manifest import ManifestError
-    from registry_db.tokens import TokenError
-
-    try:
-        yield
-    except db.RegistryDBError as exc:
-        if isinstance(exc, db.MissingBlobsError):
-            raise MissingBlobsError(exc.message, digests=exc.digests, hint=exc.hint) from None
-        cls = {db.InvalidNameError: RefError, db.NotFoundError: AdapterNotFoundError,
-               db.CorruptionError: IntegrityError, db.MissingParentsError: IntegrityError,
-               db.ConflictError: RegistryError, db.SchemaError: RegistryError,
-               TokenError: AuthenticationError}.get(type(exc), RegistryError)
-        raise cls(exc.message, hint=exc.hint or None) from None
-    except ManifestError as exc:
-        raise FormatError(f"invalid manifest: {exc}") from None
 
 
 class Remote(ABC):
@@ -120,31 +98,26 @@ class Remote(ABC):
 
 
 class DatabaseRemote(Remote):
-    """Another registry database, reached directly (a path or a SQLAlchemy URL)."""
+    """Another registry database, reached directly (a path or a SQLAlchemy URL), as the
+    local user (``caller``, by default :meth:`Caller.local_user`)."""
 
-    def __init__(self, url: str, *, service: RegistryService | None = None) -> None:
+    def __init__(self, url: str, *, service: RegistryService | None = None,
+                 caller: Caller | None = None) -> None:
+        from registry_db import Caller, RegistryService
+
         super().__init__(url)
-        if service is None:
-            from registry_db import RegistryService
-
-            with registry_db_errors():
-                service = RegistryService(url)
-            self._owned = True
-        else:
-            self._owned = False
-        self.service = service
+        self._owned = service is None
+        self.service = RegistryService(url) if service is None else service
+        self.caller = caller or Caller.local_user(default_author())
 
     def resolve(self, ref: str) -> VersionInfo:
-        with registry_db_errors():
-            return self.service.resolve(ref)
+        return self.service.resolve(ref, caller=self.caller)
 
     def find(self, digest: str) -> VersionInfo | None:
-        with registry_db_errors():
-            return self.service.find(digest)
+        return self.service.find(digest, caller=self.caller)
 
     def missing_blobs(self, digests: Iterable[str]) -> set[str]:
-        with registry_db_errors():
-            return self.service.blobs.missing(digests)
+        return self.service.blobs.missing(digests, caller=self.caller)
 
     def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
                      progress: ProgressCallback | None = None) -> None:
@@ -154,24 +127,21 @@ class DatabaseRemote(Remote):
                 if progress is not None:
                     progress(len(blob[1]))
 
-        with registry_db_errors():
-            self.service.blobs.write_many(counted())
+        self.service.blobs.write_many(counted(), caller=self.caller)
 
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
-        with registry_db_errors():
-            for digest, data in self.service.blobs.read_many(digests):
-                if progress is not None:
-                    progress(len(data))
-                yield digest, data
+        for digest, data in self.service.blobs.read_many(digests, caller=self.caller):
+            if progress is not None:
+                progress(len(data))
+            yield digest, data
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
                created_at: datetime | None = None) -> CommitResult:
-        with registry_db_errors():
-            return self.service.commit(name, manifest, message=message, author=author,
-                                       tags=tags, created_at=created_at)
+        return self.service.commit(name, manifest, caller=self.caller, message=message,
+                                   author=author, tags=tags, created_at=created_at)
 
     def close(self) -> None:
         if self._owned:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnsafeFormatError
 from registry_db.manifest import DTYPE_SIZES
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -77,9 +78,9 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     except FileNotFoundError:
         raise FormatError(f"{path} does not exist") from None
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _corrupt(path, f"header is not valid JSON ({exc})") from None
+        header = parse_json(raw, what="header")
+    except FormatError as exc:
+        raise _corrupt(path, exc.message) from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     data_start = 8 + length

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from adapterhub.checkpoint import Checkpoint
 from adapterhub.errors import ConfigError, FormatError
 from adapterhub.methods import AdapterMethod, MethodConfig
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -98,11 +100,9 @@ def _read_records(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str]:
             continue
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line.decode("utf-8-sig"))
+            record = parse_json(line.decode("utf-8-sig"), what=where)
         except UnicodeDecodeError:
             raise FormatError(f"{where}: not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
         records.append((where, record))
@@ -143,6 +143,7 @@ def load_base(base: str | os.PathLike[str], task: str, *, num_labels: int | None
     base = Path(base)
     if not (base / "config.json").is_file():
         raise FormatError(f"{base} is not a transformers model directory (no config.json)")
+    Checkpoint(base)  # safetensors weights only: refuses pickle-only directories first
     auto = {"classification": transformers.AutoModelForSequenceClassification,
             "causal-lm": transformers.AutoModelForCausalLM}[task]
     extra = {"num_labels": num_labels} if task == "classification" else {}
@@ -153,7 +154,8 @@ def load_base(base: str | os.PathLike[str], task: str, *, num_labels: int | None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(base)
         torch.manual_seed(seed)
-        model = auto.from_pretrained(base, dtype=dtype or torch.float32, **extra)
+        model = auto.from_pretrained(base, dtype=dtype or torch.float32, use_safetensors=True,
+                                     **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise FormatError(f"cannot load a {task} model from {base}: "
                           f"{str(exc).splitlines()[0]}") from None

@@ -145,13 +145,14 @@ def bench_codecs() -> dict[str, Any]:
 def bench_latency(tmp: Path) -> dict[str, Any]:
     """``show`` (resolve a ref and read its manifest) and ``list`` with 10,000 versions."""
     from adapterhub.registry import Registry
-    from registry_db import Manifest, RegistryService, TensorEntry
+    from registry_db import Caller, Manifest, RegistryService, TensorEntry
 
     url = tmp / "many.db"
     service = RegistryService(url)
+    local = Caller.local_user("bench")
     blob = bytes(range(256)) * 8
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    service.blobs.write(digest, blob, itemsize=2)
+    service.blobs.write(digest, blob, itemsize=2, caller=local)
     start = time.perf_counter()
     for i in range(VERSIONS):
         manifest = Manifest(
@@ -161,7 +162,7 @@ def bench_latency(tmp: Path) -> dict[str, Any]:
             tensors={f"layer{k}.lora_A": TensorEntry(digest, "BF16", (1024,)) for k in range(8)},
             labels={"run": str(i), "branch": "main" if i % 3 else "dev"})
         service.commit(f"team{i % REPOS:03d}/adapter", manifest, message=f"run {i}",
-                       tags=["latest-run"] if i % 50 == 0 else ())
+                       tags=["latest-run"] if i % 50 == 0 else (), caller=local)
     populate_s = time.perf_counter() - start
     service.close()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,13 +19,14 @@ from typing import Union
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.database import Database, batched, utcnow
 from registry_db.digests import is_digest
-from registry_db.errors import ConflictError, CorruptionError, InvalidNameError, NotFoundError
+from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+                                InvalidRequestError)
 from registry_db.models import Blob, Chunk
 from registry_db.records import BlobInfo, UploadInfo
 
@@ -31,12 +34,15 @@ Buffer = Union[bytes, bytearray, memoryview]
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
+MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
+MAX_CHUNK_BYTES = 64 << 20
+UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def _check_digest(digest: str) -> str:
+def check_digest(digest: str) -> str:
     if not is_digest(digest):
-        raise InvalidNameError(f"invalid blob digest {str(digest)[:80]!r}: expected "
-                               f"sha256:<64 lowercase hex>")
+        raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
+                                  f"sha256:<64 lowercase hex>")
     return digest
 
 
@@ -91,19 +97,19 @@ class _Job:
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
     """A blob's bytes from its chunk rows, checked for completeness and against the digest."""
     if [row.index for row in rows] != list(range(len(rows))) or not rows:
-        raise CorruptionError(f"blob {digest} is corrupt: its chunks are not a complete "
+        raise IntegrityError(f"blob {digest} is corrupt: its chunks are not a complete "
                               f"sequence")
     parts = []
     for row in rows:
         try:
             parts.append(codec.decode(row.data, blob_codec, row.raw_size))
-        except CorruptionError as exc:
-            raise CorruptionError(f"blob {digest} is corrupt: chunk {row.index}: "
+        except IntegrityError as exc:
+            raise IntegrityError(f"blob {digest} is corrupt: chunk {row.index}: "
                                   f"{exc.message}") from None
     data = bytearray().join(parts)  # writable: tensors can be built on it without a copy
     actual = _sha256(data)
     if len(data) != size or actual != digest:
-        raise CorruptionError(f"blob {digest} is corrupt: its bytes hash to {actual}")
+        raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
     return data
 
 
@@ -115,21 +121,33 @@ class BlobStore:
 
     # -- what is there ---------------------------------------------------------------------
 
-    def missing(self, digests: Iterable[str]) -> set[str]:
-        """The digests not stored yet. Those that are get their ``touched_at`` renewed, so a
-        gc running before the caller's commit keeps them (they are about to be used)."""
-        wanted = {_check_digest(d) for d in digests}
-        present: set[str] = set()
+    def present(self, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` are stored (complete)."""
+        wanted = sorted({check_digest(d) for d in digests})
+        found: set[str] = set()
+        with self.db.read() as s:
+            for batch in batched(wanted):
+                found |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
+                                                                 Blob.complete)))
+        return found
+
+    def touch(self, digests: Iterable[str]) -> None:
+        """Renew ``touched_at`` of stored blobs, so a gc running before the caller's commit
+        keeps them (they are about to be used)."""
         now = utcnow()
         with self.db.write() as s:
-            for batch in batched(sorted(wanted)):
-                found = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
-                                                                Blob.complete)))
-                if found:
-                    s.execute(update(Blob).where(Blob.digest.in_(found), Blob.complete)
-                              .values(touched_at=now))
-                present |= found
-        return wanted - present
+            for batch in batched(sorted(set(digests))):
+                s.execute(update(Blob).where(Blob.digest.in_(batch), Blob.complete)
+                          .values(touched_at=now))
+
+    def sizes(self, digests: Iterable[str]) -> dict[str, int]:
+        """``{digest: size}`` of the stored blobs among ``digests``."""
+        out: dict[str, int] = {}
+        with self.db.read() as s:
+            for batch in batched(sorted(set(digests))):
+                out.update(s.execute(select(Blob.digest, Blob.size)
+                                     .where(Blob.digest.in_(batch), Blob.complete)).all())
+        return out
 
     def info(self, digest: str) -> BlobInfo:
         with self.db.read() as s:
@@ -137,9 +155,9 @@ class BlobStore:
 
     @staticmethod
     def _complete(s: Session, digest: str) -> Blob:
-        blob = s.scalar(select(Blob).where(Blob.digest == _check_digest(digest), Blob.complete))
+        blob = s.scalar(select(Blob).where(Blob.digest == check_digest(digest), Blob.complete))
         if blob is None:
-            raise NotFoundError(f"blob {digest} is not in the registry")
+            raise AdapterNotFoundError(f"blob {digest} is not in the registry")
         return blob
 
     # -- writing whole blobs ----------------------------------------------------------------
@@ -153,7 +171,7 @@ class BlobStore:
 
         Worker threads hash and compress while earlier blobs are being inserted; blobs go in
         transactions of about :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
-        :class:`CorruptionError` before their batch is written (blobs of earlier batches stay,
+        :class:`IntegrityError` before their batch is written (blobs of earlier batches stay,
         unreferenced, until gc).
         """
         in_flight: deque[list[_Job]] = deque()
@@ -161,7 +179,7 @@ class BlobStore:
         size = 0
         seen: set[str] = set()
         for digest, data, itemsize in blobs:
-            if _check_digest(digest) in seen:
+            if check_digest(digest) in seen:
                 continue
             seen.add(digest)
             batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize))
@@ -180,7 +198,7 @@ class BlobStore:
         for job in jobs:
             actual = job.hashed.result()
             if actual != job.digest:
-                raise CorruptionError(f"bytes sent for blob {job.digest} hash to {actual}",
+                raise IntegrityError(f"bytes sent for blob {job.digest} hash to {actual}",
                                       hint="The source is corrupt or changed while reading")
         encoded = {job.digest: [future.result() for future in job.chunks] for job in jobs}
         now = utcnow()
@@ -215,109 +233,116 @@ class BlobStore:
 
     # -- resumable uploads ------------------------------------------------------------------
 
-    def begin_upload(self, digest: str, size: int, *, itemsize: int = 1,
-                     chunk_size: int | None = None) -> UploadInfo | None:
-        """Start a resumable upload; ``None`` when the blob is already stored."""
-        _check_digest(digest)
+    def begin_upload(self, digest: str, size: int, owner: str, *, itemsize: int = 1,
+                     chunk_size: int | None = None) -> UploadInfo:
+        """Open a resumable upload of ``digest`` that belongs to ``owner``; its id is random,
+        so nobody can guess another caller's upload."""
+        check_digest(digest)
         chunk_size = chunk_size or codec.CHUNK_SIZE
-        if size < 0 or chunk_size <= 0:
-            raise InvalidNameError(f"invalid upload size {size} / chunk size {chunk_size}")
-        if not self.missing([digest]):
-            return None
+        if not 0 <= size <= MAX_BLOB_BYTES or not 0 < chunk_size <= MAX_CHUNK_BYTES:
+            raise InvalidRequestError(f"invalid upload size {size} / chunk size {chunk_size}: "
+                                      f"a blob holds 0 to {MAX_BLOB_BYTES} bytes")
         now = utcnow()
         with self.db.write() as s:
             chosen = codec.codec_for(itemsize, chunk_size, size % chunk_size)
-            blob = Blob(digest=digest, size=size, stored_size=0, codec=chosen,
-                        chunk_size=chunk_size, complete=False, created_at=now, touched_at=now)
-            s.add(blob)
-            s.flush()
-            return UploadInfo(str(blob.id), digest, size, chunk_size, ())
+            upload_id = secrets.token_urlsafe(24)
+            s.add(Blob(digest=digest, size=size, stored_size=0, codec=chosen,
+                       chunk_size=chunk_size, complete=False, created_at=now, touched_at=now,
+                       upload_id=upload_id, owner=owner))
+            return UploadInfo(upload_id, digest, size, chunk_size, ())
 
-    def resume_upload(self, digest: str, size: int, *, itemsize: int = 1,
-                      chunk_size: int | None = None) -> UploadInfo | None:
-        """Like :meth:`begin_upload`, but continue the newest unfinished upload of the same
-        blob (same size and chunk size) if there is one, so a client that lost its upload id
-        (a crash, a new process) resends only the chunks the registry lacks."""
-        _check_digest(digest)
+    def own_upload(self, digest: str, size: int, owner: str, *,
+                   chunk_size: int | None = None) -> UploadInfo | None:
+        """The newest unfinished upload of the same blob (same size and chunk size) that
+        ``owner`` opened, so a client that lost its upload id (a crash, a new process) resends
+        only the chunks the registry lacks. Never another caller's upload."""
+        check_digest(digest)
         chunk_size = chunk_size or codec.CHUNK_SIZE
-        if not self.missing([digest]):
-            return None
         with self.db.read() as s:
-            upload_id = s.scalar(select(Blob.id).where(
+            upload_id = s.scalar(select(Blob.upload_id).where(
                 Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
-                Blob.chunk_size == chunk_size).order_by(Blob.id.desc()).limit(1))
-        if upload_id is not None:
-            try:
-                return self.upload_status(str(upload_id))
-            except NotFoundError:  # finished or collected meanwhile
-                pass
-        return self.begin_upload(digest, size, itemsize=itemsize, chunk_size=chunk_size)
+                Blob.chunk_size == chunk_size, Blob.owner == owner)
+                .order_by(Blob.id.desc()).limit(1))
+        if upload_id is None:
+            return None
+        try:
+            return self.upload_status(upload_id, owner)
+        except AdapterNotFoundError:  # finished or collected meanwhile
+            return None
 
-    def upload_status(self, upload_id: str) -> UploadInfo:
+    def upload_status(self, upload_id: str, owner: str) -> UploadInfo:
         """Which chunks of an upload the registry holds (to resume after a failure)."""
         with self.db.read() as s:
-            blob = self._upload(s, upload_id)
+            blob = self._upload(s, upload_id, owner)
             received = tuple(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob.id)
                                        .order_by(Chunk.index)))
             return UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
 
-    def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview) -> None:
+    def upload_chunk(self, upload_id: str, owner: str, index: int,
+                     data: bytes | memoryview) -> None:
         """Store chunk ``index`` of an upload (again, if it was sent before)."""
         with self.db.read() as s:
-            blob = self._upload(s, upload_id)
+            blob = self._upload(s, upload_id, owner)
             count = max(1, -(-blob.size // blob.chunk_size))
             expected = min(blob.chunk_size, blob.size - index * blob.chunk_size)
             blob_codec = blob.codec
         if not 0 <= index < count or len(data) != expected:
-            raise InvalidNameError(f"upload {upload_id}: chunk {index} must be {expected} bytes "
-                                   f"(chunks 0..{count - 1}); got {len(data)}")
+            raise InvalidRequestError(f"chunk {index} of this upload must be {expected} bytes "
+                                      f"(chunks 0..{count - 1}); got {len(data)}")
         stored = codec.encode(data, blob_codec)
         with self.db.write() as s:
-            blob = self._upload(s, upload_id)
+            blob = self._upload(s, upload_id, owner)
             s.execute(delete(Chunk).where(Chunk.blob_id == blob.id, Chunk.index == index))
             s.add(Chunk(blob_id=blob.id, index=index, raw_size=len(data), data=stored))
             blob.touched_at = utcnow()
 
-    def finish_upload(self, upload_id: str) -> BlobInfo:
-        """Re-hash everything received; mark the blob stored, or discard it on a mismatch."""
-        info = self.upload_status(upload_id)
+    def finish_upload(self, upload_id: str, owner: str) -> BlobInfo:
+        """Re-hash everything received; mark the blob stored (or, when the same bytes are
+        stored already, drop this copy), or discard the upload on a mismatch."""
+        info = self.upload_status(upload_id, owner)
         if info.missing:
-            raise ConflictError(f"upload {upload_id} of {info.digest} is missing chunks "
+            raise ConflictError(f"this upload of {info.digest} is missing chunks "
                                 f"{list(info.missing)[:10]}", hint="Send them, then finish")
+        with self.db.read() as s:
+            blob_id = self._upload(s, upload_id, owner).id
         h = hashlib.sha256()
         stored = 0
         try:
-            for raw, size in self._decoded(int(upload_id), info.digest):
+            for raw, size in self._decoded(blob_id, info.digest):
                 h.update(raw)
                 stored += size
-        except CorruptionError:
-            self._discard(int(upload_id))
+        except IntegrityError:
+            self._discard(blob_id)
             raise
         actual = "sha256:" + h.hexdigest()
         if actual != info.digest:
-            self._discard(int(upload_id))
-            raise CorruptionError(f"upload {upload_id}: the bytes received hash to {actual}, not "
-                                  f"{info.digest}; the upload was discarded",
-                                  hint="Upload the blob again")
+            self._discard(blob_id)
+            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
+                                 f"the upload was discarded", hint="Upload the blob again")
         with self.db.write() as s:
-            blob = self._upload(s, upload_id)
+            blob = self._upload(s, upload_id, owner)
             if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
-                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored meanwhile: dedup
+                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
                 return _info(self._complete(s, info.digest))
             try:
                 with s.begin_nested():
                     blob.complete, blob.stored_size, blob.touched_at = True, stored, utcnow()
-            except IntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
+                    blob.upload_id = blob.owner = None
+            except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
                 s.execute(delete(Blob).where(Blob.id == blob.id))
                 return _info(self._complete(s, info.digest))
             return _info(blob)
 
-    def _upload(self, s: Session, upload_id: str) -> Blob:
-        blob = s.get(Blob, int(upload_id)) if str(upload_id).isdigit() else None
-        if blob is None or blob.complete:
-            raise NotFoundError(f"no upload {upload_id} in progress",
-                                hint="It finished, or gc removed it after it was abandoned; "
-                                     "start a new upload")
+    @staticmethod
+    def _upload(s: Session, upload_id: str, owner: str) -> Blob:
+        blob = None
+        if isinstance(upload_id, str) and UPLOAD_ID_RE.fullmatch(upload_id):
+            blob = s.scalar(select(Blob).where(Blob.upload_id == upload_id,
+                                               Blob.complete.is_(False)))
+        if blob is None or blob.owner != owner:
+            raise AdapterNotFoundError(f"no upload {str(upload_id)[:64]!r} in progress",
+                                       hint="It finished, or gc removed it after it was "
+                                            "abandoned; start a new upload")
         return blob
 
     def _discard(self, blob_id: int) -> None:
@@ -337,7 +362,7 @@ class BlobStore:
         Blobs are fetched a batch of about :data:`_READ_BYTES` per query and decoded and hashed
         by worker threads; a blob larger than that streams through :meth:`iter`.
         """
-        wanted = list(dict.fromkeys(_check_digest(d) for d in digests))
+        wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         for names in batched(wanted):
             with self.db.read() as s:
                 found = {b.digest: b for b in s.execute(
@@ -345,7 +370,7 @@ class BlobStore:
                     .where(Blob.digest.in_(names), Blob.complete))}
             for digest in names:
                 if digest not in found:
-                    raise NotFoundError(f"blob {digest} is not in the registry")
+                    raise AdapterNotFoundError(f"blob {digest} is not in the registry")
             group: list = []
             size = 0
             for digest in names + [None]:
@@ -374,7 +399,7 @@ class BlobStore:
 
     def iter(self, digest: str, *, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` in chunks. The whole blob is hashed as it goes (the
-        chunks before ``offset`` too); a mismatch raises :class:`CorruptionError` after the
+        chunks before ``offset`` too); a mismatch raises :class:`IntegrityError` after the
         last chunk, so consumers must not trust the data before the iterator is exhausted."""
         with self.db.read() as s:
             blob_id = self._complete(s, digest).id
@@ -388,19 +413,19 @@ class BlobStore:
             position = end
         actual = "sha256:" + h.hexdigest()
         if actual != digest:
-            raise CorruptionError(f"blob {digest} is corrupt: its bytes hash to {actual}")
+            raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
 
     def _decoded(self, blob_id: int, digest: str) -> Iterator[tuple[bytes, int]]:
         """(raw bytes, stored size) of each chunk in order, checking the chunk sequence."""
         with self.db.read() as s:
             blob = s.get(Blob, blob_id)
             if blob is None:
-                raise NotFoundError(f"blob {digest} is not in the registry")
+                raise AdapterNotFoundError(f"blob {digest} is not in the registry")
             size, blob_codec, chunk_size = blob.size, blob.codec, blob.chunk_size
             indexes = list(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob_id)
                                      .order_by(Chunk.index)))
         if indexes != list(range(len(indexes))) or not indexes:
-            raise CorruptionError(f"blob {digest} is corrupt: chunks {indexes[:10]} are not a "
+            raise IntegrityError(f"blob {digest} is corrupt: chunks {indexes[:10]} are not a "
                                   f"complete sequence")
         total = 0
         per_read = max(1, _READ_BYTES // chunk_size)  # bounded memory, few round trips
@@ -411,17 +436,17 @@ class BlobStore:
                                         Chunk.index < start + per_read)
                                  .order_by(Chunk.index)).all()
             if len(rows) != min(per_read, len(indexes) - start):
-                raise NotFoundError(f"blob {digest} was removed while it was being read")
+                raise AdapterNotFoundError(f"blob {digest} was removed while it was being read")
             for row in rows:
                 try:
                     raw = codec.decode(row.data, blob_codec, row.raw_size)
-                except CorruptionError as exc:
-                    raise CorruptionError(f"blob {digest} is corrupt: chunk {row.index}: "
+                except IntegrityError as exc:
+                    raise IntegrityError(f"blob {digest} is corrupt: chunk {row.index}: "
                                           f"{exc.message}") from None
                 total += len(raw)
                 yield raw, len(row.data)
         if total != size:
-            raise CorruptionError(f"blob {digest} is corrupt: {total} bytes stored, "
+            raise IntegrityError(f"blob {digest} is corrupt: {total} bytes stored, "
                                   f"{size} expected")
 
     # -- maintenance ------------------------------------------------------------------------

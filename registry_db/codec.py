@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import zstandard
 
-from registry_db.errors import CorruptionError
+from registry_db.errors import IntegrityError
 
 CHUNK_SIZE = 8 * 1024 * 1024
 PLANE_ITEMSIZES = (2, 4, 8)
@@ -41,7 +41,7 @@ def _itemsize(codec: str) -> int:
         return 1
     if codec.startswith("zstd+bp") and int(codec[7:]) in PLANE_ITEMSIZES:
         return int(codec[7:])
-    raise CorruptionError(f"unknown blob codec {codec!r}",
+    raise IntegrityError(f"unknown blob codec {codec!r}",
                           hint="The registry was written by a newer adapterhub; upgrade")
 
 
@@ -84,7 +84,7 @@ def encode(raw: bytes | memoryview, codec: str) -> bytes:
 
 
 def decode(stored: bytes, codec: str, raw_size: int) -> bytes:
-    """One chunk's raw bytes; :class:`CorruptionError` if the stored bytes cannot be decoded."""
+    """One chunk's raw bytes; :class:`IntegrityError` if the stored bytes cannot be decoded."""
     k = _itemsize(codec)
     _compressor()
     try:
@@ -93,19 +93,19 @@ def decode(stored: bytes, codec: str, raw_size: int) -> bytes:
         else:
             lengths = struct.unpack_from(f"<{k}I", stored)
             if sum(lengths) + 4 * k != len(stored):
-                raise CorruptionError("chunk plane table does not match its size")
+                raise IntegrityError("chunk plane table does not match its size")
             planes, offset = [], 4 * k
             for length in lengths:
                 planes.append(_local.d.decompress(stored[offset:offset + length],
                                                   max_output_size=raw_size // k))
                 offset += length
             if any(len(plane) != raw_size // k for plane in planes):
-                raise CorruptionError("chunk planes have the wrong size")
+                raise IntegrityError("chunk planes have the wrong size")
             data = _join_planes(planes, k)
     except (zstandard.ZstdError, struct.error) as exc:
-        raise CorruptionError(f"chunk does not decompress ({exc})") from None
+        raise IntegrityError(f"chunk does not decompress ({exc})") from None
     if len(data) != raw_size:
-        raise CorruptionError(f"chunk decodes to {len(data)} bytes, expected {raw_size}")
+        raise IntegrityError(f"chunk decodes to {len(data)} bytes, expected {raw_size}")
     return data
 
 

@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 from typing import TypeVar
 
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry_db.engine import display_url, open_engine, writer
-from registry_db.errors import SchemaError
+from registry_db.errors import InvalidRequestError, RegistryError
 
 T = TypeVar("T")
 #: PostgreSQL advisory lock between commits (shared) and gc's sweep (exclusive); SQLite
@@ -85,7 +85,10 @@ class Database:
             yield
         except OperationalError as exc:
             reason = str(exc.orig or exc).strip().splitlines()[0]
-            raise SchemaError(f"registry {self.url}: {reason}") from None
+            raise RegistryError(f"registry {self.url}: {reason}") from None
+        except (DataError, OverflowError) as exc:  # a value the schema cannot hold
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise InvalidRequestError(f"a value is out of range: {reason[:200]}") from None
 
     def vacuum(self) -> None:
         """Give pages freed by gc back to the file system (SQLite; PostgreSQL autovacuums)."""

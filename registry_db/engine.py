@@ -19,10 +19,10 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from registry_db.errors import SchemaError
+from registry_db.errors import RegistryError
 
 #: the alembic revision this version of the code expects (a test checks it is the head)
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 BUSY_TIMEOUT_S = 300
 WRITE_OPTION = "registry_db_write"
 _PG_LOCK_KEY = 0x61646872  # "adhr": pg_advisory_xact_lock key for migrations
@@ -54,13 +54,13 @@ def sqlite_path(url: URL) -> Path | None:
 def open_engine(url: str | os.PathLike[str]) -> Engine:
     """An engine for the registry at ``url``, with the schema migrated to this code's revision.
 
-    Raises :class:`SchemaError` if the database cannot be reached or was written by a newer
+    Raises :class:`RegistryError` if the database cannot be reached or was written by a newer
     version of adapterhub.
     """
     try:
         sa_url = make_url(normalize_url(url))
     except ArgumentError as exc:
-        raise SchemaError(f"invalid registry URL {os.fspath(url)!r}: {exc}") from None
+        raise RegistryError(f"invalid registry URL {os.fspath(url)!r}: {exc}") from None
     path = sqlite_path(sa_url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def open_engine(url: str | os.PathLike[str]) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     elif sa_url.get_backend_name() == "sqlite":
-        raise SchemaError("in-memory SQLite is not a registry (each connection would see an "
+        raise RegistryError("in-memory SQLite is not a registry (each connection would see an "
                           "empty database)", hint="Give a file path")
     else:
         engine = create_engine(sa_url, pool_pre_ping=True)
@@ -76,9 +76,38 @@ def open_engine(url: str | os.PathLike[str]) -> Engine:
         upgrade(engine)
     except OperationalError as exc:
         engine.dispose()
-        raise SchemaError(f"cannot open registry {display_url(sa_url)}: "
-                          f"{str(exc.orig or exc).strip().splitlines()[0]}") from None
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        if path is not None and path.is_file() and any(m in reason for m in _NO_SPACE):
+            return _read_only(path, reason)
+        raise RegistryError(f"cannot open registry {display_url(sa_url)}: {reason}") from None
     return engine
+
+
+#: what SQLite says when it cannot grow a file (a full disk, a file size limit)
+_NO_SPACE = ("disk I/O error", "database or disk is full")
+
+
+def _read_only(path: Path, reason: str) -> Engine:
+    """The registry opened read-only and without its shared-memory file, for when the disk
+    is full: reading commands (``list``, ``show``, ``log``, ``pull --out`` elsewhere) keep
+    working; anything that writes says the registry is read-only."""
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
+    event.listen(engine, "connect", _read_only_connect)
+    try:
+        with engine.connect() as conn:
+            revision = current_revision(conn)
+    except OperationalError as exc:
+        engine.dispose()
+        raise RegistryError(f"cannot open registry {path}: {reason}") from exc
+    if revision != SCHEMA_REVISION:
+        engine.dispose()
+        raise RegistryError(f"cannot open registry {path}: {reason} (and it needs a schema "
+                            f"upgrade, which writes)", hint="Free disk space and retry")
+    return engine
+
+
+def _read_only_connect(dbapi_connection, connection_record) -> None:
+    dbapi_connection.isolation_level = None
 
 
 def writer(engine: Engine) -> Engine:
@@ -91,12 +120,17 @@ def _sqlite_connect(dbapi_connection, connection_record) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-    # 64 KiB pages write multi-MB blob rows ~5x faster than the default 4 KiB (measured);
-    # the setting only takes effect when the file is created, like auto_vacuum, which lets
-    # gc hand freed pages back to the file system
-    cursor.execute("PRAGMA page_size = 65536")
-    cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    # Settings stored in the file are written only when they differ: opening a registry must
+    # not write (a read-only command works on a full disk, and a connection opened while
+    # another holds the write lock must not wait for it).
+    if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+        # a new file: 64 KiB pages write multi-MB blob rows ~5x faster than the default
+        # 4 KiB (measured); incremental auto_vacuum lets gc hand freed pages back to the file
+        # system. Both only take effect before the first table is created.
+        cursor.execute("PRAGMA page_size = 65536")
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
@@ -146,13 +180,13 @@ def upgrade(engine: Engine) -> None:
         cfg = alembic_config(conn)
         known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
         if revision is not None and revision not in known:
-            raise SchemaError(f"the registry {display_url(engine.url)} has schema revision "
+            raise RegistryError(f"the registry {display_url(engine.url)} has schema revision "
                               f"{revision!r}, newer than this adapterhub knows",
                               hint="Upgrade adapterhub to open it")
         try:
             command.upgrade(cfg, SCHEMA_REVISION)
         except CommandError as exc:
-            raise SchemaError(f"cannot migrate {display_url(engine.url)}: {exc}") from None
+            raise RegistryError(f"cannot migrate {display_url(engine.url)}: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -22,28 +22,29 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select
 
 from registry_db.database import batched, utcnow
-from registry_db.errors import InvalidNameError
+from registry_db.errors import InvalidRequestError
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
 
 if TYPE_CHECKING:
+    from registry_db.access import Caller
     from registry_db.service import RegistryService
 
 
 def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: bool,
             per_label: str | None, prefix: str | None, dry_run: bool, grace: timedelta,
-            actor: str | None) -> GcReport:
+            caller: Caller) -> GcReport:
     if keep_last is None and (keep_tagged or per_label or prefix):
-        raise InvalidNameError("--keep-tagged, --per-label and a prefix refine --keep-last N",
-                               hint="Add --keep-last N")
+        raise InvalidRequestError("--keep-tagged, --per-label and a prefix refine "
+                                  "--keep-last N", hint="Add --keep-last N")
     if keep_last is not None and keep_last < 0:
-        raise InvalidNameError(f"--keep-last must be 0 or more; got {keep_last}")
+        raise InvalidRequestError(f"--keep-last must be 0 or more; got {keep_last}")
     if per_label is not None:
         validate_key(per_label, "label key")
     if grace < timedelta(0):
-        raise InvalidNameError("the grace period cannot be negative")
+        raise InvalidRequestError("the grace period cannot be negative")
     now = utcnow()
     with service.db.write(gc_lock="exclusive", dry_run=dry_run) as s:
         names = dict(s.execute(select(Repository.id, Repository.name)).all())
@@ -88,15 +89,17 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
                           .where(Blob.touched_at < cutoff)).all()
         blobs = [b for b in stale if b.complete and b.digest not in referenced]
         uploads = [b.id for b in stale if not b.complete]
-        freed = sum(b.stored_size for b in blobs) + service.blobs.stored_bytes(s, uploads)
-        service.blobs.remove(s, [b.id for b in blobs] + uploads)
+        store = service.blobs.store
+        freed = sum(b.stored_size for b in blobs) + store.stored_bytes(s, uploads)
+        store.remove(s, [b.id for b in blobs] + uploads)
+        service.blobs.forget_grants(s, [b.digest for b in blobs])
 
         report = GcReport(dry_run=dry_run, retired=tuple(ref[i] for i in sorted(retired)),
                           purged=tuple(ref[i] for i in purged),
                           kept_for_lineage=tuple(ref[i] for i in sorted(deleted & marked)),
                           blobs_removed=len(blobs), bytes_freed=freed,
                           uploads_removed=len(uploads))
-        s.add(Event(at=now, action="gc", actor=actor,
+        s.add(Event(at=now, action="gc", actor=caller.actor, token_id=caller.token_id,
                     detail=json.dumps(report.to_dict(), sort_keys=True)))
         return report
 

@@ -154,6 +154,21 @@ class Blob(Base):
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     touched_at: Mapped[datetime]
+    #: an upload in progress: its unguessable id and the caller that opened it
+    upload_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+
+
+class BlobGrant(Base):
+    """A caller proved it holds a blob's bytes (it uploaded them), so it may use the blob in
+    its commits even where no version it can read references it yet (see
+    :mod:`registry_db.access`). Storage deduplicates the bytes; grants keep them private."""
+
+    __tablename__ = "blob_grants"
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted_at: Mapped[datetime]
 
 
 class Chunk(Base):
@@ -179,7 +194,8 @@ class RemoteRow(Base):
 
 
 class Event(Base):
-    """The audit log: pushes, pulls, tag moves, deletions, gc runs."""
+    """The audit log: pushes, pulls, tag moves, deletions, gc runs. ``actor`` comes from the
+    caller's credentials (a token's name, the local user), never from what a client sent."""
 
     __tablename__ = "events"
 
@@ -191,6 +207,8 @@ class Event(Base):
     digest: Mapped[str | None] = mapped_column(DIGEST)
     actor: Mapped[str | None] = mapped_column(String(256))
     detail: Mapped[str | None]
+    #: the hub token that did it (the actor is its name); None for the local user
+    token_id: Mapped[int | None]
 
 
 class Token(Base):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from registry_db.errors import InvalidNameError
+from registry_db.errors import RefError
 
 PART_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION_LIKE_RE = re.compile(r"^(v?[0-9]+|sha256.*)$")
@@ -23,7 +23,7 @@ LATEST = "latest"
 def _check_part(part: str, what: str, whole: str) -> None:
     if not PART_RE.fullmatch(part) or ".." in part:
         shown = whole if len(whole) <= 80 else whole[:77] + "..."
-        raise InvalidNameError(
+        raise RefError(
             f"invalid {what} {shown!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit, without '..'")
 
@@ -31,10 +31,10 @@ def _check_part(part: str, what: str, whole: str) -> None:
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid repository name ``ns/name``; else raise."""
     if not isinstance(name, str):
-        raise InvalidNameError(f"a repository name must be a string; got {type(name).__name__}")
+        raise RefError(f"a repository name must be a string; got {type(name).__name__}")
     parts = name.split("/")
     if len(parts) != 2:
-        raise InvalidNameError(f"invalid repository name {name[:80]!r}: it must be "
+        raise RefError(f"invalid repository name {name[:80]!r}: it must be "
                                f"'namespace/name' (exactly one '/')")
     for part in parts:
         _check_part(part, "repository name", name)
@@ -42,22 +42,22 @@ def validate_name(name: str) -> str:
 
 
 def validate_tag(tag: str) -> str:
-    """Return ``tag`` if it is a valid tag name; else raise :class:`InvalidNameError`."""
+    """Return ``tag`` if it is a valid tag name; else raise :class:`RefError`."""
     if not isinstance(tag, str):
-        raise InvalidNameError(f"a tag must be a string; got {type(tag).__name__}")
+        raise RefError(f"a tag must be a string; got {type(tag).__name__}")
     _check_part(tag, "tag", tag)
     if VERSION_LIKE_RE.fullmatch(tag):
-        raise InvalidNameError(f"tag {tag!r} looks like a version number or digest; refs would "
+        raise RefError(f"tag {tag!r} looks like a version number or digest; refs would "
                                f"be ambiguous", hint="Pick a word such as 'prod' or 'candidate'")
     if tag == LATEST:
-        raise InvalidNameError("'latest' is reserved: it always means the newest version")
+        raise RefError("'latest' is reserved: it always means the newest version")
     return tag
 
 
 def validate_key(key: str, what: str = "label key") -> str:
     """Return ``key`` if it is a valid label key or remote name (the name-part alphabet)."""
     if not isinstance(key, str):
-        raise InvalidNameError(f"a {what} must be a string; got {type(key).__name__}")
+        raise RefError(f"a {what} must be a string; got {type(key).__name__}")
     _check_part(key, what, key)
     return key
 
@@ -86,9 +86,9 @@ class Ref:
 
 
 def parse_ref(text: str) -> Ref:
-    """Parse a ref; raise :class:`InvalidNameError` saying what is wrong."""
+    """Parse a ref; raise :class:`RefError` saying what is wrong."""
     if not isinstance(text, str):
-        raise InvalidNameError(f"a ref must be a string; got {type(text).__name__}")
+        raise RefError(f"a ref must be a string; got {type(text).__name__}")
     if "@" in text:
         name, _, selector = text.partition("@")
         validate_name(name)
@@ -96,11 +96,11 @@ def parse_ref(text: str) -> Ref:
             return Ref(name, number=int(selector))
         if selector.startswith("sha256:"):
             if not DIGEST_PREFIX_RE.fullmatch(selector):
-                raise InvalidNameError(
+                raise RefError(
                     f"invalid digest in ref {text[:100]!r}: use sha256: and at least "
                     f"{MIN_DIGEST_PREFIX} lowercase hex digits")
             return Ref(name, digest_prefix=selector)
-        raise InvalidNameError(f"invalid ref {text[:100]!r}: after '@' comes a version number "
+        raise RefError(f"invalid ref {text[:100]!r}: after '@' comes a version number "
                                f"(1, 2, ...) or sha256:<hex>")
     if ":" in text:
         name, _, tag = text.partition(":")
@@ -115,6 +115,6 @@ def looks_like_ref(text: str) -> bool:
     """Whether ``text`` parses as a ref (used to tell refs from paths)."""
     try:
         parse_ref(text)
-    except InvalidNameError:
+    except RefError:
         return False
     return True

@@ -1,9 +1,13 @@
-"""The registry service: versions, tags, lineage, remotes and the audit log over one database.
+"""The registry service: the store boundary every door goes through.
 
+Versions, tags, lineage, blobs (:mod:`registry_db.blobs`) and the audit log over one
+database. Every call carries the :class:`~registry_db.access.Caller` and is authorized here,
+once: the Python API and the CLI pass the local user, the hub passes the request's token.
 It owns every session and transaction and returns frozen dataclasses
-(:mod:`registry_db.records`). A push is ``blobs.write`` (or an upload) for each missing blob,
-then one :meth:`RegistryService.commit` transaction that allocates the version number and
-writes the version, its tensor references, lineage, labels and tag moves together.
+(:mod:`registry_db.records`). A push is ``blobs.write_many`` (or an upload) for each blob the
+caller may not use yet, then one :meth:`RegistryService.commit` transaction that checks the
+manifest against the stored blobs, allocates the version number and writes the version, its
+tensor references, lineage, labels and tag moves together.
 """
 
 from __future__ import annotations
@@ -17,23 +21,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
+from registry_db.access import Caller
+from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
-from registry_db.database import Database, batched, utcnow
+from registry_db.database import Database, utcnow
 from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (ConflictError, InvalidNameError, MissingBlobsError,
-                                MissingParentsError, NotFoundError)
-from registry_db.manifest import Manifest
-from registry_db.models import (Blob, Event, Lineage, RemoteRow, Repository, Tag, Version,
-                                VersionLabel, VersionTensor)
-from registry_db.records import (CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
-                                 VerifyReport, VersionInfo)
+from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+                                InvalidRequestError, LimitExceededError, MissingBlobsError,
+                                MissingParentsError, PermissionDeniedError, RefError)
+from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
+from registry_db.models import (Event, Lineage, Repository, Tag, Version, VersionLabel,
+                                VersionTensor)
+from registry_db.records import (CommitResult, EventInfo, GcReport, Usage, VerifyReport,
+                                 VersionInfo, version_infos)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
+from registry_db.remotes import RemoteStore
 from registry_db.tokens import TokenStore
 
 MAX_LABEL_VALUE = 1024
+MAX_AUTHOR = 256
+MAX_MESSAGE = 64 * 1024
 
 
 def label_rows(labels: dict[str, Any]) -> dict[str, str]:
@@ -43,8 +53,8 @@ def label_rows(labels: dict[str, Any]) -> dict[str, str]:
         validate_key(key, "label key")
         text = value if isinstance(value, str) else canonical_json(value).decode()
         if len(text) > MAX_LABEL_VALUE:
-            raise InvalidNameError(f"label {key!r} is {len(text)} characters; the limit is "
-                                   f"{MAX_LABEL_VALUE}", hint="Put large data in metrics")
+            raise LimitExceededError(f"label {key!r} is {len(text)} characters; the limit is "
+                                     f"{MAX_LABEL_VALUE}", hint="Put large data in metrics")
         out[key] = text
     return out
 
@@ -58,8 +68,9 @@ class RegistryService:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.db = Database(url)
-        self.blobs = BlobStore(self.db)
+        self.blobs = BlobService(self.db, BlobStore(self.db))
         self.tokens = TokenStore(self.db)
+        self.remotes = RemoteStore(self.db)
         self.url = self.db.url
 
     def close(self) -> None:
@@ -73,35 +84,40 @@ class RegistryService:
 
     # -- reading versions -------------------------------------------------------------------
 
-    def resolve(self, ref: str | Ref) -> VersionInfo:
+    def resolve(self, ref: str | Ref, *, caller: Caller) -> VersionInfo:
         """The live version a ref names, with its manifest."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
+        caller.require("read", ref.name)
         with self.db.read() as s:
             version = self._resolve(s, ref)
-            return self._infos(s, [version], with_manifest=True)[0]
+            return version_infos(s, [version], with_manifest=True)[0]
 
-    def find(self, digest: str) -> VersionInfo | None:
-        """A version with this manifest digest in any repository (live ones first), or None.
-        Soft-deleted versions count: they stay stored while live versions descend from them."""
+    def find(self, digest: str, *, caller: Caller) -> VersionInfo | None:
+        """A version with this manifest digest in a repository the caller may read (live ones
+        first), or None. Soft-deleted versions count: they stay stored while live versions
+        descend from them."""
         if not is_digest(digest):
-            raise InvalidNameError(f"invalid version digest {digest[:80]!r}")
+            raise InvalidRequestError(f"invalid version digest {str(digest)[:80]!r}")
         with self.db.read() as s:
-            version = s.scalar(select(Version).where(Version.digest == digest)
-                               .order_by(Version.deleted_at.is_not(None), Version.id).limit(1))
-            return None if version is None else self._infos(s, [version], with_manifest=True)[0]
+            rows = s.execute(select(Version, Repository.name)
+                             .join(Repository, Repository.id == Version.repository_id)
+                             .where(Version.digest == digest)
+                             .order_by(Version.deleted_at.is_not(None), Version.id)).all()
+            for version, name in rows:
+                if caller.can("read", name):
+                    return version_infos(s, [version], with_manifest=True)[0]
+        return None
 
-    def list_versions(self, prefix: str | None = None, *, method: str | None = None,
-                      base: str | None = None, labels: dict[str, str] | None = None,
+    def list_versions(self, prefix: str | None = None, *, caller: Caller,
+                      method: str | None = None, base: str | None = None,
+                      labels: dict[str, str] | None = None,
                       include_deleted: bool = False) -> list[VersionInfo]:
-        """Versions whose repository name starts with ``prefix``, newest first per repository.
-
-        ``base`` matches the base model's fingerprint (a ``sha256:`` digest) or its name;
-        ``labels`` must all match.
-        """
-        query = select(Version).join(Repository, Version.repository_id == Repository.id)
-        if prefix:
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(Repository.name.like(escaped + "%", escape="\\"))
+        """Versions the caller may read whose repository name starts with ``prefix``, newest
+        first per repository. ``base`` matches the base model's fingerprint (a ``sha256:``
+        digest) or its name; ``labels`` must all match."""
+        caller.require("read")
+        query = (select(Version).join(Repository, Version.repository_id == Repository.id)
+                 .where(Repository.id.in_(self._readable_repositories(prefix, caller))))
         if method:
             query = query.where(Version.method == method)
         if base:
@@ -114,70 +130,92 @@ class RegistryService:
             query = query.where(Version.deleted_at.is_(None))
         query = query.order_by(Repository.name, Version.number.desc())
         with self.db.read() as s:
-            return self._infos(s, list(s.scalars(query)))
+            return version_infos(s, list(s.scalars(query)))
 
-    def log(self, name: str) -> list[VersionInfo]:
+    def log(self, name: str, *, caller: Caller) -> list[VersionInfo]:
         """Every version of a repository, newest first, soft-deleted ones included (flagged)."""
         validate_name(name)
+        caller.require("read", name)
         with self.db.read() as s:
             repo = self._repository(s, name)
             versions = s.scalars(select(Version).where(Version.repository_id == repo.id)
                                  .order_by(Version.number.desc()))
-            return self._infos(s, list(versions))
+            return version_infos(s, list(versions))
 
-    def repositories(self, prefix: str | None = None) -> list[str]:
-        """Names of repositories (with or without live versions), sorted."""
+    def repositories(self, prefix: str | None = None, *, caller: Caller) -> list[str]:
+        """Names of the repositories the caller may read (with or without live versions),
+        sorted."""
+        caller.require("read")
         query = select(Repository.name).order_by(Repository.name)
         if prefix:
             query = query.where(Repository.name.startswith(prefix, autoescape=True))
         with self.db.read() as s:
-            return list(s.scalars(query))
+            return [name for name in s.scalars(query) if caller.can("read", name)]
 
-    def children(self, digest: str) -> list[VersionInfo]:
-        """Live versions that name ``digest`` among their parents (lineage downwards)."""
+    def children(self, digest: str, *, caller: Caller) -> list[VersionInfo]:
+        """Live versions the caller may read that name ``digest`` among their parents."""
         with self.db.read() as s:
-            versions = s.scalars(
-                select(Version).join(Lineage, Lineage.version_id == Version.id)
-                .where(Lineage.parent_digest == digest, Version.deleted_at.is_(None))
-                .order_by(Version.id))
-            return self._infos(s, list(versions))
-
-    def references_blob(self, name: str, digest: str) -> bool:
-        """Whether a version of repository ``name`` (live or deleted) uses blob ``digest``
-        (so a reader of ``name`` may fetch it)."""
-        validate_name(name)
-        with self.db.read() as s:
-            return s.scalar(
-                select(VersionTensor.version_id)
-                .join(Version, Version.id == VersionTensor.version_id)
+            rows = s.execute(
+                select(Version, Repository.name)
+                .join(Lineage, Lineage.version_id == Version.id)
                 .join(Repository, Repository.id == Version.repository_id)
-                .where(Repository.name == name, VersionTensor.blob_digest == digest)
-                .limit(1)) is not None
+                .where(Lineage.parent_digest == digest, Version.deleted_at.is_(None))
+                .order_by(Version.id)).all()
+            return version_infos(s, [v for v, name in rows if caller.can("read", name)])
+
+    def _readable_repositories(self, prefix: str | None, caller: Caller):
+        """A subquery of the ids of repositories the caller may read (under ``prefix``)."""
+        query = select(Repository.id, Repository.name)
+        if prefix:
+            query = query.where(Repository.name.startswith(prefix, autoescape=True))
+        if caller.can("read", None) and (caller.local or caller.public_read):
+            return select(query.subquery().c.id)
+        with self.db.read() as s:
+            ids = [i for i, name in s.execute(query) if caller.can("read", name)]
+        return select(Repository.id).where(Repository.id.in_(ids or [-1]))
 
     # -- writing versions -------------------------------------------------------------------
 
-    def create_repository(self, name: str) -> bool:
+    def create_repository(self, name: str, *, caller: Caller) -> bool:
         """Create an empty repository; False if it exists already."""
         validate_name(name)
+        caller.require("write", name)
         with self.db.write() as s:
             if s.scalar(select(Repository.id).where(Repository.name == name)) is not None:
                 return False
             self._repository_for_update(s, name, utcnow())
             return True
 
-    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
-               author: str | None = None, tags: Sequence[str] = (),
-               created_at: datetime | None = None) -> CommitResult:
+    def commit(self, name: str, manifest: Manifest, *, caller: Caller,
+               message: str | None = None, author: str | None = None,
+               tags: Sequence[str] = (), created_at: datetime | None = None) -> CommitResult:
         """Record ``manifest`` as the next version of ``name`` and move ``tags`` to it, in one
-        transaction. Every blob must already be stored and every parent must exist here.
+        transaction.
 
-        An identical manifest already in the repository is returned as it is (restored if it
-        was soft-deleted) and only the tags move. ``created_at`` keeps the original time when
-        a version is copied from another registry.
+        The manifest is checked first: every blob must be one the caller may use (see
+        :mod:`registry_db.blobs`) whose stored size is exactly what its tensor's dtype and
+        shape need, and every parent a version the caller may read. An identical manifest
+        already in the repository is returned as it is and only the tags move; one that was
+        soft-deleted comes back only for a caller with ``admin``. ``author`` and
+        ``created_at`` are kept as the version's metadata (a version copied from another
+        registry keeps them); the audit log names the caller.
         """
         validate_name(name)
+        caller.require("write", name)
         for tag in tags:
             validate_tag(tag)
+        for key, value, limit in (("author", author, MAX_AUTHOR),
+                                  ("message", message, MAX_MESSAGE)):
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise InvalidRequestError(f"{key} must be a string of at most {limit} "
+                                          f"characters")
+        if created_at is not None and created_at.tzinfo is None:
+            raise InvalidRequestError("created_at needs a time zone")
+        manifest.validate()
+        canonical = manifest.canonical()
+        if len(canonical) > MAX_MANIFEST_BYTES:
+            raise LimitExceededError(f"the manifest is {len(canonical)} bytes; the limit is "
+                                     f"{MAX_MANIFEST_BYTES}")
         labels = label_rows(manifest.labels)
         digest = manifest.digest
         now = utcnow()
@@ -187,41 +225,48 @@ class RegistryService:
                                                      Version.digest == digest))
             created = version is None
             if version is None:
-                self._check_references(s, manifest)
+                self._check_references(s, manifest, caller)
                 version = self._insert_version(s, repo, manifest, labels, now,
                                                message=message, author=author,
                                                created_at=created_at or now)
-                self._event(s, "push", name, version, author, {"message": message})
+                self._event(s, "push", name, version, caller,
+                            {"message": message, "author": author})
             elif version.deleted_at is not None:
+                if not caller.can("admin", name):
+                    raise PermissionDeniedError(
+                        f"{name}@{version.number} was deleted; restoring it needs admin "
+                        f"access to {name}", hint="Ask an admin of the repository")
                 version.deleted_at = None
-                self._event(s, "restore", name, version, author, {})
+                self._event(s, "restore", name, version, caller, {})
             for tag in tags:
-                self._set_tag(s, repo, tag, version, now, author)
-            info = self._infos(s, [version])[0]
+                self._set_tag(s, repo, tag, version, now, caller)
+            info = version_infos(s, [version])[0]
             return CommitResult(replace(info, manifest=manifest), created)
 
-    def _check_references(self, s: Session, manifest: Manifest) -> None:
+    def _check_references(self, s: Session, manifest: Manifest, caller: Caller) -> None:
         by_digest: dict[str, list[str]] = defaultdict(list)
         for tensor, entry in sorted(manifest.tensors.items()):
             by_digest[entry.digest].append(tensor)
-        present: set[str] = set()
-        for batch in batched(sorted(by_digest)):
-            present |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
-                                                               Blob.complete)))
-        missing = sorted(set(by_digest) - present)
+        usable = self.blobs.visible(by_digest, caller=caller)
+        missing = sorted(set(by_digest) - usable)
         if missing:
             first = missing[0]
             raise MissingBlobsError(
                 f"the manifest names {len(missing)} blob(s) this registry does not hold, e.g. "
                 f"{first} (tensor {by_digest[first][0]!r})", digests=missing,
                 hint="Send the blobs before committing the manifest")
-        parents = set(manifest.parents)
-        found: set[str] = set()
-        for batch in batched(sorted(parents)):
-            found |= set(s.scalars(select(Version.digest).where(Version.digest.in_(batch))))
-        if parents - found:
-            raise MissingParentsError(f"parent version(s) {sorted(parents - found)} are not in "
-                                      f"this registry")
+        sizes = self.blobs.store.sizes(by_digest)
+        for tensor, entry in sorted(manifest.tensors.items()):
+            if sizes.get(entry.digest) != entry.nbytes:
+                raise IntegrityError(
+                    f"tensor {tensor!r} is {entry.dtype} {list(entry.shape)}, "
+                    f"{entry.nbytes} bytes, but blob {entry.digest} holds "
+                    f"{sizes.get(entry.digest)} bytes", hint="The manifest does not describe "
+                                                            "its tensors; rebuild it")
+        hidden = [p for p in dict.fromkeys(manifest.parents)
+                  if self.find(p, caller=caller) is None]
+        if hidden:
+            raise MissingParentsError(f"parent version(s) {hidden} are not in this registry")
 
     def _insert_version(self, s: Session, repo: Repository, manifest: Manifest,
                         labels: dict[str, str], now: datetime, *, message: str | None,
@@ -248,67 +293,78 @@ class RegistryService:
                 s.execute(insert(model), values)
         return version
 
-    def tag(self, ref: str | Ref, tag: str, *, actor: str | None = None) -> VersionInfo:
+    def tag(self, ref: str | Ref, tag: str, *, caller: Caller) -> VersionInfo:
         """Point ``tag`` at the version ``ref`` names (creating or moving it)."""
         validate_tag(tag)
         ref = parse_ref(ref) if isinstance(ref, str) else ref
+        caller.require("write", ref.name)
         with self.db.write() as s:
             version = self._resolve(s, ref)
             repo = s.scalar(select(Repository).where(Repository.id == version.repository_id)
                             .with_for_update())  # tag writers of one repository queue up
-            self._set_tag(s, repo, tag, version, utcnow(), actor)
-            return self._infos(s, [version])[0]
+            self._set_tag(s, repo, tag, version, utcnow(), caller)
+            return version_infos(s, [version])[0]
 
-    def untag(self, name: str, tag: str, *, actor: str | None = None) -> VersionInfo:
+    def untag(self, name: str, tag: str, *, caller: Caller) -> VersionInfo:
         """Delete a tag; returns the version it pointed at."""
         validate_name(name)
+        caller.require("write", name)
         with self.db.write() as s:
             repo = self._repository(s, name)
-            row = s.get(Tag, (repo.id, tag))
+            row = s.get(Tag, (repo.id, tag)) if isinstance(tag, str) else None
             if row is None:
-                raise NotFoundError(f"{name} has no tag {tag!r}")
+                raise AdapterNotFoundError(f"{name} has no tag {str(tag)[:64]!r}")
             version = s.get(Version, row.version_id)
             s.delete(row)
-            self._event(s, "untag", name, version, actor, {"tag": tag})
-            return self._infos(s, [version])[0]
+            self._event(s, "untag", name, version, caller, {"tag": tag})
+            return version_infos(s, [version])[0]
 
-    def remove(self, ref: str | Ref, *, actor: str | None = None) -> VersionInfo:
-        """Soft-delete a version (its tags go with it); gc reclaims its bytes later."""
+    def remove(self, ref: str | Ref, *, caller: Caller) -> VersionInfo:
+        """Soft-delete a version (its tags go with it; ``admin``); gc reclaims its bytes
+        later."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
+        caller.require("admin", ref.name)
         if ref.is_latest:
-            raise InvalidNameError(f"{ref} names no particular version",
-                                   hint=f"Say which one: {ref.name}@N or {ref.name}:TAG")
+            raise RefError(f"{ref} names no particular version",
+                           hint=f"Say which one: {ref.name}@N or {ref.name}:TAG")
         with self.db.write() as s:
             version = self._resolve(s, ref)
             name = s.get(Repository, version.repository_id).name
             tags = list(s.scalars(select(Tag.name).where(Tag.version_id == version.id)))
             s.execute(delete(Tag).where(Tag.version_id == version.id))
             version.deleted_at = utcnow()
-            self._event(s, "rm", name, version, actor, {"tags": tags})
-            return self._infos(s, [version])[0]
+            self._event(s, "rm", name, version, caller, {"tags": tags})
+            return version_infos(s, [version])[0]
 
     # -- maintenance ------------------------------------------------------------------------
 
-    def gc(self, *, keep_last: int | None = None, keep_tagged: bool = False,
+    def gc(self, *, caller: Caller, keep_last: int | None = None, keep_tagged: bool = False,
            per_label: str | None = None, prefix: str | None = None, dry_run: bool = False,
-           grace: timedelta = timedelta(hours=1), actor: str | None = None) -> GcReport:
-        """Apply a retention policy, then mark and sweep (see :func:`registry_db.gc.collect`)."""
+           grace: timedelta = timedelta(hours=1)) -> GcReport:
+        """Apply a retention policy, then mark and sweep (see :func:`registry_db.gc.collect`);
+        ``admin`` on the whole registry."""
         from registry_db.gc import collect
 
+        caller.require_all("admin")
         report = collect(self, keep_last=keep_last, keep_tagged=keep_tagged,
                          per_label=per_label, prefix=prefix, dry_run=dry_run, grace=grace,
-                         actor=actor)
+                         caller=caller)
         if not dry_run:
             self.db.vacuum()
         return report
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every blob and check every reference (see :func:`registry_db.verify.check`)."""
+    def verify(self, *, caller: Caller) -> VerifyReport:
+        """Re-hash every blob and check every reference and size (see
+        :func:`registry_db.verify.check`); ``admin`` on the whole registry."""
         from registry_db.verify import check
 
+        caller.require_all("admin")
         return check(self)
 
     def usage(self) -> Usage:
+        """How much the registry holds, in aggregate (counts and bytes, no names)."""
+        from registry_db.models import Blob
+
         with self.db.read() as s:
             live = Version.deleted_at.is_(None)
             return Usage(
@@ -324,54 +380,30 @@ class RegistryService:
                 partial_uploads=s.scalar(select(func.count()).select_from(Blob)
                                          .where(Blob.complete.is_(False))) or 0)
 
-    def events(self, *, repository: str | None = None, limit: int = 100) -> list[EventInfo]:
-        """The audit log, newest first."""
-        query = select(Event).order_by(Event.id.desc()).limit(limit)
+    def events(self, *, caller: Caller, repository: str | None = None,
+               limit: int = 100) -> list[EventInfo]:
+        """The audit log, newest first (``admin`` on the repository, or on the whole registry
+        for all of it)."""
+        if repository is None:
+            caller.require_all("admin")
+        else:
+            caller.require("admin", validate_name(repository))
+        query = select(Event).order_by(Event.id.desc()).limit(max(0, min(limit, 10_000)))
         if repository:
             query = query.where(Event.repository == repository)
         with self.db.read() as s:
             return [EventInfo(e.at, e.action, e.repository, e.number, e.digest, e.actor,
-                              json.loads(e.detail) if e.detail else {})
+                              json.loads(e.detail) if e.detail else {}, e.token_id)
                     for e in s.scalars(query)]
 
-    def record_event(self, action: str, *, version: VersionInfo | None = None,
-                     actor: str | None = None, detail: dict[str, Any] | None = None) -> None:
+    def record_event(self, action: str, *, caller: Caller, version: VersionInfo | None = None,
+                     detail: dict[str, Any] | None = None) -> None:
         """Add an audit entry for something done outside a commit (a pull, a promotion)."""
         with self.db.write() as s:
             s.add(Event(at=utcnow(), action=action, repository=version and version.name,
                         number=version and version.number, digest=version and version.digest,
-                        actor=actor, detail=json.dumps(detail or {}, sort_keys=True)))
-
-    # -- remotes ----------------------------------------------------------------------------
-
-    def add_remote(self, name: str, url: str) -> RemoteInfo:
-        validate_key(name, "remote name")
-        with self.db.write() as s:
-            if s.get(RemoteRow, name) is not None:
-                raise ConflictError(f"remote {name!r} already exists",
-                                    hint=f"Remove it first: adapterhub remote remove {name}")
-            row = RemoteRow(name=name, url=url, created_at=utcnow())
-            s.add(row)
-            return RemoteInfo(row.name, row.url, row.created_at)
-
-    def remotes(self) -> list[RemoteInfo]:
-        with self.db.read() as s:
-            return [RemoteInfo(r.name, r.url, r.created_at)
-                    for r in s.scalars(select(RemoteRow).order_by(RemoteRow.name))]
-
-    def remote(self, name: str) -> RemoteInfo | None:
-        with self.db.read() as s:
-            row = s.get(RemoteRow, name)
-            return None if row is None else RemoteInfo(row.name, row.url, row.created_at)
-
-    def remove_remote(self, name: str) -> RemoteInfo:
-        with self.db.write() as s:
-            row = s.get(RemoteRow, name)
-            if row is None:
-                raise NotFoundError(f"no remote named {name!r}",
-                                    hint="See them with: adapterhub remote list")
-            s.delete(row)
-            return RemoteInfo(row.name, row.url, row.created_at)
+                        actor=caller.actor, token_id=caller.token_id,
+                        detail=json.dumps(detail or {}, sort_keys=True)))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -379,8 +411,8 @@ class RegistryService:
     def _repository(s: Session, name: str) -> Repository:
         repo = s.scalar(select(Repository).where(Repository.name == name))
         if repo is None:
-            raise NotFoundError(f"no repository {name!r} in this registry",
-                                hint="See what is there with: adapterhub list")
+            raise AdapterNotFoundError(f"no repository {name!r} in this registry",
+                                       hint="See what is there with: adapterhub list")
         return repo
 
     @staticmethod
@@ -392,7 +424,7 @@ class RegistryService:
             try:
                 with s.begin_nested():
                     s.add(Repository(name=name, created_at=now))
-            except IntegrityError:  # PostgreSQL: created concurrently; use theirs
+            except SAIntegrityError:  # PostgreSQL: created concurrently; use theirs
                 pass
             repo = s.scalar(query)
         return repo
@@ -404,34 +436,35 @@ class RegistryService:
         if ref.number is not None:
             version = s.scalar(base.where(Version.number == ref.number))
             if version is None:
-                raise NotFoundError(f"{ref} does not exist",
+                raise AdapterNotFoundError(f"{ref} does not exist",
                                     hint=f"See its versions with: adapterhub log {ref.name}")
             if version.deleted_at is not None:
-                raise NotFoundError(f"{ref} was deleted",
-                                    hint="Push the same adapter again to restore it")
+                raise AdapterNotFoundError(f"{ref} was deleted",
+                                           hint="An admin can restore it by pushing the same "
+                                                "adapter again")
             return version
         if ref.tag is not None:
             tag = s.get(Tag, (repo.id, ref.tag))
             if tag is None:
-                raise NotFoundError(f"{ref.name} has no tag {ref.tag!r}",
+                raise AdapterNotFoundError(f"{ref.name} has no tag {ref.tag!r}",
                                     hint=f"See its tags with: adapterhub log {ref.name}")
             return s.get(Version, tag.version_id)
         if ref.digest_prefix is not None:
             matches = list(s.scalars(base.where(live, Version.digest.startswith(
                 ref.digest_prefix, autoescape=True)).limit(2)))
             if not matches:
-                raise NotFoundError(f"{ref.name} has no version with digest {ref.digest_prefix}")
+                raise AdapterNotFoundError(f"{ref.name} has no version with digest {ref.digest_prefix}")
             if len(matches) > 1:
                 raise ConflictError(f"digest prefix {ref.digest_prefix} matches several "
                                     f"versions of {ref.name}", hint="Give more hex digits")
             return matches[0]
         version = s.scalar(base.where(live).order_by(Version.number.desc()).limit(1))
         if version is None:
-            raise NotFoundError(f"{ref.name} has no versions")
+            raise AdapterNotFoundError(f"{ref.name} has no versions")
         return version
 
     def _set_tag(self, s: Session, repo: Repository, tag: str, version: Version,
-                 now: datetime, actor: str | None) -> None:
+                 now: datetime, caller: Caller) -> None:
         row = s.get(Tag, (repo.id, tag))
         previous = None
         if row is None:
@@ -440,50 +473,11 @@ class RegistryService:
             previous = s.get(Version, row.version_id).number
             row.version_id, row.updated_at = version.id, now
         s.flush()
-        self._event(s, "tag", repo.name, version, actor, {"tag": tag, "previous": previous})
+        self._event(s, "tag", repo.name, version, caller, {"tag": tag, "previous": previous})
 
     @staticmethod
-    def _event(s: Session, action: str, name: str, version: Version, actor: str | None,
+    def _event(s: Session, action: str, name: str, version: Version, caller: Caller,
                detail: dict[str, Any]) -> None:
         s.add(Event(at=utcnow(), action=action, repository=name, number=version.number,
-                    digest=version.digest, actor=actor, detail=json.dumps(detail, sort_keys=True)))
-
-    @staticmethod
-    def _infos(s: Session, versions: list[Version], *, with_manifest: bool = False
-               ) -> list[VersionInfo]:
-        """Build records for ``versions`` with a fixed number of queries (not one per row)."""
-        if not versions:
-            return []
-        s.flush()
-        ids = [v.id for v in versions]
-        tags: dict[int, list[str]] = defaultdict(list)
-        labels: dict[int, dict[str, str]] = defaultdict(dict)
-        parents: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        names: dict[int, str] = {}
-        for batch in batched(ids):
-            for version_id, tag in s.execute(select(Tag.version_id, Tag.name)
-                                             .where(Tag.version_id.in_(batch))
-                                             .order_by(Tag.name)):
-                tags[version_id].append(tag)
-            for version_id, key, value in s.execute(
-                    select(VersionLabel.version_id, VersionLabel.key, VersionLabel.value)
-                    .where(VersionLabel.version_id.in_(batch))):
-                labels[version_id][key] = value
-            for version_id, position, parent in s.execute(
-                    select(Lineage.version_id, Lineage.position, Lineage.parent_digest)
-                    .where(Lineage.version_id.in_(batch))):
-                parents[version_id].append((position, parent))
-        repo_ids = sorted({v.repository_id for v in versions})
-        for batch in batched(repo_ids):
-            names.update(s.execute(select(Repository.id, Repository.name)
-                                   .where(Repository.id.in_(batch))).all())
-        return [VersionInfo(
-            name=names[v.repository_id], number=v.number, digest=v.digest, method=v.method,
-            base_name=v.base_name, base_fingerprint=v.base_fingerprint, size=v.size,
-            created_at=v.created_at, author=v.author, message=v.message,
-            tags=tuple(tags[v.id]), labels=dict(sorted(labels[v.id].items())),
-            parents=tuple(p for _, p in sorted(parents[v.id])),
-            deleted=v.deleted_at is not None,
-            manifest=Manifest.from_dict(json.loads(v.manifest)) if with_manifest else None)
-            for v in versions]
-
+                    digest=version.digest, actor=caller.actor, token_id=caller.token_id,
+                    detail=json.dumps(detail, sort_keys=True)))

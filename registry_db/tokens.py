@@ -2,107 +2,34 @@
 
 A token is ``ahub_`` plus 43 URL-safe characters (256 random bits), so a sha256 of it cannot
 be reversed or guessed; the database keeps the hash and the first characters (to tell tokens
-apart in listings). A scope is ``LEVEL:PATTERN``: ``read`` < ``write`` < ``admin``, and the
-pattern (``fnmatch``, ``*`` by default) is matched against a repository's namespace, or
-against the whole ``ns/name`` when it contains a ``/``.
+apart in listings). Scopes are described in :mod:`registry_db.access`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import json
-import re
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 
+from registry_db.access import TokenInfo, parse_scope
 from registry_db.database import Database, utcnow
-from registry_db.errors import InvalidNameError, NotFoundError, RegistryDBError
+from registry_db.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
+                                InvalidRequestError)
 from registry_db.models import Token
 
+__all__ = ["PREFIX", "TokenStore", "hash_secret", "parse_scope"]
+
 PREFIX = "ahub_"
-LEVELS = {"read": 1, "write": 2, "admin": 3}
-SCOPE_RE = re.compile(r"^(read|write|admin)(?::([a-z0-9*?._\-\[\]]{1,64}"
-                      r"(?:/[a-z0-9*?._\-\[\]]{1,64})?))?$")
 SHOWN = 12  # characters of the secret kept for listings
-
-
-class TokenError(RegistryDBError):
-    """A bearer token is unknown, revoked or expired."""
-
-    default_hint = "Create a new one with: adapterhub token create --scope read:NAMESPACE"
-
-
-@dataclass(frozen=True)
-class Scope:
-    """``level`` on the repositories ``pattern`` matches."""
-
-    level: str
-    pattern: str = "*"
-
-    def __str__(self) -> str:
-        return f"{self.level}:{self.pattern}"
-
-    def allows(self, level: str, name: str | None) -> bool:
-        """Whether this scope grants ``level`` on repository ``name`` (``None``: on at least
-        one repository, for routes that are not about one repository)."""
-        if LEVELS[self.level] < LEVELS[level]:
-            return False
-        if name is None:
-            return True
-        target = name if "/" in self.pattern else name.partition("/")[0]
-        return fnmatch.fnmatchcase(target, self.pattern)
-
-
-def parse_scope(text: str) -> Scope:
-    """``write:team-*`` → ``Scope("write", "team-*")``; a bare level means every repository."""
-    match = SCOPE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None or ".." in text:
-        raise InvalidNameError(f"invalid scope {str(text)[:80]!r}: use read, write or admin, "
-                               f"optionally followed by :PATTERN",
-                               hint="e.g. --scope read, --scope write:team-*, "
-                                    "--scope admin:team/bot")
-    return Scope(match.group(1), match.group(2) or "*")
+MAX_ID = 2**31 - 1  # row ids are 32-bit integers on every backend
 
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """A stored token (never its secret)."""
-
-    id: int
-    name: str | None
-    prefix: str
-    scopes: tuple[Scope, ...]
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-    def allows(self, level: str, name: str | None = None) -> bool:
-        return any(scope.allows(level, name) for scope in self.scopes)
-
-    @property
-    def state(self) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= utcnow():
-            return "expired"
-        return "active"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "prefix": self.prefix,
-                "scopes": [str(s) for s in self.scopes], "state": self.state,
-                "created_at": self.created_at.isoformat(),
-                "expires_at": self.expires_at and self.expires_at.isoformat(),
-                "revoked_at": self.revoked_at and self.revoked_at.isoformat()}
 
 
 def _info(row: Token) -> TokenInfo:
@@ -122,10 +49,10 @@ class TokenStore:
         """A new token: ``(secret, info)``. The secret is shown once and never stored."""
         parsed = [parse_scope(s) for s in scopes]
         if not parsed:
-            raise InvalidNameError("a token needs at least one scope",
-                                   hint="e.g. --scope read, --scope write:team-*")
-        if name is not None and len(name) > 128:
-            raise InvalidNameError("a token name is at most 128 characters")
+            raise InvalidRequestError("a token needs at least one scope",
+                                      hint="e.g. --scope read, --scope write:team-*")
+        if name is not None and (len(name) > 128 or not name.isprintable()):
+            raise InvalidRequestError("a token name is at most 128 printable characters")
         secret = PREFIX + secrets.token_urlsafe(32)
         with self.db.write() as s:
             row = Token(name=name, token_hash=hash_secret(secret), prefix=secret[:SHOWN],
@@ -136,16 +63,16 @@ class TokenStore:
             return secret, _info(row)
 
     def authenticate(self, secret: str) -> TokenInfo:
-        """The active token whose secret this is; :class:`TokenError` otherwise."""
+        """The active token whose secret this is; :class:`AuthenticationError` otherwise."""
         digest = hash_secret(secret)
         with self.db.read() as s:
             row = s.scalar(select(Token).where(Token.token_hash == digest))
         # the lookup is by hash, so timing reveals nothing of the secret; compare anyway
         if row is None or not hmac.compare_digest(row.token_hash, digest):
-            raise TokenError("the token is not valid for this hub")
+            raise AuthenticationError("the token is not valid for this hub")
         info = _info(row)
         if info.state != "active":
-            raise TokenError(f"the token {info.prefix}… is {info.state}")
+            raise AuthenticationError(f"the token {info.prefix}… is {info.state}")
         return info
 
     def list(self) -> list[TokenInfo]:
@@ -156,17 +83,17 @@ class TokenStore:
         """Revoke the token with this id or secret prefix (as ``token list`` shows it)."""
         with self.db.write() as s:
             query = select(Token)
-            if key.isdigit():
+            if key.isdigit() and int(key) <= MAX_ID:
                 query = query.where(Token.id == int(key))
             else:
                 query = query.where(Token.prefix.startswith(key.removesuffix("…"),
                                                             autoescape=True))
             rows = list(s.scalars(query.limit(2)))
             if not rows:
-                raise NotFoundError(f"no token {key!r}",
-                                    hint="See them with: adapterhub token list")
+                raise AdapterNotFoundError(f"no token {key!r}",
+                                           hint="See them with: adapterhub token list")
             if len(rows) > 1:
-                raise InvalidNameError(f"{key!r} matches several tokens; give its id")
+                raise ConflictError(f"{key!r} matches several tokens; give its id")
             row = rows[0]
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
@@ -176,9 +103,9 @@ class TokenStore:
 
     def _key(self, token_id: int) -> tuple[Token, bytes]:
         with self.db.read() as s:
-            row = s.get(Token, token_id)
+            row = s.get(Token, token_id) if 0 < token_id <= MAX_ID else None
         if row is None:
-            raise TokenError("the signed URL names no token of this hub")
+            raise AuthenticationError("the signed URL names no token of this hub")
         return row, bytes.fromhex(row.token_hash)
 
     def sign(self, token_id: int, message: str) -> str:
@@ -188,12 +115,14 @@ class TokenStore:
         return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
     def check_signature(self, token_id: int, message: str, signature: str) -> TokenInfo:
-        """The token that signed ``message``, if it is still active; TokenError otherwise."""
+        """The token that signed ``message``, if it is still active; AuthenticationError
+        otherwise."""
         row, key = self._key(token_id)
         expected = hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature):
-            raise TokenError("the URL's signature is not valid")
+            raise AuthenticationError("the URL's signature is not valid")
         info = _info(row)
         if info.state != "active":
-            raise TokenError(f"the token {info.prefix}… that signed this URL is {info.state}")
+            raise AuthenticationError(f"the token {info.prefix}… that signed this URL is "
+                                      f"{info.state}")
         return info

@@ -2,9 +2,10 @@
 
 Problems found (each names the blob and the versions it affects):
 ``corrupt-blob`` (bytes do not match the digest, or do not decode), ``missing-blob`` (a version
-references a blob that is not stored), ``manifest`` (a stored manifest does not hash to its
-version digest, or disagrees with the version's tensor rows), ``lineage`` (a parent version is
-not in the registry). Unreferenced blobs and partial uploads are counted, not reported: gc
+references a blob that is not stored), ``size`` (a tensor's dtype and shape do not need exactly
+the bytes its blob holds), ``manifest`` (a stored manifest does not hash to its version digest,
+is not a valid manifest, or disagrees with the version's tensor rows), ``lineage`` (a parent
+version is not in the registry). Unreferenced blobs and partial uploads are counted, not reported: gc
 reclaims them.
 """
 
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from registry_db.digests import sha256_digest
-from registry_db.errors import CorruptionError, NotFoundError
-from registry_db.manifest import Manifest, ManifestError
+from registry_db.errors import AdapterNotFoundError, FormatError, IntegrityError
+from registry_db.manifest import Manifest
 from registry_db.models import Blob, Lineage, Repository, Version, VersionTensor
 from registry_db.records import Problem, VerifyReport
 
@@ -49,6 +50,7 @@ def check(service: RegistryService) -> VerifyReport:
         tensors_of[version_id][tensor] = digest
 
     version_digests = {v.digest for v in versions}
+    sizes = {b.digest: b.size for b in blobs if b.complete}
     for v in versions:
         if sha256_digest(v.manifest.encode()) != v.digest:
             problems.append(Problem("manifest", f"{refs[v.id]}: the stored manifest does not "
@@ -57,7 +59,7 @@ def check(service: RegistryService) -> VerifyReport:
             continue
         try:
             manifest = Manifest.from_dict(json.loads(v.manifest))
-        except (ValueError, ManifestError) as exc:
+        except (ValueError, FormatError) as exc:
             problems.append(Problem("manifest", f"{refs[v.id]}: unreadable manifest ({exc})",
                                     versions=(refs[v.id],)))
             continue
@@ -65,6 +67,14 @@ def check(service: RegistryService) -> VerifyReport:
         if named != tensors_of[v.id]:
             problems.append(Problem("manifest", f"{refs[v.id]}: the tensor rows disagree with "
                                     f"the manifest", versions=(refs[v.id],)))
+        for tensor, entry in sorted(manifest.tensors.items()):
+            stored = sizes.get(entry.digest)
+            if stored is not None and stored != entry.nbytes:
+                problems.append(Problem(
+                    "size", f"{refs[v.id]}: tensor {tensor!r} is {entry.dtype} "
+                            f"{list(entry.shape)} ({entry.nbytes} bytes) but blob "
+                            f"{entry.digest} holds {stored} bytes",
+                    blob=entry.digest, versions=(refs[v.id],)))
     for version_id, parent in lineage:
         if parent not in version_digests:
             problems.append(Problem("lineage", f"{refs[version_id]}: parent version {parent} is "
@@ -78,9 +88,9 @@ def check(service: RegistryService) -> VerifyReport:
     checked = 0
     for digest, blob in sorted(complete.items()):
         try:
-            for _ in service.blobs.iter(digest):
+            for _ in service.blobs.store.iter(digest):
                 pass
-        except (CorruptionError, NotFoundError) as exc:
+        except (IntegrityError, AdapterNotFoundError) as exc:
             used = ", ".join(users[digest][:3]) or "no version"
             problems.append(Problem("corrupt-blob", f"{exc.message}; used by {used}",
                                     blob=digest, versions=tuple(users[digest])))

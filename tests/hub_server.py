@@ -9,7 +9,8 @@ import time
 import httpx
 import uvicorn
 
-from adapterhub.hub.app import create_app
+from adapterhub.hub.app import create_app, server_config
+from adapterhub.hub.context import Settings
 
 
 def free_port() -> int:
@@ -21,14 +22,15 @@ def free_port() -> int:
 class HubServer:
     """``with HubServer(db) as hub: hub.url …`` — started and stopped with the block."""
 
-    def __init__(self, db: str, *, auth: str = "required", port: int | None = None) -> None:
+    def __init__(self, db: str, *, auth: str = "required", port: int | None = None,
+                 **settings) -> None:
         self.db = db
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(db, auth=auth)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
-                                access_log=False, lifespan="on", timeout_keep_alive=30)
-        self.server = uvicorn.Server(config)
+        self.settings = Settings(auth=auth, **settings)
+        self.app = create_app(db, settings=self.settings)
+        self.server = uvicorn.Server(server_config(self.app, host="127.0.0.1", port=self.port,
+                                                   settings=self.settings))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> HubServer:
@@ -55,7 +57,7 @@ class HubServer:
     @property
     def hub(self):
         """The server's state (registry, metrics)."""
-        return self.app.app.state.hub
+        return self.app.app.app.state.hub
 
     def token(self, *scopes: str, **kwargs) -> str:
         secret, _ = self.hub.registry.service.tokens.create(list(scopes or ["admin"]), **kwargs)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import random
 
-from registry_db import Manifest, RegistryService, TensorEntry
+from registry_db import Caller, Manifest, RegistryService, TensorEntry
+
+#: the local user, as the Python API and the CLI call the store
+LOCAL = Caller.local_user("tester")
 
 
 def digest_of(data: bytes) -> str:
@@ -31,8 +34,8 @@ def push_raw(service: RegistryService, name: str, tensors: dict[str, bytes], **k
     """What a push does: the missing blobs, then one commit."""
     manifest = manifest_for(tensors, **{k: kwargs.pop(k) for k in ("labels", "parents",
                                                                     "metrics") if k in kwargs})
-    missing = service.blobs.missing(digest_of(d) for d in tensors.values())
+    missing = service.blobs.missing([digest_of(d) for d in tensors.values()], caller=LOCAL)
     for data in tensors.values():
         if digest_of(data) in missing:
-            service.blobs.write(digest_of(data), data, itemsize=2)
-    return service.commit(name, manifest, **kwargs)
+            service.blobs.write(digest_of(data), data, itemsize=2, caller=LOCAL)
+    return service.commit(name, manifest, **kwargs, caller=LOCAL)

@@ -134,13 +134,19 @@ def test_health_metrics_and_json_access_log(tmp_path, caplog):
     with HubServer(str(tmp_path / "hub.db")) as server:
         assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
         token = server.token("read")
+        admin = {"Authorization": f"Bearer {server.token('admin')}"}
         with caplog.at_level(logging.INFO, logger="adapterhub.hub.access"):
             httpx.get(f"{server.url}/api/v1/versions")  # 401
             httpx.get(f"{server.url}/api/v1/versions", headers={"Authorization":
                                                                 f"Bearer {token}"})
-            text = httpx.get(f"{server.url}/metrics").text
-    assert re.search(r'adapterhub_requests_total\{method="GET",handler="versions",'
+            assert httpx.get(f"{server.url}/metrics", headers={
+                "Authorization": f"Bearer {token}"}).status_code == 403  # admins only
+            text = httpx.get(f"{server.url}/metrics", headers=admin).text
+    # refused before any route ran: the token is checked before the request is handled
+    assert re.search(r'adapterhub_requests_total\{method="GET",handler="guard",'
                      r'status="401"\} 1\n', text)
+    assert re.search(r'adapterhub_requests_total\{method="GET",handler="versions",'
+                     r'status="200"\} 1\n', text)
     assert "adapterhub_registry_versions 0" in text
     lines = [json.loads(r.getMessage()) for r in caplog.records
              if r.name == "adapterhub.hub.access"]

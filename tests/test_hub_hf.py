@@ -235,7 +235,8 @@ def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
     assert out["oid"] == out["again"] == version.digest[7:47]  # unchanged files: no commit
     got = hub.hub.registry.get(version)
     assert all(torch.equal(got.tensors[k], package.tensors[k]) for k in package.tensors)
-    files = hub.hub.renders.files(version)
+    files = hub.hub.renders.files(version, hub.hub.registry)
     assert "README.md" not in files
-    fresh = type(hub.hub.renders)(hub.hub.registry).files(version)  # another replica
-    assert {p: f.data for p, f in fresh.items()} == {p: f.data for p, f in files.items()}
+    fresh = type(hub.hub.renders)().files(version, hub.hub.registry)  # another replica
+    assert {p: f.content() for p, f in fresh.items()} == {p: f.content()
+                                                         for p, f in files.items()}

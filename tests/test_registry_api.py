@@ -15,6 +15,7 @@ from adapterhub.package import AdapterPackage
 from adapterhub.registry import Registry
 from adapterhub.sources import NativeDirSource, PackageSource, RegistrySource, resolve_source
 from registry_db.models import Blob, Chunk
+from registry_helpers import LOCAL
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0", "lin1"]}
 
@@ -255,7 +256,7 @@ def test_push_survives_a_gc_between_upload_and_commit(reg):
 
         def commit(self, *args, **kwargs):
             if not self.swept:
-                self.swept = self.service.gc(grace=timedelta(0)).blobs_removed
+                self.swept = self.service.gc(grace=timedelta(0), caller=LOCAL).blobs_removed
             return super().commit(*args, **kwargs)
 
     remote = GcBeforeFirstCommit(reg.url, service=reg.service)

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from adapterhub.package import AdapterPackage
 from registry_db.models import Blob, Chunk
+from registry_helpers import LOCAL
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0", "lin1"]}
 
@@ -115,7 +116,8 @@ def test_gc_verify_and_corruption(run, tmp_path):
     assert run("verify").stdout.startswith("ok: 2 versions, 8 blobs")
 
     with RegistryService(tmp_path / "registry.db") as service:
-        victim = service.resolve("team/bot@4").manifest.tensors["lin1.lora_A"].digest
+        victim = service.resolve("team/bot@4", caller=LOCAL).manifest.tensors[
+            "lin1.lora_A"].digest
         with service.db.write() as s:
             row = s.execute(select(Chunk.blob_id, Chunk.data).join(Blob)
                             .where(Blob.digest == victim)).one()

@@ -5,7 +5,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from registry_db import RegistryService, SchemaError
+from registry_db import RegistryService, RegistryError
 from registry_db.engine import SCHEMA_REVISION, alembic_config, normalize_url
 
 
@@ -33,12 +33,12 @@ def test_open_refuses_a_database_from_a_newer_version(tmp_path):
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(SchemaError, match="newer than this adapterhub knows"):
+    with pytest.raises(RegistryError, match="newer than this adapterhub knows"):
         RegistryService(path)
 
 
 def test_unreachable_database_is_a_clear_error():
-    with pytest.raises(SchemaError, match="cannot open registry"):
+    with pytest.raises(RegistryError, match="cannot open registry"):
         RegistryService("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    with pytest.raises(SchemaError, match="in-memory"):
+    with pytest.raises(RegistryError, match="in-memory"):
         RegistryService("sqlite://")

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from registry_db import RegistryService
 from registry_db import codec as codec_module
-from registry_helpers import digest_of, push_raw, tensor_bytes
+from registry_helpers import LOCAL, digest_of, push_raw, tensor_bytes
 
 FORK = multiprocessing.get_context("fork")
 SHARED = tensor_bytes(0, 4096)  # every concurrent pusher stores this blob too
@@ -44,14 +44,14 @@ def test_concurrent_pushers(registry_url):
     exitcodes = _run_workers(_concurrent_pusher, [(registry_url, w, 25) for w in range(8)])
     assert exitcodes == [0] * 8
     with RegistryService(registry_url) as service:
-        versions = service.log("team/bot")
+        versions = service.log("team/bot", caller=LOCAL)
         assert sorted(v.number for v in versions) == list(range(1, 201))
         assert len({v.digest for v in versions}) == 200
         assert {(v.labels["worker"], v.labels["i"]) for v in versions} == {
             (str(w), str(i)) for w in range(8) for i in range(25)}
         usage = service.usage()
         assert usage.blobs == 201  # the shared blob once, plus one per push
-        assert service.verify().ok
+        assert service.verify(caller=LOCAL).ok
 
 
 def _crashing_pusher(url: str, seed: int) -> None:
@@ -64,12 +64,12 @@ def _crashing_pusher(url: str, seed: int) -> None:
         if rng.random() < 0.3:  # a resumable upload of one blob, then a normal push
             data = tensors["t0"]
             upload = service.blobs.begin_upload(digest_of(data), len(data), itemsize=2,
-                                                chunk_size=16384)
+                                                chunk_size=16384, caller=LOCAL)
             if upload is not None:
                 for index in upload.missing:
                     service.blobs.upload_chunk(upload.upload_id, index,
-                                               data[index * 16384:(index + 1) * 16384])
-                service.blobs.finish_upload(upload.upload_id)
+                                               data[index * 16384:(index + 1) * 16384], caller=LOCAL)
+                service.blobs.finish_upload(upload.upload_id, caller=LOCAL)
         push_raw(service, "team/crash", tensors, labels={"seed": str(seed), "i": str(i)})
 
 
@@ -85,22 +85,22 @@ def test_sigkill_during_pushes_leaves_no_partial_version(registry_url):
             proc.join()
             assert proc.exitcode == -signal.SIGKILL
 
-        report = service.verify()  # every visible version is whole
+        report = service.verify(caller=LOCAL)  # every visible version is whole
         assert report.ok, report.problems
         assert report.unreferenced_blobs + report.partial_uploads > 0, \
             "no kill landed inside a blob write: the test proves nothing"
-        versions = service.log("team/crash")
+        versions = service.log("team/crash", caller=LOCAL)
         assert versions, "the workers committed nothing before being killed"
         for version in versions:
             assert version.size == 3 * 96 * 1024
-            for entry in service.resolve(version.ref).manifest.tensors.values():
-                assert len(service.blobs.read(entry.digest)) == 96 * 1024
+            for entry in service.resolve(version.ref, caller=LOCAL).manifest.tensors.values():
+                assert len(service.blobs.read(entry.digest, caller=LOCAL)) == 96 * 1024
 
-        gc = service.gc(grace=timedelta(0))
+        gc = service.gc(grace=timedelta(0), caller=LOCAL)
         assert gc.purged == ()  # live versions are untouched
-        after = service.verify()
+        after = service.verify(caller=LOCAL)
         assert after.ok and after.unreferenced_blobs == 0 and after.partial_uploads == 0
         usage = service.usage()
         assert usage.versions == len(versions)
         assert usage.blobs == len({e.digest for v in versions
-                                   for e in service.resolve(v.ref).manifest.tensors.values()})
+                                   for e in service.resolve(v.ref, caller=LOCAL).manifest.tensors.values()})

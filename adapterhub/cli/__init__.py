@@ -1,7 +1,8 @@
 """The ``adapterhub`` command line: a thin layer over the Python API.
 
-Every :class:`~adapterhub.errors.AdapterHubError` becomes one line on stderr (what went wrong
-and what to do next) and exit code 1; ``ADAPTERHUB_DEBUG=1`` shows the traceback instead.
+Every :class:`~adapterhub.errors.AdapterHubError` (and every ``OSError``: a missing path, a
+full disk) becomes one line on stderr (what went wrong and what to do next) and exit code 1;
+``ADAPTERHUB_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class AdapterHubGroup(click.Group):
             if os.environ.get("ADAPTERHUB_DEBUG"):
                 raise
             raise CLIError(exc.one_line()) from exc
+        except OSError as exc:  # a path that cannot be read or written, a full disk
+            if os.environ.get("ADAPTERHUB_DEBUG"):
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            raise CLIError(f"{exc.strerror or exc}{where}.") from exc
 
 
 @click.group(cls=AdapterHubGroup)

@@ -17,6 +17,8 @@ db_option = click.option(
          "$ADAPTERHUB_HOME/registry.db].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+force_option = click.option("--force", is_flag=True,
+                            help="Replace a non-empty --out directory (as a whole, atomically).")
 
 
 def open_source(source: str, db: str | None) -> Source:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, json_option, open_source
+from adapterhub.cli.common import db_option, force_option, json_option, open_source
 from adapterhub.cli.output import emit_json, human_size
 
 FORMATS = click.Choice(["peft"])
@@ -92,12 +92,15 @@ def show(source: str, as_json: bool, db: str | None) -> None:
               help="Directory to write the native package to.")
 @click.option("--base", type=click.Path(path_type=Path),
               help="Base checkpoint directory, to record its fingerprint.")
-def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
+@force_option
+def import_(path: Path, fmt: str, out: Path, base: Path | None, force: bool) -> None:
     """Convert an adapter from another layout into a native package."""
     from adapterhub.formats.peft import read_peft
+    from adapterhub.outdir import output_dir
 
     package = read_peft(path, base=base)
-    package.save(out)
+    with output_dir(out, force=force) as staging:
+        package.save(staging)
     click.echo(f"{out}  {package.digest}")
 
 
@@ -117,9 +120,10 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
                                 "default: the REF's repository).")
 @click.option("--revision", help="The ref --layout hf-cache points at the export (default: "
                                  "v<N> for a REF, else main).")
+@force_option
 @db_option
 def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: str,
-           repo_id: str | None, revision: str | None, db: str | None) -> None:
+           repo_id: str | None, revision: str | None, force: bool, db: str | None) -> None:
     """Write an adapter (a directory or a REF) in a serving layout, as files or an HF cache.
 
     \b
@@ -131,6 +135,7 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
     from adapterhub.formats.hf_cache import write_hf_cache
     from adapterhub.formats.peft import layout_files, peft_layout, write_files
     from adapterhub.formats.vllm import vllm_layout
+    from adapterhub.outdir import output_dir, refuse_non_empty
 
     if (dest is None) == (out is None):
         raise click.UsageError("give the output directory once: as DEST or as --out")
@@ -142,13 +147,16 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
     revision = revision or "main"
     if layout == "hf-cache" and not repo_id:
         raise click.UsageError("--layout hf-cache needs --repo-id namespace/name")
+    if layout == "dir" and not force:
+        refuse_non_empty(target)  # before any work
     package = resolved.package()
     files = layout_files(*(vllm_layout if fmt == "vllm" else peft_layout)(package))
     if layout == "hf-cache":
         snapshot = write_hf_cache(files, target, repo_id, revision=revision)
         click.echo(f"{snapshot}  ({repo_id}@{revision})")
     else:
-        write_files(files, target)
+        with output_dir(target, force=force) as staging:
+            write_files(files, staging)
         click.echo(f"{target}")
 
 

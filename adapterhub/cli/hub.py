@@ -20,17 +20,30 @@ from adapterhub.cli.registry import Duration, db_option, json_option
 @click.option("--auth", type=click.Choice(["required", "read-public"]), default="required",
               show_default=True, help="required: every request needs a token; read-public: "
                                       "anyone may read, writing needs a token.")
-def serve(db: str | None, host: str, port: int, auth: str) -> None:
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              metavar="SECONDS", help="Close a connection whose request headers take longer.")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=20.0, show_default=True,
+              metavar="SECONDS", help="Give up on a request body that pauses this long.")
+@click.option("--keep-alive", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="Close idle keep-alive connections after this long.")
+@click.option("--max-concurrency", type=click.IntRange(1), default=256, show_default=True,
+              help="Connections and requests in flight before new ones get 503.")
+def serve(db: str | None, host: str, port: int, auth: str, header_timeout: float,
+          body_timeout: float, keep_alive: float, max_concurrency: int) -> None:
     """Serve the registry over HTTP: the native API (push/pull --to/--from http://...), the
     Hugging Face Hub protocol (HF_ENDPOINT=http://host:port) and an HTML view at /.
 
-    Access logs go to stderr as JSON lines; /health and /metrics (Prometheus) are open.
+    Access logs go to stderr as JSON lines; /health is open, /metrics (Prometheus) needs an
+    admin token. docs/security.md explains the limits.
     """
     from adapterhub.hub.app import serve as run
+    from adapterhub.hub.context import Settings
 
     click.echo(f"adapterhub hub on http://{host}:{port} (auth {auth}); Ctrl-C stops it",
                err=True)
-    run(db, host=host, port=port, auth=auth)
+    run(db, host=host, port=port, settings=Settings(
+        auth=auth, header_timeout=header_timeout, body_timeout=body_timeout,
+        keep_alive=keep_alive, max_concurrency=max_concurrency))
 
 
 @cli.group()
@@ -51,10 +64,9 @@ def token_create(scopes: tuple[str, ...], expires: timedelta | None, name: str |
                  as_json: bool, db: str | None) -> None:
     """Create a token and print it (once: only its hash is stored)."""
     from adapterhub.registry import Registry
-    from adapterhub.remotes import registry_db_errors
     from registry_db.database import utcnow
 
-    with Registry(db) as reg, registry_db_errors():
+    with Registry(db) as reg:
         secret, info = reg.service.tokens.create(
             list(scopes), name=name, expires_at=utcnow() + expires if expires else None)
     if as_json:
@@ -91,9 +103,8 @@ def token_list(as_json: bool, db: str | None) -> None:
 def token_revoke(token_id: str, as_json: bool, db: str | None) -> None:
     """Revoke a token (by the ID or the TOKEN prefix that 'token list' shows)."""
     from adapterhub.registry import Registry
-    from adapterhub.remotes import registry_db_errors
 
-    with Registry(db) as reg, registry_db_errors():
+    with Registry(db) as reg:
         info = reg.service.tokens.revoke(token_id)
     if as_json:
         emit_json(info.to_dict())

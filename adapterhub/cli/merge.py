@@ -55,7 +55,7 @@ def merge(adapters: tuple[str, ...], strategy: str, weights: str | None,
     The new version records its parents (the inputs' digests) and its recipe (strategy,
     weights, parameters, seed), so 'adapterhub rebuild' can recompute and check it.
     """
-    from adapterhub.apply import refuse_non_empty
+    from adapterhub.outdir import refuse_non_empty
     from adapterhub.cli.files import summary
     from adapterhub.merging import merge_adapters
     from adapterhub.registry import Registry

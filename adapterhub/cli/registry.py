@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, json_option, parse_labels, quiet_option
+from adapterhub.cli.common import (db_option, force_option, json_option, parse_labels,
+                                   quiet_option)
 from adapterhub.cli.output import emit_json, human_size, table
 
 
@@ -98,19 +99,22 @@ def push(source: str, name: str, to: str | None, message: str | None, tags: tupl
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the files here.")
 @click.option("--format", "fmt", type=click.Choice(["native", "peft"]), default="native",
               show_default=True, help="Layout of the files written with --out.")
+@force_option
 @quiet_option
 @json_option
 @db_option
-def pull(ref: str, source: str | None, out: Path | None, fmt: str, quiet: bool,
+def pull(ref: str, source: str | None, out: Path | None, fmt: str, force: bool, quiet: bool,
          as_json: bool, db: str | None) -> None:
     """Copy a version (and those it descends from) into the local registry.
 
-    Every byte is re-hashed on the way in. With --out, also write it as files.
+    Every byte is re-hashed on the way in. With --out, also write it as files (into a new or
+    empty directory; --force replaces an existing one as a whole).
     """
     from adapterhub.registry import Registry
 
     with Registry(db) as reg:
-        version = reg.pull(ref, source, out=out, format=fmt, progress=not (quiet or as_json))
+        version = reg.pull(ref, source, out=out, format=fmt, force=force,
+                           progress=not (quiet or as_json))
     if as_json:
         emit_json({**version.to_dict(), "out": str(out) if out else None, "format": fmt})
         return

@@ -7,7 +7,6 @@ A PEFT directory is linted as it is, from ``adapter_config.json`` and the safete
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import AdapterHubError, ConfigError
 from adapterhub.formats.vllm import EMBEDDING_MODULES, VLLM_RANKS
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
@@ -99,10 +99,7 @@ def _read_peft_files(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, .
     from adapterhub.formats.peft import CONFIG_FILE, WEIGHTS_FILE
     from adapterhub.safetensors_io import read_header
 
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path / CONFIG_FILE} is not valid JSON ({exc})") from None
+    config = parse_json((path / CONFIG_FILE).read_bytes(), what=str(path / CONFIG_FILE))
     if not isinstance(config, dict):
         raise FormatError(f"{path / CONFIG_FILE} is not a JSON object")
     header = read_header(path / WEIGHTS_FILE)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
 from adapterhub.safetensors_io import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
                                        write_bytes_atomic)
+from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -53,11 +54,9 @@ def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | No
 
     path = Path(path)
     try:
-        config = json.loads((path / CONFIG_FILE).read_text())
+        config = parse_json((path / CONFIG_FILE).read_bytes(), what=str(path / CONFIG_FILE))
     except FileNotFoundError:
         raise FormatError(f"{path} is not a PEFT adapter (no {CONFIG_FILE})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path / CONFIG_FILE} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
         raise FormatError(f"{path / CONFIG_FILE} has no peft_type")
     weights = path / WEIGHTS_FILE

@@ -1,4 +1,4 @@
-"""The state a hub process holds: its registry, auth mode, render cache and metrics."""
+"""The state a hub process holds: its registry, settings, render cache and metrics."""
 
 from __future__ import annotations
 
@@ -12,14 +12,38 @@ if TYPE_CHECKING:
     from adapterhub.hub.render import RenderCache
     from adapterhub.registry import Registry
 
+AUTH_MODES = ("required", "read-public")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a hub guards itself (see docs/security.md). Times are in seconds.
+
+    ``auth``: ``required`` (every request needs a token but ``/health``) or ``read-public``
+    (anyone may read; writing needs a token). ``header_timeout``: a client must send its
+    request headers this fast; ``body_timeout``: the longest pause while a body arrives;
+    ``keep_alive``: how long an idle connection stays open; ``max_concurrency``: connections
+    and requests in flight per process before new ones get 503.
+    """
+
+    auth: str = "required"
+    header_timeout: float = 10.0
+    body_timeout: float = 20.0
+    keep_alive: float = 5.0
+    max_concurrency: int = 256
+
 
 @dataclass
 class Hub:
     registry: Registry
-    auth: str
+    settings: Settings
     renders: RenderCache
     metrics: Metrics
     started: float = field(default=0.0)
+
+    @property
+    def auth(self) -> str:
+        return self.settings.auth
 
 
 def hub_of(request: Request) -> Hub:

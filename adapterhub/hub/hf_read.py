@@ -23,16 +23,16 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from adapterhub.errors import AdapterNotFoundError, RefError
-from adapterhub.hub.auth import Principal, principal
+from adapterhub.errors import (AdapterNotFoundError, EntryNotFoundError, InvalidRequestError,
+                               RefError, RepoNotFoundError, RevisionNotFoundError)
+from adapterhub.hub.auth import registry
 from adapterhub.hub.context import hub_of
-from adapterhub.hub.errors import HubError
-from adapterhub.hub.native import _range, full_name
+from adapterhub.hub.native import byte_range, full_name
 from adapterhub.hub.render import LFS_POINTER_SIZE, RenderedFile
+from adapterhub.registry import Registry
 from registry_db import VersionInfo
-from registry_db.errors import InvalidNameError
 
 router = APIRouter()
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -45,20 +45,20 @@ def commit_id(version: VersionInfo) -> str:
     return version.digest.removeprefix("sha256:")[:40]
 
 
-def repository(request: Request, namespace: str, name: str, who: Principal) -> str:
-    """The repository name, after checking it exists and the caller may read it."""
+def repository(reg: Registry, namespace: str, name: str) -> str:
+    """The repository name, after checking the caller may read it and it exists."""
     try:
         repo = full_name(namespace, name)
-    except InvalidNameError as exc:
-        raise HubError(404, f"no repository {namespace}/{name}: {exc.message}",
-                       code="RepoNotFound") from None
-    who.require("read", repo)
-    if repo not in hub_of(request).registry.service.repositories(repo):
-        raise HubError(404, f"repository {repo} not found", code="RepoNotFound")
+    except RefError as exc:
+        raise RepoNotFoundError(f"no repository {namespace[:64]}/{name[:64]}: "
+                                f"{exc.message}") from None
+    reg.caller.require("read", repo)
+    if repo not in reg.repositories(repo):
+        raise RepoNotFoundError(f"repository {repo} not found")
     return repo
 
 
-def resolve_revision(request: Request, repo: str, revision: str) -> VersionInfo:
+def resolve_revision(reg: Registry, repo: str, revision: str) -> VersionInfo:
     """The version a revision names (see the module docstring); 404 RevisionNotFound."""
     if revision in ("main", "latest"):
         ref = repo
@@ -69,14 +69,14 @@ def resolve_revision(request: Request, repo: str, revision: str) -> VersionInfo:
     else:
         ref = f"{repo}:{revision}"
     try:
-        return hub_of(request).registry.resolve(ref)
+        return reg.resolve(ref)
     except (AdapterNotFoundError, RefError) as exc:
-        raise HubError(404, f"revision {revision!r} not found in {repo}: {exc.message}",
-                       code="RevisionNotFound") from None
+        raise RevisionNotFoundError(f"revision {revision[:80]!r} not found in {repo}: "
+                                    f"{exc.message}") from None
 
 
-def files_of(request: Request, version: VersionInfo) -> dict[str, RenderedFile]:
-    return hub_of(request).renders.files(version)
+def files_of(request: Request, reg: Registry, version: VersionInfo) -> dict[str, RenderedFile]:
+    return hub_of(request).renders.files(version, reg)
 
 
 def sibling(f: RenderedFile, *, blobs: bool) -> dict[str, Any]:
@@ -88,8 +88,9 @@ def sibling(f: RenderedFile, *, blobs: bool) -> dict[str, Any]:
     return entry
 
 
-def model_info(request: Request, repo: str, version: VersionInfo | None) -> dict[str, Any]:
-    files = files_of(request, version) if version else {}
+def model_info(request: Request, reg: Registry, repo: str,
+               version: VersionInfo | None) -> dict[str, Any]:
+    files = files_of(request, reg, version) if version else {}
     public = hub_of(request).auth == "read-public"
     info: dict[str, Any] = {
         "_id": repo, "id": repo, "modelId": repo, "author": repo.partition("/")[0],
@@ -110,40 +111,40 @@ def model_info(request: Request, repo: str, version: VersionInfo | None) -> dict
 
 @router.get("/api/models/{namespace}/{name}")
 def repo_info(request: Request, namespace: str, name: str,
-              who: Principal = Depends(principal)) -> dict[str, Any]:
-    repo = repository(request, namespace, name, who)
+              reg: Registry = Depends(registry)) -> dict[str, Any]:
+    repo = repository(reg, namespace, name)
     try:
-        version = hub_of(request).registry.resolve(repo)
+        version = reg.resolve(repo)
     except AdapterNotFoundError:  # an empty repository has no commit yet
         version = None
-    return model_info(request, repo, version)
+    return model_info(request, reg, repo, version)
 
 
 @router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
 def revision_info(request: Request, namespace: str, name: str, revision: str,
-                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    repo = repository(request, namespace, name, who)
-    return model_info(request, repo, resolve_revision(request, repo, revision))
+                  reg: Registry = Depends(registry)) -> dict[str, Any]:
+    repo = repository(reg, namespace, name)
+    return model_info(request, reg, repo, resolve_revision(reg, repo, revision))
 
 
 @router.get("/api/models/{namespace}/{name}/tree/{revision}")
 @router.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
 def tree(request: Request, namespace: str, name: str, revision: str, path: str = "",
-         who: Principal = Depends(principal)) -> JSONResponse:
+         reg: Registry = Depends(registry)) -> JSONResponse:
     """The files at a revision (a flat repository: no folders), paged with ``Link``."""
-    repo = repository(request, namespace, name, who)
-    version = resolve_revision(request, repo, revision)
+    repo = repository(reg, namespace, name)
+    version = resolve_revision(reg, repo, revision)
     if path.strip("/"):
-        raise HubError(404, f"{repo} has no folder {path!r} at {revision}",
-                       code="EntryNotFound", headers={"X-Repo-Commit": commit_id(version)})
+        raise EntryNotFoundError(f"{repo} has no folder {path[:200]!r} at {revision[:80]}",
+                                 headers={"X-Repo-Commit": commit_id(version)})
     params = request.query_params
     try:
-        start = int(params.get("cursor", "0"))
+        start = max(0, int(params.get("cursor", "0")))
         limit = max(1, min(TREE_PAGE, int(params.get("limit", TREE_PAGE))))
     except ValueError:
-        raise HubError(400, "cursor and limit must be integers") from None
+        raise InvalidRequestError("cursor and limit must be integers") from None
     entries = []
-    for f in files_of(request, version).values():
+    for f in files_of(request, reg, version).values():
         entry: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size,
                                  "oid": f.git_oid}
         if f.lfs:
@@ -160,38 +161,36 @@ def tree(request: Request, namespace: str, name: str, revision: str, path: str =
 
 @router.api_route("/{namespace}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
 def resolve_file(request: Request, namespace: str, name: str, revision: str, path: str,
-                 who: Principal = Depends(principal)) -> Response:
+                 reg: Registry = Depends(registry)) -> Response:
     """A file's bytes (GET, with ``Range``) or only its headers (HEAD)."""
-    repo = repository(request, namespace, name, who)
-    version = resolve_revision(request, repo, revision)
+    repo = repository(reg, namespace, name)
+    version = resolve_revision(reg, repo, revision)
     commit = commit_id(version)
-    found = files_of(request, version).get(path)
+    found = files_of(request, reg, version).get(path)
     if found is None:
-        raise HubError(404, f"{path[:200]!r} is not a file of {repo} at {revision}",
-                       code="EntryNotFound", headers={"X-Repo-Commit": commit})
+        raise EntryNotFoundError(f"{path[:200]!r} is not a file of {repo} at {revision[:80]}",
+                                 headers={"X-Repo-Commit": commit})
     headers = {"X-Repo-Commit": commit, "ETag": f'"{found.etag}"',
                "X-Linked-Etag": f'"{found.etag}"', "X-Linked-Size": str(found.size),
                "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0",
                "Content-Disposition": f"inline; filename*=UTF-8''{quote(path.rsplit('/')[-1])}"}
     media = "application/json" if path.endswith(".json") else "application/octet-stream"
-    span = _range(request.headers.get("range"), found.size) if found.size else None
-    if span is None:
-        headers["Content-Length"] = str(found.size)
-        body = b"" if request.method == "HEAD" else found.data
-        return Response(body, media_type=media, headers=headers)
-    start, end = span
-    headers.update({"Content-Range": f"bytes {start}-{end}/{found.size}",
-                    "Content-Length": str(end - start + 1)})
-    body = b"" if request.method == "HEAD" else found.data[start:end + 1]
-    return Response(body, status_code=206, media_type=media, headers=headers)
+    span = byte_range(request.headers.get("range"), found.size) if found.size else None
+    status, (start, end) = (200, (0, found.size - 1)) if span is None else (206, span)
+    headers["Content-Length"] = str(end - start + 1)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{found.size}"
+    if request.method == "HEAD" or found.size == 0:
+        return Response(b"", status_code=status, media_type=media, headers=headers)
+    return StreamingResponse(found.iter(start, end), status_code=status, media_type=media,
+                             headers=headers)
 
 
 @router.get("/api/models/{namespace}/{name}/refs")
-def refs(request: Request, namespace: str, name: str,
-         who: Principal = Depends(principal)) -> dict[str, Any]:
+def refs(namespace: str, name: str, reg: Registry = Depends(registry)) -> dict[str, Any]:
     """``main`` (the newest version), a tag ``v<N>`` per live version, and the named tags."""
-    repo = repository(request, namespace, name, who)
-    versions = [v for v in hub_of(request).registry.log(repo) if not v.deleted]
+    repo = repository(reg, namespace, name)
+    versions = [v for v in reg.log(repo) if not v.deleted]
     branches = ([{"name": "main", "ref": "refs/heads/main", "targetCommit": commit_id(versions[0])}]
                 if versions else [])
     tags = []

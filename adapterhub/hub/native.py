@@ -9,6 +9,10 @@ arrived, ``POST /api/v1/uploads/{id}/finish``, where the hub re-hashes the whole
 still absent). A pull: ``GET /api/v1/resolve?ref=…``, then ``POST …/blobs/read`` (a framed
 stream of small blobs) and ``GET …/blobs/{digest}`` (with ``Range``) for large ones.
 
+Every route hands the store the caller (:func:`adapterhub.hub.auth.registry`), and the store
+decides: which blobs "exist" for this caller, whose upload an id names, who may commit,
+tag, delete or restore. Upload ids are random and belong to the token that opened them.
+
 Bundle bodies: 8-byte little-endian length, a JSON list of ``{"digest", "size",
 "itemsize"}``, then the blobs' bytes back to back. Read streams: per blob, an 8-byte
 little-endian size and the bytes; size ``2**64-1`` is an error frame (8-byte length, JSON).
@@ -23,38 +27,28 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from adapterhub.hub.auth import Principal, principal
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityError,
+                               InvalidRequestError, RangeNotSatisfiableError)
+from adapterhub.hub.auth import caller, registry
+from adapterhub.hub.bodies import digest_list, json_object, json_response, string_field
 from adapterhub.hub.context import hub_of
-from adapterhub.hub.errors import HubError
-from registry_db import Manifest, parse_ref, validate_name
+from adapterhub.registry import Registry
+from registry_db import Caller, Manifest, parse_ref, validate_name
 from registry_db.digests import is_digest
-from registry_db.errors import CorruptionError, NotFoundError, RegistryDBError
 
 router = APIRouter()
 ERROR_FRAME = 2**64 - 1
 FRAME_BATCH = 4 << 20  # bytes of small blobs per write when streaming them
 BUNDLE_FILES = 10_000  # blobs per bundle at most
-
-
-def json_response(data: Any) -> Response:
-    """JSON straight from ``json.dumps``: FastAPI's encoder takes ~40x longer on manifests."""
-    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
+MAX_INDEX = 8 << 20  # bytes of a bundle's JSON index
 
 
 def full_name(namespace: str, name: str) -> str:
     return validate_name(f"{namespace}/{name}")
-
-
-def digest_list(body: dict[str, Any], key: str = "digests") -> list[str]:
-    digests = body.get(key)
-    if not isinstance(digests, list) or len(digests) > 100_000 or not all(
-            isinstance(d, str) and is_digest(d) for d in digests):
-        raise HubError(400, f"'{key}' must be a list of sha256:<64 hex> digests")
-    return digests
 
 
 # -- service ------------------------------------------------------------------------------
@@ -64,13 +58,14 @@ def digest_list(body: dict[str, Any], key: str = "digests") -> list[str]:
 def health(request: Request) -> dict[str, Any]:
     """Liveness and readiness: the registry answers a query."""
     hub = hub_of(request)
-    hub.registry.service.repositories("-")  # one cheap round trip (no name starts with -)
+    hub.registry.service.usage()  # one cheap round trip
     return {"status": "ok", "auth": hub.auth}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text format: request counters and what the registry holds."""
+def metrics(request: Request, who: Caller = Depends(caller)) -> PlainTextResponse:
+    """Prometheus text format: request counters and what the registry holds (admin)."""
+    who.require_all("admin")
     hub = hub_of(request)
     usage = hub.registry.usage().to_dict()
     return PlainTextResponse(hub.metrics.render(usage),
@@ -78,7 +73,7 @@ def metrics(request: Request) -> PlainTextResponse:
 
 
 @router.get("/api/v1/whoami")
-def whoami(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+def whoami(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     return {"token": who.token.to_dict() if who.token else None, "auth": hub_of(request).auth}
 
 
@@ -86,95 +81,89 @@ def whoami(request: Request, who: Principal = Depends(principal)) -> dict[str, A
 
 
 @router.get("/api/v1/resolve")
-def resolve(request: Request, ref: str = Query(..., max_length=300),
-            who: Principal = Depends(principal)) -> Response:
+def resolve(ref: str = Query(..., max_length=300),
+            reg: Registry = Depends(registry)) -> Response:
     """The version a ref names, with its manifest."""
-    parsed = parse_ref(ref)
-    who.require("read", parsed.name)
-    return json_response(hub_of(request).registry.resolve(ref).to_dict(with_manifest=True))
+    return json_response(reg.resolve(ref).to_dict(with_manifest=True))
 
 
 @router.get("/api/v1/find/{digest}")
-def find(request: Request, digest: str, who: Principal = Depends(principal)) -> Response:
+def find(digest: str, reg: Registry = Depends(registry)) -> Response:
     """A version with this manifest digest that the caller may read (404 if none)."""
-    found = hub_of(request).registry.service.find(digest)
-    if found is None or not who.can("read", found.name):
-        raise HubError(404, f"no version with digest {digest}")
+    found = reg.find(digest)
+    if found is None:
+        raise AdapterNotFoundError(f"no version with digest {digest[:80]}")
     return json_response(found.to_dict(with_manifest=True))
 
 
 @router.get("/api/v1/versions")
-def versions(request: Request, prefix: str | None = None, method: str | None = None,
-             base: str | None = None, label: list[str] = Query(default=[]),
-             who: Principal = Depends(principal)) -> Response:
-    """Live versions (search): by name prefix, method, base model, labels ``K=V``."""
-    who.require("read")
+def versions(prefix: str | None = Query(None, max_length=200),
+             method: str | None = Query(None, max_length=64),
+             base: str | None = Query(None, max_length=256),
+             label: list[str] = Query(default=[], max_length=50),
+             reg: Registry = Depends(registry)) -> Response:
+    """Live versions the caller may read (search): by name prefix, method, base model,
+    labels ``K=V``."""
     labels = {}
     for pair in label:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise HubError(400, f"labels are KEY=VALUE; got {pair!r}")
+            raise InvalidRequestError(f"labels are KEY=VALUE; got {pair[:80]!r}")
         labels[key] = value
-    found = hub_of(request).registry.list(prefix, method=method, base=base, labels=labels)
-    return json_response([v.to_dict() for v in found if who.can("read", v.name)])
+    found = reg.list(prefix, method=method, base=base, labels=labels)
+    return json_response([v.to_dict() for v in found])
 
 
 @router.get("/api/v1/repos")
-def repositories(request: Request, who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+def repositories(reg: Registry = Depends(registry)) -> Response:
     """Repositories the caller may read, each with its newest version and tags."""
-    who.require("read")
-    hub = hub_of(request)
     latest: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
-    for v in hub.registry.list():
+    for v in reg.list():
         counts[v.name] = counts.get(v.name, 0) + 1
         latest.setdefault(v.name, v.to_dict())
-    return [{"name": name, "versions": counts.get(name, 0), "latest": latest.get(name)}
-            for name in hub.registry.service.repositories() if who.can("read", name)]
+    return json_response([{"name": name, "versions": counts.get(name, 0),
+                           "latest": latest.get(name)} for name in reg.repositories()])
 
 
 @router.get("/api/v1/repos/{namespace}/{name}/log")
-def log(request: Request, namespace: str, name: str,
-        who: Principal = Depends(principal)) -> Response:
-    repo = full_name(namespace, name)
-    who.require("read", repo)
-    return json_response([v.to_dict() for v in hub_of(request).registry.log(repo)])
+def log(namespace: str, name: str, reg: Registry = Depends(registry)) -> Response:
+    return json_response([v.to_dict() for v in reg.log(full_name(namespace, name))])
 
 
 @router.get("/api/v1/lineage")
-def lineage(request: Request, ref: str = Query(..., max_length=300),
-            who: Principal = Depends(principal)) -> Response:
-    """A version, the versions it descends from (nearest first) and those made from it."""
-    who.require("read", parse_ref(ref).name)
-    service = hub_of(request).registry.service
-    version = service.resolve(ref)
+def lineage(ref: str = Query(..., max_length=300),
+            reg: Registry = Depends(registry)) -> Response:
+    """A version, the versions it descends from (nearest first) and those made from it.
+    Ancestors the caller may not read appear only as a digest."""
+    version = reg.resolve(ref)
     ancestors: list[dict[str, Any]] = []
     seen: set[str] = set()
     frontier = [(p, 1) for p in version.parents]
-    while frontier:
+    while frontier and len(seen) < 10_000:
         digest, depth = frontier.pop(0)
         if digest in seen:
             continue
         seen.add(digest)
-        parent = service.find(digest)
-        if parent is None or not who.can("read", parent.name):
+        parent = reg.find(digest)
+        if parent is None:
             ancestors.append({"digest": digest, "depth": depth, "visible": False})
             continue
         ancestors.append({**parent.to_dict(), "depth": depth, "visible": True})
         frontier += [(p, depth + 1) for p in parent.parents]
-    children = [c.to_dict() for c in service.children(version.digest) if who.can("read", c.name)]
+    children = [c.to_dict() for c in reg.service.children(version.digest, caller=reg.caller)]
     return json_response({"version": version.to_dict(), "ancestors": ancestors,
                           "children": children})
 
 
-def _range(header: str | None, size: int) -> tuple[int, int] | None:
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, end)`` inclusive for ``bytes=N-[M]``; None without a header; 416 if bad."""
     if not header:
         return None
     unit, _, spec = header.partition("=")
     first, dash, last = spec.strip().partition("-")
     try:
-        if unit.strip() != "bytes" or not dash or "," in spec:
+        if unit.strip() != "bytes" or not dash or "," in spec or len(spec) > 40:
             raise ValueError
         if first:
             start, end = int(first), int(last) if last else size - 1
@@ -183,28 +172,28 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
     except ValueError:
         start, end = size, size  # unsatisfiable
     if start > end or start >= size or start < 0:
-        raise HubError(416, f"range {header!r} is not within the {size} bytes",
-                       headers={"Content-Range": f"bytes */{size}"})
+        raise RangeNotSatisfiableError(f"range {header[:60]!r} is not within the {size} bytes",
+                                       headers={"Content-Range": f"bytes */{size}"})
     return start, min(end, size - 1)
 
 
 @router.get("/api/v1/repos/{namespace}/{name}/blobs/{digest}")
 def read_blob(request: Request, namespace: str, name: str, digest: str,
-              who: Principal = Depends(principal)) -> Response:
-    """One blob's bytes; ``Range: bytes=N-`` resumes an interrupted download (206)."""
-    repo = full_name(namespace, name)
-    who.require("read", repo)
-    service = hub_of(request).registry.service
-    if not is_digest(digest) or not service.references_blob(repo, digest):
-        raise HubError(404, f"{repo} has no blob {digest[:80]}")
-    info = service.blobs.info(digest)
-    span = _range(request.headers.get("range"), info.size)
+              reg: Registry = Depends(registry)) -> Response:
+    """One blob's bytes (one the caller may see); ``Range: bytes=N-`` resumes an
+    interrupted download (206)."""
+    full_name(namespace, name)
+    blobs, who = reg.service.blobs, reg.caller
+    if not is_digest(digest):
+        raise InvalidRequestError(f"invalid blob digest {digest[:80]!r}")
+    info = blobs.info(digest, caller=who)
+    span = byte_range(request.headers.get("range"), info.size)
     start, end = span or (0, info.size - 1)
 
     def body() -> Iterator[bytes]:
         sent = 0
         wanted = end - start + 1
-        for piece in service.blobs.iter(digest, offset=start):
+        for piece in blobs.iter(digest, caller=who, offset=start):
             piece = piece[:wanted - sent]
             sent += len(piece)
             yield piece
@@ -221,30 +210,26 @@ def read_blob(request: Request, namespace: str, name: str, digest: str,
 
 
 @router.post("/api/v1/repos/{namespace}/{name}/blobs/read")
-def read_blobs(request: Request, namespace: str, name: str, body: dict = Body(...),
-               who: Principal = Depends(principal)) -> StreamingResponse:
-    """Several blobs in one framed stream, each verified as it is read."""
-    repo = full_name(namespace, name)
-    who.require("read", repo)
-    digests = digest_list(body)
-    service = hub_of(request).registry.service
-    for digest in dict.fromkeys(digests):
-        if not service.references_blob(repo, digest):
-            raise HubError(404, f"{repo} has no blob {digest}")
+def read_blobs(namespace: str, name: str, body: dict = Depends(json_object),
+               reg: Registry = Depends(registry)) -> StreamingResponse:
+    """Several blobs in one framed stream, each verified as it is read (all must be blobs
+    the caller may see)."""
+    full_name(namespace, name)
+    blobs = reg.service.blobs.read_many(digest_list(body), caller=reg.caller)  # checks them all now
 
     def frames() -> Iterator[bytes]:
         pending: list[bytes] = []  # small frames go out together (fewer thread hops)
         size = 0
         try:
-            for _, data in service.blobs.read_many(digests):
+            for _, data in blobs:
                 pending += [struct.pack("<Q", len(data)), data]
                 size += len(data)
                 if size >= FRAME_BATCH:
                     yield b"".join(pending)
                     pending, size = [], 0
-        except RegistryDBError as exc:
-            error = json.dumps({"error": exc.message, "hint": exc.hint}).encode()
-            pending.append(struct.pack("<QQ", ERROR_FRAME, len(error)) + error)
+        except AdapterHubError as exc:
+            error = json.dumps({"error": exc.message, "hint": exc.hint, "code": exc.code})
+            pending.append(struct.pack("<QQ", ERROR_FRAME, len(error)) + error.encode())
         if pending:
             yield b"".join(pending)
 
@@ -255,70 +240,76 @@ def read_blobs(request: Request, namespace: str, name: str, body: dict = Body(..
 
 
 @router.post("/api/v1/blobs/missing")
-def missing_blobs(request: Request, body: dict = Body(...),
-                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    """Which of the digests the hub lacks (the ones it has are kept from gc from now on).
+def missing_blobs(body: dict = Depends(json_object),
+                  reg: Registry = Depends(registry)) -> dict[str, Any]:
+    """Which of the digests the caller must send: blobs the hub lacks and blobs it may not
+    see (the same answer, so nothing leaks). The others are kept from gc from now on."""
+    return {"missing": sorted(reg.service.blobs.missing(digest_list(body),
+                                                       caller=reg.caller))}
 
-    Blob writes need a write scope on some repository; a blob is only readable through a
-    version that uses it, so storing one reveals or grants nothing."""
-    who.require("write")
-    missing = hub_of(request).registry.service.blobs.missing(digest_list(body))
-    return {"missing": sorted(missing)}
+
+def parse_bundle(body: bytes) -> list[tuple[str, memoryview, int]]:
+    """``(digest, bytes, itemsize)`` of each blob in a bundle body (see the module doc)."""
+    if len(body) < 8:
+        raise InvalidRequestError("a blob bundle starts with an 8-byte index length")
+    (length,) = struct.unpack_from("<Q", body)
+    index = None
+    if length <= min(len(body) - 8, MAX_INDEX):
+        try:
+            index = json.loads(body[8:8 + length])
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            index = None
+    if not isinstance(index, list) or len(index) > BUNDLE_FILES or not all(
+            isinstance(e, dict) and isinstance(e.get("digest"), str) and is_digest(e["digest"])
+            and isinstance(e.get("size"), int) and 0 <= e["size"] <= len(body)
+            and isinstance(e.get("itemsize", 1), int) and 1 <= e.get("itemsize", 1) <= 8
+            for e in index):
+        raise InvalidRequestError("malformed blob bundle index: expected a JSON list of "
+                                  "{digest, size, itemsize}")
+    data = memoryview(body)[8 + length:]
+    if sum(e["size"] for e in index) != len(data):
+        raise InvalidRequestError(f"the bundle index announces "
+                                  f"{sum(e['size'] for e in index)} bytes; the body holds "
+                                  f"{len(data)}")
+    blobs, offset = [], 0
+    for entry in index:
+        blobs.append((entry["digest"], data[offset:offset + entry["size"]],
+                      entry.get("itemsize", 1)))
+        offset += entry["size"]
+    return blobs
 
 
 @router.post("/api/v1/blobs")
-async def upload_bundle(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def upload_bundle(request: Request, reg: Registry = Depends(registry)) -> dict[str, Any]:
     """Small blobs in one body. Every blob is hashed before anything is stored: one that
-    does not match its digest refuses the whole bundle (422) and nothing is written."""
-    who.require("write")
-    body = await request.body()
-    if len(body) < 8:
-        raise HubError(400, "a blob bundle starts with an 8-byte index length")
-    (length,) = struct.unpack_from("<Q", body)
-    try:
-        index = json.loads(body[8:8 + length]) if length <= len(body) - 8 else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        index = None
-    if not isinstance(index, list) or len(index) > BUNDLE_FILES or not all(
-            isinstance(e, dict) and isinstance(e.get("digest"), str) and is_digest(e["digest"])
-            and isinstance(e.get("size"), int) and e["size"] >= 0
-            and isinstance(e.get("itemsize", 1), int) and 1 <= e.get("itemsize", 1) <= 8
-            for e in index):
-        raise HubError(400, "malformed blob bundle index: expected a JSON list of "
-                            "{digest, size, itemsize}")
-    data = memoryview(body)[8 + length:]
-    if sum(e["size"] for e in index) != len(data):
-        raise HubError(400, f"the bundle index announces {sum(e['size'] for e in index)} "
-                            f"bytes; the body holds {len(data)}")
-    blobs, offset = [], 0
-    for entry in index:
-        piece = data[offset:offset + entry["size"]]
-        offset += entry["size"]
-        blobs.append((entry["digest"], piece, entry.get("itemsize", 1)))
+    does not match its digest refuses the whole bundle (422) and nothing is written. The
+    caller may use every blob it sent from now on."""
+    blobs = parse_bundle(await request.body())
 
     def store() -> None:
         for digest, piece, _ in blobs:
             actual = "sha256:" + hashlib.sha256(piece).hexdigest()
             if actual != digest:
-                raise CorruptionError(f"bytes sent for blob {digest} hash to {actual}; nothing "
-                                      f"was stored", hint="The source is corrupt; push again")
-        hub_of(request).registry.service.blobs.write_many(blobs)
+                raise IntegrityError(f"bytes sent for blob {digest} hash to {actual}; nothing "
+                                     f"was stored", hint="The source is corrupt; push again")
+        reg.service.blobs.write_many(blobs, caller=reg.caller)
 
     await run_in_threadpool(store)
     return {"stored": len(blobs)}
 
 
 @router.post("/api/v1/uploads")
-def begin_upload(request: Request, body: dict = Body(...),
-                 who: Principal = Depends(principal)) -> dict[str, Any]:
-    """Start (or resume) an upload of one large blob. ``{"complete": true}`` if stored."""
-    who.require("write")
+def begin_upload(body: dict = Depends(json_object),
+                 reg: Registry = Depends(registry)) -> dict[str, Any]:
+    """Start (or resume one of the caller's own) upload of one large blob;
+    ``{"complete": true}`` when the caller may use the blob already."""
     digest, size, itemsize = body.get("digest"), body.get("size"), body.get("itemsize", 1)
-    if not (isinstance(digest, str) and is_digest(digest) and isinstance(size, int)
-            and size >= 0 and isinstance(itemsize, int) and 1 <= itemsize <= 8):
-        raise HubError(400, "an upload needs 'digest' (sha256:<hex>), 'size' (bytes) and "
-                            "optionally 'itemsize' (1-8)")
-    info = hub_of(request).registry.service.blobs.resume_upload(digest, size, itemsize=itemsize)
+    if not (isinstance(digest, str) and is_digest(digest) and type(size) is int
+            and size >= 0 and type(itemsize) is int and 1 <= itemsize <= 8):
+        raise InvalidRequestError("an upload needs 'digest' (sha256:<hex>), 'size' (bytes) "
+                                  "and optionally 'itemsize' (1-8)")
+    info = reg.service.blobs.begin_upload(digest, size, caller=reg.caller,
+                                          itemsize=itemsize)
     if info is None:
         return {"complete": True, "digest": digest}
     return _upload(info)
@@ -330,86 +321,70 @@ def _upload(info) -> dict[str, Any]:
 
 
 @router.get("/api/v1/uploads/{upload_id}")
-def upload_status(request: Request, upload_id: str,
-                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    who.require("write")
-    return _upload(hub_of(request).registry.service.blobs.upload_status(upload_id))
+def upload_status(upload_id: str, reg: Registry = Depends(registry)) -> dict[str, Any]:
+    return _upload(reg.service.blobs.upload_status(upload_id, caller=reg.caller))
 
 
 @router.put("/api/v1/uploads/{upload_id}/chunks/{index}")
 async def upload_chunk(request: Request, upload_id: str, index: int,
-                       who: Principal = Depends(principal)) -> Response:
-    who.require("write")
+                       reg: Registry = Depends(registry)) -> Response:
+    blobs, who = reg.service.blobs, reg.caller
+    await run_in_threadpool(lambda: blobs.upload_status(upload_id, caller=who))  # 404 first
     data = await request.body()
-    await run_in_threadpool(hub_of(request).registry.service.blobs.upload_chunk, upload_id,
-                            index, data)
+    await run_in_threadpool(lambda: blobs.upload_chunk(upload_id, index, data, caller=who))
     return Response(status_code=204)
 
 
 @router.post("/api/v1/uploads/{upload_id}/finish")
-def finish_upload(request: Request, upload_id: str,
-                  who: Principal = Depends(principal)) -> dict[str, Any]:
+def finish_upload(upload_id: str, reg: Registry = Depends(registry)) -> dict[str, Any]:
     """Re-hash the whole blob; 422 (and the upload discarded) if it does not match."""
-    who.require("write")
-    info = hub_of(request).registry.service.blobs.finish_upload(upload_id)
+    info = reg.service.blobs.finish_upload(upload_id, caller=reg.caller)
     return {"digest": info.digest, "size": info.size, "stored_size": info.stored_size}
 
 
 @router.post("/api/v1/repos/{namespace}/{name}/commit")
-def commit(request: Request, namespace: str, name: str, body: dict = Body(...),
-           who: Principal = Depends(principal)) -> Response:
+def commit(namespace: str, name: str, body: dict = Depends(json_object),
+           reg: Registry = Depends(registry)) -> Response:
     """Record a manifest as the next version and move tags, in one transaction."""
     repo = full_name(namespace, name)
-    who.require("write", repo)
-    manifest = body.get("manifest")
-    tags = body.get("tags", [])
-    created_at = body.get("created_at")
-    if not isinstance(manifest, dict) or not isinstance(tags, list):
-        raise HubError(400, "a commit needs 'manifest' (an object) and optional 'tags' (a list)")
-    for key in ("message", "author"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise HubError(400, f"'{key}' must be a string")
+    manifest, tags = body.get("manifest"), body.get("tags", [])
+    if not isinstance(manifest, dict) or not isinstance(tags, list) or len(tags) > 100:
+        raise InvalidRequestError("a commit needs 'manifest' (an object) and optional 'tags' "
+                                  "(a list of at most 100)")
+    created_at = string_field(body, "created_at", limit=64)
     try:
         when = datetime.fromisoformat(created_at) if created_at else None
-    except (TypeError, ValueError):
-        raise HubError(400, f"'created_at' is not an ISO time: {str(created_at)[:40]!r}") from None
-    if when is not None and when.tzinfo is None:
-        raise HubError(400, "'created_at' needs a time zone")
-    result = hub_of(request).registry.service.commit(
-        repo, Manifest.from_dict(manifest), message=body.get("message"),
-        author=body.get("author") or who.actor, tags=tags, created_at=when)
+    except ValueError:
+        raise InvalidRequestError(f"'created_at' is not an ISO time: {created_at!r}") from None
+    result = reg.service.commit(
+        repo, Manifest.from_dict(manifest), caller=reg.caller,
+        message=string_field(body, "message", limit=64 * 1024),
+        author=string_field(body, "author", limit=256), tags=tags, created_at=when)
     return json_response({"version": result.version.to_dict(with_manifest=True),
                           "created": result.created})
 
 
 @router.put("/api/v1/repos/{namespace}/{name}/tags/{tag}")
-def put_tag(request: Request, namespace: str, name: str, tag: str, body: dict = Body(...),
-            who: Principal = Depends(principal)) -> dict[str, Any]:
+def put_tag(namespace: str, name: str, tag: str, body: dict = Depends(json_object),
+            reg: Registry = Depends(registry)) -> Response:
     """Point ``tag`` at ``{"ref": …}`` (a version of this repository)."""
     repo = full_name(namespace, name)
-    who.require("write", repo)
-    ref = body.get("ref")
-    if not isinstance(ref, str) or parse_ref(ref).name != repo:
-        raise HubError(400, f"'ref' must name a version of {repo}")
-    return hub_of(request).registry.service.tag(ref, tag, actor=who.actor).to_dict()
+    ref = string_field(body, "ref", required=True, limit=300)
+    if parse_ref(ref).name != repo:
+        raise InvalidRequestError(f"'ref' must name a version of {repo}")
+    return json_response(reg.tag(ref, tag).to_dict())
 
 
 @router.delete("/api/v1/repos/{namespace}/{name}/tags/{tag}")
-def delete_tag(request: Request, namespace: str, name: str, tag: str,
-               who: Principal = Depends(principal)) -> dict[str, Any]:
-    repo = full_name(namespace, name)
-    who.require("write", repo)
-    return hub_of(request).registry.service.untag(repo, tag, actor=who.actor).to_dict()
+def delete_tag(namespace: str, name: str, tag: str,
+               reg: Registry = Depends(registry)) -> Response:
+    return json_response(reg.untag(f"{full_name(namespace, name)}:{tag}").to_dict())
 
 
 @router.delete("/api/v1/repos/{namespace}/{name}/versions/{number}")
-def delete_version(request: Request, namespace: str, name: str, number: int,
-                   who: Principal = Depends(principal)) -> dict[str, Any]:
+def delete_version(namespace: str, name: str, number: int,
+                   reg: Registry = Depends(registry)) -> Response:
     """Soft-delete a version (admin scope)."""
-    repo = full_name(namespace, name)
-    who.require("admin", repo)
-    try:
-        return hub_of(request).registry.service.remove(f"{repo}@{number}",
-                                                       actor=who.actor).to_dict()
-    except NotFoundError as exc:
-        raise HubError(404, exc.message) from None
+    if not 0 < number < 2**62:
+        raise InvalidRequestError(f"version numbers start at 1; got {number}")
+    return json_response(reg.rm(f"{full_name(namespace, name)}@{number}").to_dict())

@@ -2,16 +2,22 @@
 
 Rendering (:func:`adapterhub.formats.repo.repo_files`) is deterministic, so the cache is
 only a speed-up: another replica, or this one after eviction, produces the same bytes and
-therefore the same ETags.
+therefore the same ETags. Small files stay in memory; larger ones are spooled to a private
+temporary directory, so what the hub keeps between requests does not grow with the size of
+the adapters it serves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,26 +27,32 @@ if TYPE_CHECKING:
 #: files stored as LFS objects by the Hub (tensors); the rest are plain git files
 LFS_SUFFIXES = (".safetensors",)
 LFS_POINTER_SIZE = 134  # bytes of a git-lfs pointer file for a sha256 oid and a size
+IN_MEMORY = 1 << 20  # files up to this size are kept in memory
+READ_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
 class RenderedFile:
+    """One file: its bytes in memory (``data``) or in a spool file (``spool``)."""
+
     path: str
-    data: bytes
+    size: int
+    sha256: str
+    git_oid: str
+    data: bytes | None = None
+    spool: Path | None = None
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @cached_property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-    @cached_property
-    def git_oid(self) -> str:
-        """The git blob id: sha1 of ``blob <size>\\0`` + bytes."""
-        return hashlib.sha1(b"blob %d\0" % self.size + self.data, usedforsecurity=False
-                            ).hexdigest()
+    @classmethod
+    def of(cls, path: str, data: bytes, spool_dir: Path | None = None) -> RenderedFile:
+        git = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+        git.update(data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if spool_dir is None or len(data) <= IN_MEMORY:
+            return cls(path, len(data), sha256, git.hexdigest(), data=bytes(data))
+        fd, name = tempfile.mkstemp(dir=spool_dir, prefix=sha256[:16])
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return cls(path, len(data), sha256, git.hexdigest(), spool=Path(name))
 
     @property
     def lfs(self) -> bool:
@@ -51,20 +63,45 @@ class RenderedFile:
         """sha256 for every file, so a client cache of these files is content-addressed."""
         return self.sha256
 
+    def content(self) -> bytes:
+        """The whole file (for the small files a commit rewrites)."""
+        if self.data is not None:
+            return self.data
+        return self.spool.read_bytes()
+
+    def iter(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``[start, end]`` (inclusive; default: to the end) in pieces."""
+        end = self.size - 1 if end is None else end
+        if self.data is not None:
+            yield self.data[start:end + 1]
+            return
+        with open(self.spool, "rb") as fh:
+            fh.seek(start)
+            left = end - start + 1
+            while left > 0:
+                piece = fh.read(min(READ_SIZE, left))
+                if not piece:
+                    return
+                left -= len(piece)
+                yield piece
+
 
 class RenderCache:
-    """Rendered files of recently requested versions, at most ``max_bytes`` in memory."""
+    """Rendered files of recently requested versions: at most ``max_bytes`` in all, or the
+    one newest version if it alone is larger (small files in memory, the rest spooled to
+    disk), least recently used first out."""
 
-    def __init__(self, registry: Registry, max_bytes: int = 1 << 30) -> None:
-        self.registry = registry
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self._files: OrderedDict[str, dict[str, RenderedFile]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._rendering: dict[str, threading.Lock] = {}
+        self._spool = Path(tempfile.mkdtemp(prefix="adapterhub-render-"))
 
-    def files(self, version: VersionInfo) -> dict[str, RenderedFile]:
-        """``{path: file}`` of ``version`` (its manifest must be loaded)."""
+    def files(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
+        """``{path: file}`` of ``version`` (its manifest must be loaded), read through
+        ``registry`` (the caller's view: it may read the version)."""
         key = version.digest
         with self._lock:
             if key in self._files:
@@ -75,23 +112,32 @@ class RenderCache:
             with self._lock:
                 if key in self._files:
                     return self._files[key]
-            rendered = self._render(version)
+            rendered = self._render(version, registry)
             size = sum(f.size for f in rendered.values())
             with self._lock:
                 self._rendering.pop(key, None)
-                if size <= self.max_bytes:
-                    self._files[key] = rendered
-                    self._bytes += size
-                    while self._bytes > self.max_bytes:
-                        _, evicted = self._files.popitem(last=False)
-                        self._bytes -= sum(f.size for f in evicted.values())
+                self._files[key] = rendered
+                self._bytes += size
+                while self._bytes > self.max_bytes and len(self._files) > 1:
+                    _, evicted = self._files.popitem(last=False)
+                    self._bytes -= sum(f.size for f in evicted.values())
+                    _discard(evicted)
         return rendered
 
-    def _render(self, version: VersionInfo) -> dict[str, RenderedFile]:
+    def _render(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
         from adapterhub.formats.repo import repo_files
 
-        files = repo_files(self.registry.get(version))
-        out = {path: RenderedFile(path, data) for path, data in sorted(files.items())}
-        for f in out.values():  # hash now, outside any request's critical path
-            f.sha256, f.git_oid  # noqa: B018
-        return out
+        files = repo_files(registry.get(version))
+        return {path: RenderedFile.of(path, data, self._spool)
+                for path, data in sorted(files.items())}
+
+    def close(self) -> None:
+        shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _discard(files: dict[str, RenderedFile]) -> None:
+    """Remove the spool files of evicted renders (a request still streaming one keeps its
+    open handle; the space is freed when it finishes)."""
+    for f in files.values():
+        if f.spool is not None:
+            f.spool.unlink(missing_ok=True)

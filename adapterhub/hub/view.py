@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from adapterhub.cli.output import human_size
-from adapterhub.hub.auth import Principal, principal
-from adapterhub.hub.context import hub_of
+from adapterhub.hub.auth import registry
 from adapterhub.hub.hf_read import commit_id, repository
+from adapterhub.registry import Registry
 
 router = APIRouter()
 
@@ -47,17 +47,13 @@ def tags_html(tags) -> str:
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, who: Principal = Depends(principal)) -> HTMLResponse:
-    who.require("read")
-    registry = hub_of(request).registry
+def index(reg: Registry = Depends(registry)) -> HTMLResponse:
     latest, counts = {}, {}
-    for v in registry.list():
+    for v in reg.list():
         counts[v.name] = counts.get(v.name, 0) + 1
         latest.setdefault(v.name, v)
     rows = []
-    for name in registry.service.repositories():
-        if not who.can("read", name):
-            continue
+    for name in reg.repositories():
         v = latest.get(name)
         link = f"<a href='/ui/{quote(name)}'>{escape(name)}</a>"
         if v is None:
@@ -76,20 +72,17 @@ def index(request: Request, who: Principal = Depends(principal)) -> HTMLResponse
 
 @router.get("/ui/{namespace}/{name}", response_class=HTMLResponse)
 def repository_page(request: Request, namespace: str, name: str,
-                    who: Principal = Depends(principal)) -> HTMLResponse:
-    repo = repository(request, namespace, name, who)
-    service = hub_of(request).registry.service
-    versions = service.log(repo)
+                    reg: Registry = Depends(registry)) -> HTMLResponse:
+    repo = repository(reg, namespace, name)
+    versions = reg.log(repo)
     rows = []
     for v in versions:
         parents = []
         for digest in v.parents:
-            parent = service.find(digest)
-            if parent is not None and who.can("read", parent.name):
-                parents.append(link(parent))
-            else:
-                parents.append(f"<code>{escape(digest[:19])}…</code>")
-        children = [c for c in service.children(v.digest) if who.can("read", c.name)]
+            parent = reg.find(digest)
+            parents.append(link(parent) if parent is not None
+                           else f"<code>{escape(digest[:19])}…</code>")
+        children = reg.service.children(v.digest, caller=reg.caller)
         css = " class=deleted" if v.deleted else ""
         rows.append(
             f"<tr{css}><td>{escape(v.ref)}</td><td>{tags_html(v.tags)}</td>"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterNotFoundError, MissingBlobsError, RefError,
                                RegistryError)
-from adapterhub.remotes import Buffer, ProgressCallback, Remote, registry_db_errors
+from adapterhub.remotes import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
@@ -42,10 +42,9 @@ class HfRemote(Remote):
         from huggingface_hub import HfApi
 
         self.repo_id = url.split("://", 1)[1].strip("/")
-        with registry_db_errors():
-            from registry_db import validate_name
+        from registry_db import validate_name
 
-            self.name = validate_name(self.repo_id.lower())
+        self.name = validate_name(self.repo_id.lower())
         self.api = HfApi()
         self._packages: dict[str, AdapterPackage] = {}  # by commit
         self._spool: dict[str, bytes] = {}  # blobs waiting for their commit
@@ -135,10 +134,9 @@ class HfRemote(Remote):
     # -- Remote -----------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> VersionInfo:
-        with registry_db_errors():
-            from registry_db import parse_ref
+        from registry_db import parse_ref
 
-            parsed = parse_ref(ref)
+        parsed = parse_ref(ref)
         self._check(parsed.name)
         if parsed.digest_prefix is not None:
             found = self._search(lambda d: d.startswith(parsed.digest_prefix))

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryError
+from adapterhub.errors import (AdapterNotFoundError, IntegrityError, RegistryError,
+                               error_class)
 from adapterhub.hubclient import HubClient
 from adapterhub.remotes import Buffer, ProgressCallback, Remote
 
@@ -228,7 +229,9 @@ class HttpRemote(Remote):
                 if size == ERROR_FRAME:
                     (length,) = struct.unpack_from("<Q", body, offset)
                     error = json.loads(bytes(body[offset + 8:offset + 8 + length]))
-                    raise IntegrityError(f"{self.url}: {error['error']}", hint=error.get("hint"))
+                    cls = error_class(error.get("code")) or IntegrityError
+                    raise cls.from_wire(f"{self.url}: {error['error']}", error.get("hint"),
+                                        error)
                 received[digest] = self._checked(digest, bytes(body[offset:offset + size]))
                 offset += size
                 report(size)

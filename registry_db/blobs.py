@@ -1,0 +1,169 @@
+"""Blobs as each caller sees them: the store boundary's rule for content-addressed bytes.
+
+Storage deduplicates blobs across the whole registry, but **visibility is per caller**, as
+in the OCI distribution spec: a caller may reference a blob in a commit, download it, or
+learn that it exists or its size only if
+
+- a version in a repository it may read references the blob, or
+- it uploaded those bytes itself (a bundle it sent, or an upload it owns and finished),
+  which records a *grant* for it.
+
+Otherwise the blob is missing to that caller, who must send the bytes; the registry hashes
+them, keeps one copy, and grants the sender. The local user sees every stored blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from registry_db.access import Caller
+from registry_db.blobstore import Buffer, BlobStore, check_digest
+from registry_db.database import Database, batched, utcnow
+from registry_db.errors import AdapterNotFoundError
+from registry_db.models import BlobGrant, Repository, Version, VersionTensor
+from registry_db.records import BlobInfo, UploadInfo
+
+
+class BlobService:
+    """The blobs of one registry, every call decided for its :class:`Caller`.
+
+    ``store`` is the storage itself (:class:`~registry_db.blobstore.BlobStore`), for gc and
+    verify, which act on all blobs.
+    """
+
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self.db = db
+        self.store = store
+
+    # -- visibility -------------------------------------------------------------------------
+
+    def visible(self, digests: Iterable[str], *, caller: Caller) -> set[str]:
+        """The stored blobs among ``digests`` that ``caller`` may see."""
+        wanted = {check_digest(d) for d in digests}
+        stored = self.store.present(wanted)
+        if caller.local or not stored:
+            return stored
+        seen: set[str] = set()
+        with self.db.read() as s:
+            for batch in batched(sorted(stored)):
+                rows = s.execute(
+                    select(VersionTensor.blob_digest, Repository.name).distinct()
+                    .join(Version, Version.id == VersionTensor.version_id)
+                    .join(Repository, Repository.id == Version.repository_id)
+                    .where(VersionTensor.blob_digest.in_(batch)))
+                seen |= {digest for digest, name in rows if caller.can("read", name)}
+                if caller.owner is not None:
+                    seen |= set(s.scalars(select(BlobGrant.digest).where(
+                        BlobGrant.owner == caller.owner, BlobGrant.digest.in_(batch))))
+        return seen
+
+    def require_visible(self, digests: Iterable[str], *, caller: Caller) -> None:
+        wanted = set(digests)
+        hidden = wanted - self.visible(wanted, caller=caller)
+        if hidden:
+            raise AdapterNotFoundError(f"blob {min(hidden)} is not in the registry")
+
+    def _grant(self, digests: Iterable[str], caller: Caller) -> None:
+        if caller.local or caller.owner is None:
+            return
+        rows = [{"digest": d, "owner": caller.owner, "granted_at": utcnow()}
+                for d in sorted(set(digests))]
+        if not rows:
+            return
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        with self.db.write() as s:
+            for batch in batched(rows):
+                s.execute(dialect.insert(BlobGrant).values(batch).on_conflict_do_nothing())
+
+    # -- pushing ----------------------------------------------------------------------------
+
+    def missing(self, digests: Iterable[str], *, caller: Caller) -> set[str]:
+        """Which of ``digests`` the caller must send: those not stored, and those stored but
+        not visible to it (it cannot tell the two apart). The visible ones are kept from gc
+        from now on (see :meth:`BlobStore.touch`)."""
+        caller.require("write")
+        wanted = {check_digest(d) for d in digests}
+        visible = self.visible(wanted, caller=caller)
+        self.store.touch(visible)
+        return wanted - visible
+
+    def write(self, digest: str, data: Buffer, *, caller: Caller, itemsize: int = 1) -> None:
+        """Store one blob (see :meth:`write_many`)."""
+        self.write_many([(digest, data, itemsize)], caller=caller)
+
+    def write_many(self, blobs: Iterable[tuple[str, Buffer, int]], *, caller: Caller) -> None:
+        """Store ``(digest, bytes, itemsize)`` blobs after hashing every one (bytes already
+        stored are not stored twice) and grant them to the caller, who proved it holds them."""
+        caller.require("write")
+        sent: list[str] = []
+
+        def recorded() -> Iterator[tuple[str, Buffer, int]]:
+            for blob in blobs:
+                sent.append(blob[0])
+                yield blob
+
+        self.store.write_many(recorded())
+        self._grant(sent, caller)
+
+    def begin_upload(self, digest: str, size: int, *, caller: Caller, itemsize: int = 1,
+                     chunk_size: int | None = None) -> UploadInfo | None:
+        """Start, or continue the caller's own unfinished, upload of one large blob; None
+        when the caller may already use the blob."""
+        caller.require("write")
+        if self.visible([digest], caller=caller):
+            self.store.touch([digest])
+            return None
+        return (self.store.own_upload(digest, size, caller.owner, chunk_size=chunk_size)
+                or self.store.begin_upload(digest, size, caller.owner, itemsize=itemsize,
+                                           chunk_size=chunk_size))
+
+    def upload_status(self, upload_id: str, *, caller: Caller) -> UploadInfo:
+        caller.require("write")
+        return self.store.upload_status(upload_id, caller.owner)
+
+    def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview, *,
+                     caller: Caller) -> None:
+        caller.require("write")
+        self.store.upload_chunk(upload_id, caller.owner, index, data)
+
+    def finish_upload(self, upload_id: str, *, caller: Caller) -> BlobInfo:
+        """Re-hash the whole upload; on success the caller may use the blob."""
+        caller.require("write")
+        info = self.store.finish_upload(upload_id, caller.owner)
+        self._grant([info.digest], caller)
+        return info
+
+    # -- pulling ----------------------------------------------------------------------------
+
+    def info(self, digest: str, *, caller: Caller) -> BlobInfo:
+        self.require_visible([digest], caller=caller)
+        return self.store.info(digest)
+
+    def read(self, digest: str, *, caller: Caller) -> bytearray:
+        """The blob's bytes, verified against its digest."""
+        self.require_visible([digest], caller=caller)
+        return self.store.read(digest)
+
+    def read_many(self, digests: Iterable[str], *, caller: Caller
+                  ) -> Iterator[tuple[str, bytearray]]:
+        """``(digest, bytes)`` for each digest, in order, each verified (all must be visible
+        to the caller before anything is read)."""
+        wanted = list(digests)
+        self.require_visible(wanted, caller=caller)
+        return self.store.read_many(wanted)
+
+    def iter(self, digest: str, *, caller: Caller, offset: int = 0) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` (see :meth:`BlobStore.iter`)."""
+        self.require_visible([digest], caller=caller)
+        return self.store.iter(digest, offset=offset)
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    @staticmethod
+    def forget_grants(s, digests: list[str]) -> None:
+        """Drop the grants of blobs gc removed."""
+        for batch in batched(digests):
+            s.execute(delete(BlobGrant).where(BlobGrant.digest.in_(batch)))
