@@ -12,6 +12,8 @@ from the closest builtin so callers can catch ``KeyError``/``ValueError``/``Look
 
 from __future__ import annotations
 
+from typing import Any
+
 from registry_db.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
                                 ConflictError, FormatError, IntegrityError, InvalidRequestError,
                                 LimitExceededError, ManifestError, MissingBlobsError,
@@ -50,6 +52,14 @@ class PluginLoadError(AdapterHubError):
         super().__init__(message, hint=hint)
         self.plugin = plugin
         self.dist = dist
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "dist": self.dist}
+
+    @classmethod
+    def from_wire(cls, message: str, hint: str | None, body: dict[str, Any]
+                  ) -> PluginLoadError:
+        return cls(message, plugin=str(body.get("plugin")), dist=body.get("dist"), hint=hint)
 
 
 class RegistrationError(AdapterHubError, ValueError):

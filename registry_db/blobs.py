@@ -18,12 +18,13 @@ from collections.abc import Iterable, Iterator
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from registry_db.access import Caller
 from registry_db.blobstore import Buffer, BlobStore, check_digest
 from registry_db.database import Database, batched, utcnow
 from registry_db.errors import AdapterNotFoundError
-from registry_db.models import BlobGrant, Repository, Version, VersionTensor
+from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
 from registry_db.records import BlobInfo, UploadInfo
 
 
@@ -42,22 +43,30 @@ class BlobService:
 
     def visible(self, digests: Iterable[str], *, caller: Caller) -> set[str]:
         """The stored blobs among ``digests`` that ``caller`` may see."""
-        wanted = {check_digest(d) for d in digests}
-        stored = self.store.present(wanted)
-        if caller.local or not stored:
-            return stored
-        seen: set[str] = set()
         with self.db.read() as s:
-            for batch in batched(sorted(stored)):
-                rows = s.execute(
-                    select(VersionTensor.blob_digest, Repository.name).distinct()
-                    .join(Version, Version.id == VersionTensor.version_id)
-                    .join(Repository, Repository.id == Version.repository_id)
-                    .where(VersionTensor.blob_digest.in_(batch)))
-                seen |= {digest for digest, name in rows if caller.can("read", name)}
-                if caller.owner is not None:
-                    seen |= set(s.scalars(select(BlobGrant.digest).where(
-                        BlobGrant.owner == caller.owner, BlobGrant.digest.in_(batch))))
+            return self.visible_in(s, digests, caller)
+
+    @staticmethod
+    def visible_in(s: Session, digests: Iterable[str], caller: Caller) -> set[str]:
+        """:meth:`visible` inside an open session (a commit checks its blobs in its own
+        transaction: a second connection there could wait on a pool that waits on it)."""
+        wanted = sorted({check_digest(d) for d in digests})
+        seen: set[str] = set()
+        for batch in batched(wanted):
+            stored = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
+                                                             Blob.complete)))
+            if caller.local or not stored:
+                seen |= stored
+                continue
+            rows = s.execute(
+                select(VersionTensor.blob_digest, Repository.name).distinct()
+                .join(Version, Version.id == VersionTensor.version_id)
+                .join(Repository, Repository.id == Version.repository_id)
+                .where(VersionTensor.blob_digest.in_(stored)))
+            seen |= {digest for digest, name in rows if caller.can("read", name)}
+            if caller.owner is not None:
+                seen |= set(s.scalars(select(BlobGrant.digest).where(
+                    BlobGrant.owner == caller.owner, BlobGrant.digest.in_(stored))))
         return seen
 
     def require_visible(self, digests: Iterable[str], *, caller: Caller) -> None:

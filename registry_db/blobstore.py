@@ -121,16 +121,6 @@ class BlobStore:
 
     # -- what is there ---------------------------------------------------------------------
 
-    def present(self, digests: Iterable[str]) -> set[str]:
-        """Which of ``digests`` are stored (complete)."""
-        wanted = sorted({check_digest(d) for d in digests})
-        found: set[str] = set()
-        with self.db.read() as s:
-            for batch in batched(wanted):
-                found |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
-                                                                 Blob.complete)))
-        return found
-
     def touch(self, digests: Iterable[str]) -> None:
         """Renew ``touched_at`` of stored blobs, so a gc running before the caller's commit
         keeps them (they are about to be used)."""
@@ -139,15 +129,6 @@ class BlobStore:
             for batch in batched(sorted(set(digests))):
                 s.execute(update(Blob).where(Blob.digest.in_(batch), Blob.complete)
                           .values(touched_at=now))
-
-    def sizes(self, digests: Iterable[str]) -> dict[str, int]:
-        """``{digest: size}`` of the stored blobs among ``digests``."""
-        out: dict[str, int] = {}
-        with self.db.read() as s:
-            for batch in batched(sorted(set(digests))):
-                out.update(s.execute(select(Blob.digest, Blob.size)
-                                     .where(Blob.digest.in_(batch), Blob.complete)).all())
-        return out
 
     def info(self, digest: str) -> BlobInfo:
         with self.db.read() as s:

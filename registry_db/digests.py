@@ -43,9 +43,9 @@ def parse_json(data: str | bytes | bytearray | memoryview, *, what: str) -> Any:
         value = json.loads(bytes(data) if isinstance(data, memoryview) else data,
                            parse_constant=_no_constant)
     except RecursionError:
-        raise FormatError(f"{what} is nested too deeply to be read") from None
+        raise FormatError(f"{what}: not valid JSON (nested too deeply to be read)") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"{what} is not valid JSON ({exc})") from None
+        raise FormatError(f"{what}: not valid JSON ({exc})") from None
     check_json_depth(value, what)
     return value
 

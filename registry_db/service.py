@@ -27,14 +27,14 @@ from sqlalchemy.orm import Session
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
-from registry_db.database import Database, utcnow
+from registry_db.database import Database, batched, utcnow
 from registry_db.digests import canonical_json, is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
                                 MissingParentsError, PermissionDeniedError, RefError)
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (Event, Lineage, Repository, Tag, Version, VersionLabel,
-                                VersionTensor)
+from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version,
+                                VersionLabel, VersionTensor)
 from registry_db.records import (CommitResult, EventInfo, GcReport, Usage, VerifyReport,
                                  VersionInfo, version_infos)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
@@ -99,14 +99,17 @@ class RegistryService:
         if not is_digest(digest):
             raise InvalidRequestError(f"invalid version digest {str(digest)[:80]!r}")
         with self.db.read() as s:
-            rows = s.execute(select(Version, Repository.name)
-                             .join(Repository, Repository.id == Version.repository_id)
-                             .where(Version.digest == digest)
-                             .order_by(Version.deleted_at.is_not(None), Version.id)).all()
-            for version, name in rows:
-                if caller.can("read", name):
-                    return version_infos(s, [version], with_manifest=True)[0]
-        return None
+            version = self._find(s, digest, caller)
+            return None if version is None else version_infos(s, [version],
+                                                              with_manifest=True)[0]
+
+    @staticmethod
+    def _find(s: Session, digest: str, caller: Caller) -> Version | None:
+        rows = s.execute(select(Version, Repository.name)
+                         .join(Repository, Repository.id == Version.repository_id)
+                         .where(Version.digest == digest)
+                         .order_by(Version.deleted_at.is_not(None), Version.id)).all()
+        return next((version for version, name in rows if caller.can("read", name)), None)
 
     def list_versions(self, prefix: str | None = None, *, caller: Caller,
                       method: str | None = None, base: str | None = None,
@@ -247,7 +250,7 @@ class RegistryService:
         by_digest: dict[str, list[str]] = defaultdict(list)
         for tensor, entry in sorted(manifest.tensors.items()):
             by_digest[entry.digest].append(tensor)
-        usable = self.blobs.visible(by_digest, caller=caller)
+        usable = self.blobs.visible_in(s, by_digest, caller)
         missing = sorted(set(by_digest) - usable)
         if missing:
             first = missing[0]
@@ -255,7 +258,10 @@ class RegistryService:
                 f"the manifest names {len(missing)} blob(s) this registry does not hold, e.g. "
                 f"{first} (tensor {by_digest[first][0]!r})", digests=missing,
                 hint="Send the blobs before committing the manifest")
-        sizes = self.blobs.store.sizes(by_digest)
+        sizes: dict[str, int] = {}
+        for batch in batched(sorted(by_digest)):
+            sizes.update(s.execute(select(Blob.digest, Blob.size).where(
+                Blob.digest.in_(batch), Blob.complete)).all())
         for tensor, entry in sorted(manifest.tensors.items()):
             if sizes.get(entry.digest) != entry.nbytes:
                 raise IntegrityError(
@@ -264,7 +270,7 @@ class RegistryService:
                     f"{sizes.get(entry.digest)} bytes", hint="The manifest does not describe "
                                                             "its tensors; rebuild it")
         hidden = [p for p in dict.fromkeys(manifest.parents)
-                  if self.find(p, caller=caller) is None]
+                  if self._find(s, p, caller) is None]
         if hidden:
             raise MissingParentsError(f"parent version(s) {hidden} are not in this registry")
 
@@ -363,8 +369,6 @@ class RegistryService:
 
     def usage(self) -> Usage:
         """How much the registry holds, in aggregate (counts and bytes, no names)."""
-        from registry_db.models import Blob
-
         with self.db.read() as s:
             live = Version.deleted_at.is_(None)
             return Usage(

@@ -62,3 +62,53 @@ class HubServer:
     def token(self, *scopes: str, **kwargs) -> str:
         secret, _ = self.hub.registry.service.tokens.create(list(scopes or ["admin"]), **kwargs)
         return secret
+
+
+class HubProcess:
+    """``adapterhub serve`` in its own process (so its memory can be measured), over ``db``;
+    extra CLI options (``--auth read-public``, ``--header-timeout 1``) pass through."""
+
+    def __init__(self, db: str, *options: str, log_path=None) -> None:
+        import subprocess
+        import sys
+
+        self.db = db
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub.cli", "serve", "--db", db, "--port",
+             str(self.port), *options], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def start(self) -> HubProcess:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"adapterhub serve did not start on {self.url}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        if self.log_path:
+            self._log.close()
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def rss(self) -> int:
+        """Resident memory of the server process, in bytes."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")

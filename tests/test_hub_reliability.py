@@ -8,14 +8,11 @@ chunked upload. Every pull is compared byte for byte with what was pushed.
 
 import hashlib
 import random
-import subprocess
-import sys
 import threading
 import time
 
-import httpx
 import pytest
-from hub_server import free_port
+from hub_server import HubProcess
 from registry_helpers import LOCAL, digest_of, manifest_for
 
 from adapterhub.remotes import open_remote, send_version
@@ -41,26 +38,10 @@ def served(request, tmp_path, monkeypatch):
     service = RegistryService(db)
     token, _ = service.tokens.create(["write:soak"])
     monkeypatch.setenv("ADAPTERHUB_TOKEN", token)
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--db", db,
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
-        yield url, service, request.param
+        with HubProcess(db, log_path=tmp_path / "serve.log") as hub:
+            yield hub.url, service, request.param
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
         service.close()
 
 

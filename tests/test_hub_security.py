@@ -3,8 +3,6 @@ PostgreSQL): missing, bad, expired and revoked tokens; wrong scopes; path traver
 and file paths; oversized and malformed bodies; bytes that do not match their digest."""
 
 import hashlib
-import json
-import struct
 from datetime import timedelta
 
 import httpx
@@ -14,27 +12,7 @@ from hub_server import HubServer
 from registry_db.codec import CHUNK_SIZE
 from registry_db.database import utcnow
 from registry_helpers import LOCAL
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def bundle(entries):
-    index = json.dumps([{"digest": d, "size": len(b), "itemsize": 1} for d, b in entries])
-    return struct.pack("<Q", len(index)) + index.encode() + b"".join(b for _, b in entries)
-
-
-def manifest_for(data: bytes) -> dict:
-    return {"format": "adapterhub/1", "method": {"name": "lora", "version": 1, "config": {}},
-            "quantization": None, "base_model": {"name": "tiny", "revision": None,
-                                                 "fingerprint": None, "modules": {}},
-            "tensors": {"w": {"digest": digest(data), "dtype": "U8", "shape": [len(data)]}},
-            "parents": [], "recipe": None, "metrics": {}, "labels": {}}
+from wire import bearer, bundle, digest, manifest_for
 
 
 @pytest.fixture

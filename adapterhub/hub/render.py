@@ -9,6 +9,8 @@ the adapters it serves.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import shutil
@@ -128,11 +130,23 @@ class RenderCache:
         from adapterhub.formats.repo import repo_files
 
         files = repo_files(registry.get(version))
-        return {path: RenderedFile.of(path, data, self._spool)
-                for path, data in sorted(files.items())}
+        rendered = {path: RenderedFile.of(path, data, self._spool)
+                    for path, data in sorted(files.items())}
+        del files
+        _release_heap()
+        return rendered
 
     def close(self) -> None:
         shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _release_heap() -> None:
+    """Hand the rendering's freed heap back to the system (glibc keeps it otherwise), so a
+    large render does not stay resident once it is spooled."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _discard(files: dict[str, RenderedFile]) -> None:
