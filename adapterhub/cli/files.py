@@ -111,7 +111,7 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None) -> None:
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]),
               help="--format trtllm: dtype of model.lora_weights.npy (match the engine's; "
                    "default float16).")
-@click.option("--base", type=click.Path(path_type=Path),
+@click.option("--base", type=click.Path(exists=True, path_type=Path),
               help="--format trtllm: base checkpoint, to normalize DoRA magnitudes.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Directory to write to (or the cache root with --layout hf-cache); may "
