@@ -107,9 +107,15 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None, force: bool) -> 
 @cli.command()
 @click.argument("source")
 @click.argument("dest", required=False, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["peft", "vllm"]), default="peft",
+@click.option("--format", "fmt", type=click.Choice(["peft", "vllm", "trtllm"]), default="peft",
               show_default=True, help="peft: PEFT's layout; vllm: PEFT's layout with each "
-              "module's scaling folded into lora_B and lora_alpha = r.")
+              "module's scaling folded into lora_B and lora_alpha = r; trtllm: TensorRT-LLM's "
+              "model.lora_weights.npy and model.lora_config.npy.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]),
+              help="--format trtllm: dtype of model.lora_weights.npy (match the engine's; "
+                   "default float16).")
+@click.option("--base", type=click.Path(exists=True, path_type=Path),
+              help="--format trtllm: base checkpoint, to normalize DoRA magnitudes.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Directory to write to (or the cache root with --layout hf-cache); may "
                    "also be given as DEST.")
@@ -122,12 +128,14 @@ def import_(path: Path, fmt: str, out: Path, base: Path | None, force: bool) -> 
                                  "v<N> for a REF, else main).")
 @force_option
 @db_option
-def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: str,
-           repo_id: str | None, revision: str | None, force: bool, db: str | None) -> None:
+def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Path | None,
+           out: Path | None, layout: str, repo_id: str | None, revision: str | None,
+           force: bool, db: str | None) -> None:
     """Write an adapter (a directory or a REF) in a serving layout, as files or an HF cache.
 
     \b
     adapterhub export ADAPTER --format vllm --out DIR
+    adapterhub export ADAPTER --format trtllm [--dtype bfloat16] --out DIR
     adapterhub export ns/name@2 --layout hf-cache CACHE_DIR
     then: HF_HUB_OFFLINE=1 HF_HUB_CACHE=CACHE_DIR python -c \\
           "PeftModel.from_pretrained(base, 'ns/name', revision='v2')"
@@ -139,6 +147,10 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
 
     if (dest is None) == (out is None):
         raise click.UsageError("give the output directory once: as DEST or as --out")
+    if fmt != "trtllm" and (dtype or base):
+        raise click.UsageError("--dtype and --base go with --format trtllm")
+    if fmt == "trtllm" and layout == "hf-cache":
+        raise click.UsageError("--layout hf-cache holds PEFT files; use --format peft or vllm")
     target = dest or out
     resolved = open_source(source, db)
     if resolved.version is not None:
@@ -150,7 +162,12 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
     if layout == "dir" and not force:
         refuse_non_empty(target)  # before any work
     package = resolved.package()
-    files = layout_files(*(vllm_layout if fmt == "vllm" else peft_layout)(package))
+    if fmt == "trtllm":
+        from adapterhub.formats.trtllm import trtllm_files
+
+        files = trtllm_files(package, dtype=dtype or "float16", base=base)
+    else:
+        files = layout_files(*(vllm_layout if fmt == "vllm" else peft_layout)(package))
     if layout == "hf-cache":
         snapshot = write_hf_cache(files, target, repo_id, revision=revision)
         click.echo(f"{snapshot}  ({repo_id}@{revision})")
@@ -164,7 +181,8 @@ def export(source: str, dest: Path | None, fmt: str, out: Path | None, layout: s
 @click.argument("source")
 @click.option("--base", type=click.Path(path_type=Path),
               help="Base checkpoint directory (safetensors; headers only are read).")
-@click.option("--target", "targets", multiple=True, metavar="vllm[:max_rank=N]|peft",
+@click.option("--target", "targets", multiple=True,
+              metavar="vllm[:max_rank=N]|trtllm[:max_rank=N]|peft",
               help="A serving target to lint for (repeatable).")
 @json_option
 @db_option

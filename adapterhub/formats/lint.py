@@ -1,4 +1,4 @@
-"""Will a serving engine load this adapter? ``check --target vllm[:max_rank=N]|peft``.
+"""Will a serving engine load this adapter? ``check --target vllm|trtllm[:max_rank=N]|peft``.
 
 A PEFT directory is linted as it is, from ``adapter_config.json`` and the safetensors header
 (what the engine itself would read). A native package is linted as what ``export --format
@@ -19,7 +19,7 @@ from registry_db.digests import parse_json
 if TYPE_CHECKING:
     from adapterhub.package import AdapterPackage
 
-TARGETS = ("peft", "vllm")
+TARGETS = ("peft", "vllm", "trtllm")
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 
@@ -50,10 +50,13 @@ def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     for pair in filter(None, rest.split(",")):
         key, sep, value = pair.partition("=")
-        if name != "vllm" or key != "max_rank" or not sep:
+        if name == "peft" or key != "max_rank" or not sep:
             raise ConfigError(f"unknown option {pair!r} for target {name!r}",
-                              hint="vllm takes max_rank=N; peft takes no options")
-        if not value.isdigit() or int(value) not in VLLM_RANKS:
+                              hint="vllm and trtllm take max_rank=N; peft takes no options")
+        if name == "trtllm":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"max_rank must be a positive integer; got {value!r}")
+        elif not value.isdigit() or int(value) not in VLLM_RANKS:
             raise ConfigError(f"max_rank must be one of vLLM's ranks "
                               f"{', '.join(map(str, VLLM_RANKS))}; got {value!r}")
         options["max_rank"] = int(value)
@@ -73,10 +76,20 @@ def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) ->
         if peft.is_peft_dir(path) and not (path / "adapter.json").exists():
             if name == "peft":
                 _check_peft_dir(path, report)
+            elif name == "trtllm":
+                from adapterhub.formats.trtllm import lint_peft_files
+
+                lint_peft_files(*_read_peft_files(path), report.problems, report.notes,
+                                options.get("max_rank"))
             else:
                 _check_vllm(*_read_peft_files(path), report)
             return report
         package = read_adapter(path)
+    if name == "trtllm":
+        from adapterhub.formats.trtllm import lint_package
+
+        lint_package(package, report.problems, report.notes, options.get("max_rank"))
+        return report
     try:
         layout = _export_layout(package, name)
     except AdapterHubError as exc:

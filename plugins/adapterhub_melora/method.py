@@ -64,6 +64,18 @@ class MeloraMethod(AdapterMethod):
         delta[diagonal, :, diagonal, :] = blocks
         return delta.reshape(n * d_blk_out, n * d_blk_in)
 
+    def low_rank(self, module, tensors, config, base_shape):
+        """``(L, R)`` = ``(blockdiag(s·B_1, …, s·B_n), blockdiag(A_1, …, A_n))``: exactly the
+        block-diagonal ΔW as a rank ``n·r`` product (off-diagonal blocks multiply zeros), so
+        merges and LoRA-only exports (vLLM, TensorRT-LLM) express MELoRA without loss."""
+        a, b = _factors(module, tensors, config)
+        left = torch.block_diag(*(b.float() * config.scaling))
+        right = torch.block_diag(*a.float())
+        if (left.shape[0], right.shape[1]) != tuple(base_shape):
+            raise FormatError(f"{module}: MELoRA factors make a {left.shape[0]}x"
+                              f"{right.shape[1]} ΔW; the base weight is {tuple(base_shape)}")
+        return left, right
+
     # -- formats ----------------------------------------------------------------------------
 
     def to_peft(self, package):
