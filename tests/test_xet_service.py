@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from adapterhub.errors import AuthenticationError, FormatError, IntegrityError
+from adapterhub.errors import AdapterNotFoundError, AuthenticationError, FormatError, \
+    IntegrityError
 from adapterhub.xet.hashes import chunk_hash, hash_to_hex, is_global_dedup_eligible, keyed
 from adapterhub.xet.pack import pack_file
 from adapterhub.xet.service import XetLimits, XetService
@@ -46,6 +47,9 @@ def test_upload_then_reconstruct_across_xorbs_and_schemes(service: XetService) -
     assert entry is not None and entry.size == len(data)
     assert service.file_by_hash(hash_to_hex(packed.entry.file_hash), "team") == entry
     assert b"".join(service.reconstruct(entry)) == data
+    assert b"".join(service.read_by_sha256(packed.sha256, "team")) == data
+    with pytest.raises(AdapterNotFoundError):
+        service.read_by_sha256(packed.sha256, "other")
     for info, stored in service.storage.xorbs.values():  # stored with a canonical footer
         assert parse_xorb(stored, info.hash) == info
 

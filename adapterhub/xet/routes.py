@@ -27,6 +27,7 @@ import inspect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -85,7 +86,8 @@ class XetStats:
     shard_uploads: int = 0
     dedup_queries: int = 0
     dedup_hits: int = 0
-    refusals: list[str] = field(default_factory=list)
+    #: the latest refusals, newest last
+    refusals: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
 class Refusal(Exception):
@@ -143,8 +145,9 @@ def xet_router(service: XetService, authorize: Authorize, signer: TokenSigner, *
     """A router with the token route and the CAS routes over ``service``."""
     router = APIRouter()
     counters = stats if stats is not None else XetStats()
-    router.xet_stats = counters  # type: ignore[attr-defined]
     limits = service.limits
+    # uploads held in memory and verified at once: bounds memory and CPU, whatever the load
+    uploads = asyncio.Semaphore(limits.max_parallel_uploads)
 
     async def caller_for(request: Request, repo: RepoRef) -> Caller:
         result = authorize(request, repo) if inspect.iscoroutinefunction(authorize) else \
@@ -219,12 +222,14 @@ def xet_router(service: XetService, authorize: Authorize, signer: TokenSigner, *
             if prefix != XORB_PREFIX or not is_hex_hash(xorb):
                 raise Refusal(400, "xorbs go to /v1/xorbs/default/<64 hex xorb hash>")
             counters.xorb_uploads += 1
-            body = await read_body(request, limits.max_xorb_bytes)
-            counters.xorb_bytes += len(body)
-            try:
-                inserted = await run_in_threadpool(service.upload_xorb, xorb, body, grant.scope)
-            except AdapterHubError as exc:
-                raise _refusal_for(exc) from None
+            async with uploads:
+                body = await read_body(request, limits.max_xorb_bytes)
+                counters.xorb_bytes += len(body)
+                try:
+                    inserted = await run_in_threadpool(service.upload_xorb, xorb, body,
+                                                       grant.scope)
+                except AdapterHubError as exc:
+                    raise _refusal_for(exc) from None
         except Refusal as refusal:
             return _error(refusal, counters)
         counters.xorbs_inserted += int(inserted)
@@ -240,22 +245,36 @@ def xet_router(service: XetService, authorize: Authorize, signer: TokenSigner, *
     @router.post(cas_path + "/v1/shards")
     async def upload_shard_v1(request: Request) -> Response:
         try:
-            grant, body = await shard_body(request)
-            try:
-                new = await run_in_threadpool(service.upload_shard, body, grant.scope)
-            except AdapterHubError as exc:
-                raise _refusal_for(exc) from None
+            async with uploads:
+                grant, body = await shard_body(request)
+                try:
+                    new = await run_in_threadpool(service.upload_shard, body, grant.scope)
+                except AdapterHubError as exc:
+                    raise _refusal_for(exc) from None
         except Refusal as refusal:
             return _error(refusal, counters)
         return JSONResponse({"result": 1 if new else 0})
 
     @router.post(cas_path + "/v2/shards")
     async def upload_shard_v2(request: Request) -> Response:
+        await uploads.acquire()
         try:
             grant, body = await shard_body(request)
-        except Refusal as refusal:
-            return _error(refusal, counters)
-        return StreamingResponse(_shard_frames(service, body, grant.scope, counters),
+        except BaseException as exc:
+            uploads.release()
+            if isinstance(exc, Refusal):
+                return _error(exc, counters)
+            raise
+        progress = [0, 0]
+
+        def on_progress(done: int, total: int) -> None:
+            progress[0], progress[1] = done, total
+
+        # verified whether or not anyone reads the response; the slot frees when it is done
+        task = asyncio.ensure_future(run_in_threadpool(service.upload_shard, body, grant.scope,
+                                                       on_progress))
+        task.add_done_callback(lambda t: (uploads.release(), t.cancelled() or t.exception()))
+        return StreamingResponse(_shard_frames(task, progress, counters),
                                  media_type="application/x-ndjson")
 
     return router
@@ -272,17 +291,10 @@ def _frame(**fields: object) -> bytes:
     return (json.dumps(fields, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-async def _shard_frames(service: XetService, body: bytes, scope: str,
+async def _shard_frames(task: asyncio.Future, progress: list[int],
                         counters: XetStats) -> AsyncIterator[bytes]:
     """``validating`` frames (bytes verified so far) every few seconds while the shard is
     checked, then ``result``, or ``error`` with the refusal's message (nothing is stored)."""
-    progress = [0, 0]
-
-    def on_progress(done: int, total: int) -> None:
-        progress[0], progress[1] = done, total
-
-    task = asyncio.ensure_future(run_in_threadpool(service.upload_shard, body, scope,
-                                                   on_progress))
     yield _frame(type="validating", verified=0, total=0)
     while not task.done():
         await asyncio.wait({task}, timeout=HEARTBEAT_S)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from adapterhub.errors import FormatError, IntegrityError
+from adapterhub.errors import AdapterNotFoundError, FormatError, IntegrityError
 from adapterhub.xet.hashes import ZERO_HASH, chunk_hash, file_hash, hash_to_hex, hex_to_hash, \
     is_global_dedup_eligible, verification_hash
 from adapterhub.xet.shard import CHUNK_FLAG_GLOBAL_DEDUP, ChunkEntry, FileEntry, Term, \
@@ -50,6 +50,8 @@ class XetLimits:
     dedup_key_ttl_s: int = 7 * 24 * 3600
     #: compressed bytes read from the store at once while reconstructing
     read_window: int = 8 * 1024 * 1024
+    #: xorb and shard uploads held in memory and verified at the same time (per router)
+    max_parallel_uploads: int = 4
 
 
 ShardProgress = Callable[[int, int], None]
@@ -196,6 +198,15 @@ class XetService:
 
     def file_by_sha256(self, sha256: str, scope: str) -> FileEntry | None:
         return self.storage.file_by_sha256(sha256.lower(), scope)
+
+    def read_by_sha256(self, sha256: str, scope: str) -> Iterator[bytes]:
+        """The bytes of the file with this sha256 uploaded under ``scope``, streamed and
+        verified (AdapterNotFoundError if there is none)."""
+        entry = self.file_by_sha256(sha256, scope)
+        if entry is None:
+            raise AdapterNotFoundError(f"no file with sha256 {sha256} was uploaded through Xet",
+                                       hint="Upload it (hf_xet does) before committing it")
+        return self.reconstruct(entry)
 
     def _term_chunks(self, term: Term) -> Iterator[bytes]:
         info = self.storage.xorb_info(term.xorb_hash)
