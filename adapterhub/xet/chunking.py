@@ -102,7 +102,7 @@ class Chunker:
 
 
 def chunk_bytes(data: bytes | bytearray | memoryview) -> list[bytes]:
-    """The chunks of ``data`` in order (one chunk, possibly empty-free, for small data)."""
+    """The chunks of ``data`` in order (none for empty data; one below 8 KiB)."""
     chunker = Chunker()
     return chunker.update(data) + chunker.finish()
 

@@ -72,7 +72,7 @@ class Caller:
     scope: str
 
 
-Authorize = Callable[[Request, RepoRef], "Caller | Awaitable[Caller]"]
+Authorize = Callable[[Request, RepoRef], Caller | Awaitable[Caller]]
 
 
 @dataclass

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 from adapterhub.errors import AdapterNotFoundError, FormatError, IntegrityError
 from adapterhub.xet.hashes import ZERO_HASH, chunk_hash, file_hash, hash_to_hex, hex_to_hash, \
@@ -91,9 +92,7 @@ class XetService:
         info = self._visible_xorb(x.xorb_hash, scope, "the shard's xorb section")
         name = hash_to_hex(x.xorb_hash)
         stated = [(c.chunk_hash, c.unpacked_offset, c.unpacked_bytes) for c in x.chunks]
-        offsets = [info.unpacked_offset(0)]
-        for size in info.chunk_sizes[:-1]:
-            offsets.append(offsets[-1] + size)
+        offsets = accumulate(info.chunk_sizes[:-1], initial=0)
         actual = list(zip(info.chunk_hashes, offsets, info.chunk_sizes))
         if stated != actual or x.unpacked_bytes != info.unpacked_size:
             raise IntegrityError(f"the shard describes xorb {name} with chunks or sizes that "

@@ -23,7 +23,7 @@ and the xorb hash, and raises :class:`~adapterhub.errors.FormatError` or
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adapterhub.errors import FormatError, IntegrityError
@@ -227,14 +227,6 @@ def xorb_footer(info: XorbInfo, nonce: bytes = b"") -> bytes:
                        len(bound_section) + tail_len) + nonce.ljust(FOOTER_BUFFER_LEN, b"\0")
     footer = IDENT + bytes([VERSION]) + info.hash + hash_section + bound_section + tail
     return footer + struct.pack("<I", len(footer))
-
-
-def iter_chunk_range(data: bytes | memoryview, first_offset: int, count: int) -> Iterator[bytes]:
-    """Decode ``count`` consecutive chunks whose first header starts at ``first_offset``."""
-    pos = first_offset
-    for _ in range(count):
-        chunk, pos = decode_chunk(data, pos)
-        yield chunk
 
 
 def build_xorb(chunks: Sequence[bytes], schemes: Sequence[int] | None = None,
