@@ -25,7 +25,7 @@ from xet_hub import XetTestHub
 from adapterhub.xet.hashes import chunk_hash, hash_to_hex
 from adapterhub.xet.pack import pack_file
 from adapterhub.xet.service import XetLimits
-from adapterhub.xet.shard import build_shard
+from adapterhub.xet.shard import build_shard, parse_shard
 from adapterhub.xet.tokens import Grant
 
 UPLOAD = ("import sys; from huggingface_hub import HfApi; "
@@ -77,6 +77,10 @@ def test_real_client_uploads_reconstructs_and_dedups(hub: XetTestHub, tmp_path: 
     assert entry is not None and entry.size == len(data)
     rebuilt = b"".join(hub.service.reconstruct(entry))
     assert hashlib.sha256(rebuilt).hexdigest() == sha256 and rebuilt == data
+    (shard,) = hub.storage.shards.values()  # the client's own shard, as it sent it
+    parsed = parse_shard(shard)
+    assert build_shard(parsed.files, parsed.xorbs) == shard
+    assert parsed.files[0].verification is not None and parsed.files[0].sha256 == sha256
 
     hits = hub.stats.dedup_hits
     hf_upload(hub.url, path, tmp_path / "cache-2")  # a fresh cache: only the server knows

@@ -44,6 +44,10 @@ def test_hash_text_form_reverses_each_word() -> None:
     text = hash_to_hex(raw)
     assert text.startswith("0706050403020100")
     assert hex_to_hash(text) == raw
+    # xet-core data_hash.rs, test_hash_hex_string_endianness
+    raw = bytes([22, 175, 58, 132, 4, 75, 131, 214, 190, 153, 138, 66, 226, 3, 153, 242, 204, 86,
+                 80, 234, 249, 153, 80, 99, 159, 80, 65, 138, 236, 231, 149, 78])
+    assert hash_to_hex(raw) == "d6834b04843aaf16f29903e2428a99be635099f9ea5056cc4e95e7ec8a41509f"
     with pytest.raises(FormatError):
         hex_to_hash("AB" * 32)
 
