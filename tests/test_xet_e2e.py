@@ -206,12 +206,19 @@ def test_other_namespaces_cannot_see_or_borrow_xorbs(small_hub: XetTestHub) -> N
     for x in packed.xorbs:
         post(small_hub, f"/v1/xorbs/default/{x.hex}", x.data, alice)
     post(small_hub, "/v1/shards", packed.shard, alice)
+    stored = snapshot(small_hub)
     first = hash_to_hex(small_hub.storage.xorb_info(packed.xorbs[0].hash).chunk_hashes[0])
     query = f"{small_hub.cas}/v1/chunks/default/{first}"
     assert httpx.get(query, headers={"authorization": f"Bearer {alice}"}).status_code == 200
     assert httpx.get(query, headers={"authorization": f"Bearer {bob}"}).status_code == 404
     assert post(small_hub, "/v1/shards", packed.shard, bob).status_code == 400
     assert small_hub.service.file_by_sha256(packed.sha256, "other") is None
+    assert snapshot(small_hub) == stored
+    # bob holding the same bytes learns nothing of alice's copy: new to him, stored once
+    x = packed.xorbs[0]
+    assert post(small_hub, f"/v1/xorbs/default/{x.hex}", x.data, bob).json() == \
+        {"was_inserted": True}
+    assert snapshot(small_hub)[0] == stored[0]
 
 
 def raw_request(port: int, head: str, body: bytes = b"") -> bytes:

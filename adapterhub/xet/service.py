@@ -69,15 +69,18 @@ class XetService:
 
     def upload_xorb(self, xorb_hex: str, data: bytes, scope: str) -> bool:
         """Verify a serialized xorb uploaded as ``xorb_hex`` and store it (with a canonical
-        footer). Returns whether its bytes were new to the store."""
+        footer). Returns whether it is new *to this scope*: whether another scope stored the
+        same bytes before is not the uploader's to learn."""
         expected = hex_to_hash(xorb_hex)
         if len(data) > self.limits.max_xorb_bytes:
             raise FormatError(f"a xorb is at most {self.limits.max_xorb_bytes} bytes; this one "
                               f"has {len(data)}")
         info = parse_xorb(data, expected)
+        known = self.storage.xorb_visible(info.hash, scope)
         stored = bytes(data[:info.data_size]) + xorb_footer(info)
         eligible = [h for h in info.chunk_hashes if is_global_dedup_eligible(h)]
-        return self.storage.put_xorb(info, stored, scope, eligible)
+        self.storage.put_xorb(info, stored, scope, eligible)
+        return not known
 
     # --- shards --------------------------------------------------------------------------
 
