@@ -22,7 +22,7 @@ from adapterhub.xet.chunking import MAX_CHUNK, MIN_CHUNK, Chunker, boundaries, c
     hash_stream
 from adapterhub.xet.hashes import chunk_hash, file_hash, hash_to_hex, hex_to_hash, \
     verification_hash, xorb_hash
-from adapterhub.xet.xorb import build_xorb, parse_xorb, xorb_footer
+from adapterhub.xet.xorb import build_xorb, parse_xorb, read_footer, xorb_footer
 
 VECTORS = Path(__file__).parent / "xet_vectors"
 
@@ -154,6 +154,10 @@ def test_xorb_round_trip_every_scheme(footer: bool) -> None:
     assert info.chunk_sizes == tuple(len(c) for c in chunks)
     canonical = data[:info.data_size] + xorb_footer(info)
     assert parse_xorb(canonical, expected) == info
+    assert read_footer(canonical) == info
+    if not footer:
+        with pytest.raises(FormatError):
+            read_footer(data)
 
 
 def test_xorb_refuses_every_kind_of_corruption() -> None:

@@ -16,7 +16,7 @@ from adapterhub.xet.service import XetLimits, XetService
 from adapterhub.xet.shard import FileEntry, Term, build_shard, parse_shard
 from adapterhub.xet.storage import MemoryXetStorage, XetStorage
 from adapterhub.xet.tokens import Grant, HmacTokenSigner
-from adapterhub.xet.xorb import build_xorb, parse_xorb
+from adapterhub.xet.xorb import build_xorb, parse_xorb, read_footer
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ def test_upload_then_reconstruct_across_xorbs_and_schemes(service: XetService) -
         service.read_by_sha256(packed.sha256, "other")
     for info, stored in service.storage.xorbs.values():  # stored with a canonical footer
         assert parse_xorb(stored, info.hash) == info
+        assert read_footer(stored) == info
 
 
 def test_scopes_do_not_see_each_other(service: XetService) -> None:

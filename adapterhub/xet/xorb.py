@@ -210,6 +210,23 @@ def parse_xorb(data: bytes | bytearray | memoryview, expected: bytes | None = No
     return XorbInfo(computed, tuple(hashes), tuple(sizes), tuple(ends), pos)
 
 
+def read_footer(data: bytes | bytearray | memoryview) -> XorbInfo:
+    """The :class:`XorbInfo` of a stored xorb, from its footer alone (chunks not decoded):
+    for stores that keep the bytes and want the chunk list back cheaply. The footer must be
+    self-consistent; the chunks themselves were verified when the xorb was uploaded."""
+    view = memoryview(data)
+    if len(view) < 4:
+        raise FormatError("a stored xorb ends with its footer's length")
+    start = len(view) - 4 - int.from_bytes(view[-4:], "little")
+    if start < 0:
+        raise FormatError("the xorb's footer length is larger than the xorb")
+    stated, hashes, ends, unpacked_ends = _parse_footer(view[start:-4])
+    sizes = [b - a for a, b in zip((0, *unpacked_ends), unpacked_ends)]
+    if not hashes or (ends and ends[-1] != start) or min(sizes, default=0) < 0:
+        raise FormatError("the xorb footer does not describe the chunks before it")
+    return XorbInfo(stated, tuple(hashes), tuple(sizes), tuple(ends), start)
+
+
 def xorb_footer(info: XorbInfo, nonce: bytes = b"") -> bytes:
     """The footer (with its trailing length) that describes ``info``'s chunks."""
     n = info.num_chunks
