@@ -113,3 +113,6 @@ def test_dense_training_needs_task_targets():
     with pytest.raises(adapterhub.ConfigError, match="router_training"):
         train_router(base, experts, _rows([0, 1, 2], seed=1), [0, 1, 2],
                      router_training="sparse", quiet=True)
+    with pytest.raises(adapterhub.ConfigError, match="for a dense router"):
+        train_router(base, experts, _rows([0, 1, 2], seed=1), [0, 1, 2],
+                     task_targets=torch.zeros(3), quiet=True)

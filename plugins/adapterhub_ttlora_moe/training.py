@@ -123,6 +123,10 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
                                "fits), or use router_training='noisy_topk'")
     if dense:
         _rows(inputs, task_targets)
+    elif task_targets is not None or loss_fn is not None or router_loss_weight:
+        raise ConfigError("task_targets, loss_fn and router_loss_weight are for a dense "
+                          "router; a noisy top-k router learns the expert labels only",
+                          hint="Pass router_training='dense', or drop them")
     torch.manual_seed(seed)
 
     was_training = model.training
