@@ -244,3 +244,37 @@ def test_vllm_check_refuses_and_suggests_apply(pair, tmp_path):
     report = check_target(tmp_path / "peft", "vllm")
     assert any("does not support DoRA" in p and "adapterhub apply" in p
                for p in report.problems)
+
+
+def test_on_a_quantized_base():
+    """QDoRA: DoRA over NF4 Linears trains, merges through the layer's merge_delta and
+    unmerges back to the quantized weight exactly."""
+    from adapterhub.testing.conformance import TinyMLP
+
+    model = TinyMLP.build()
+    layers = adapterhub.attach(model, "dora", r=4, lora_alpha=8, target_modules=["lin0", "lin1"],
+                               quantize="nf4")
+    assert all(type(layer.base_layer).__name__ == "Linear4bit" for layer in layers.values())
+    x = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(adapterhub.param_groups(model, lr=1e-2))
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert adapterhub.extract(model).manifest.quantization["name"] == "nf4"
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(x)
+        for layer in layers.values():
+            layer.merge()
+        merged = model(x)
+        assert max_diff(merged, unmerged) <= 2 ** -7 * unmerged.abs().max().item()  # bf16
+        for layer in layers.values():
+            layer.unmerge()
+            assert layer.base_layer.merged_weight is None
+        assert torch.equal(model(x), unmerged)
