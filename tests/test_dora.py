@@ -278,3 +278,27 @@ def test_on_a_quantized_base():
             layer.unmerge()
             assert layer.base_layer.merged_weight is None
         assert torch.equal(model(x), unmerged)
+
+
+def test_weight_norm_is_cached_until_a_factor_or_the_weight_changes():
+    from adapterhub_dora.kernels import direct_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40))
+    layer = adapterhub.attach(model, "dora", r=4, lora_alpha=8, target_modules=["0"],
+                              init_lora_weights=False)["0"]
+    args = (layer.base_weight, layer.lora_A, layer.lora_B, layer.scaling, False, torch.float32)
+    first = layer.weight_norm(*args)
+    assert layer.weight_norm(*args) is first  # nothing changed: reused
+    torch.testing.assert_close(first, direct_norm(*args[:5]), atol=1e-6, rtol=1e-6)
+    for tensor in (layer.lora_A, layer.lora_B):
+        with torch.no_grad():
+            tensor.mul_(1.5)  # what an optimizer step does: an in-place update
+        again = layer.weight_norm(*args)
+        assert again is not first
+        torch.testing.assert_close(again, direct_norm(*args[:5]), atol=1e-6, rtol=1e-6)
+        first = again
+    layer.merge()
+    layer.unmerge()
+    torch.testing.assert_close(layer.weight_norm(*args), direct_norm(*args[:5]),
+                               atol=1e-5, rtol=1e-5)

@@ -71,6 +71,7 @@ class DoraLinear(LoraLinear):
         if self.merged:
             return
         what = f"{self.method.name} adapter on {self.path}"
+        self.weight_norm.clear()  # the base weight is about to be replaced
         with torch.no_grad():
             weight = self.base_weight
             new, norm = merged_weight(weight.detach(), self.lora_A, self.lora_B,
@@ -93,6 +94,7 @@ class DoraLinear(LoraLinear):
             return
         what = f"{self.method.name} adapter on {self.path}"
         kind, saved = self._merge_state
+        self.weight_norm.clear()
         with torch.no_grad():
             if kind == "delta":
                 self.base_layer.unmerge_delta(saved, what=what)
