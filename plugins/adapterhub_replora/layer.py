@@ -15,6 +15,7 @@ their per-projection output layers. ``V_{B,p}`` starts at zero, so ΔW = 0 at st
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from torch import nn
 
 from adapterhub import FormatError
 from adapterhub.layers import AdaptedLayer, adapter_dtype
+
+if TYPE_CHECKING:
+    from adapterhub_replora.config import ReploraConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -32,7 +36,8 @@ class Generator(nn.Module):
     ``forward()`` gives the hidden codes ``(H_A, H_B)``, each ``[r, h]``.
     """
 
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, config: ReploraConfig, *, dtype: torch.dtype,
+                 device: torch.device) -> None:
         super().__init__()
         r, k, h = config.r, config.latent_width, config.hidden_width
         kw = {"dtype": dtype, "device": device}
