@@ -234,9 +234,10 @@ def test_merge_strategies_refuse_dora(pair):
             merge_adapters([dora, dora], strategy)
 
 
-def test_vllm_check_refuses_and_suggests_apply(pair, tmp_path):
+def test_vllm_check_refuses_and_suggests_apply(pair, tmp_path, run):
     ours, theirs = pair
-    report = check_target(adapterhub.extract(ours), "vllm")
+    package = adapterhub.extract(ours)
+    report = check_target(package, "vllm")
     assert not report.ok
     assert "vLLM cannot load 'dora' adapters" in report.problems[0]
     assert any("adapterhub apply" in note for note in report.notes)
@@ -244,6 +245,14 @@ def test_vllm_check_refuses_and_suggests_apply(pair, tmp_path):
     report = check_target(tmp_path / "peft", "vllm")
     assert any("does not support DoRA" in p and "adapterhub apply" in p
                for p in report.problems)
+    package.save(tmp_path / "native")
+    result = run("check", str(tmp_path / "native"), "--target", "vllm", code=1)
+    assert "vLLM cannot load 'dora' adapters" in result.output
+    assert "adapterhub apply" in result.output
+    result = run("export", str(tmp_path / "native"), "--format", "vllm", "--out",
+                 str(tmp_path / "vllm"), code=1)
+    assert "vLLM cannot load 'dora' adapters" in result.output
+    assert not (tmp_path / "vllm").exists()
 
 
 def test_on_a_quantized_base():
