@@ -311,3 +311,31 @@ def test_weight_norm_is_cached_until_a_factor_or_the_weight_changes():
     layer.unmerge()
     torch.testing.assert_close(layer.weight_norm(*args), direct_norm(*args[:5]),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_peft_import_picks_the_method_whose_flags_match(pair, tmp_path, monkeypatch):
+    """use_dora: true goes to the method declaring peft_flags={"use_dora": True}; without it
+    installed, lora refuses the adapter; a plain LoRA never goes to dora."""
+    import adapterhub.plugins as plugins
+    from adapterhub.testing.conformance import TinyMLP
+
+    _, theirs = pair
+    theirs.save_pretrained(tmp_path / "dora")
+    tiny = TinyMLP.build()
+    adapterhub.attach(tiny, "lora", r=2, target_modules=["lin0"])
+    write_peft(adapterhub.extract(tiny), tmp_path / "lora")
+
+    def installed(names):
+        monkeypatch.setenv("ADAPTERHUB_PLUGINS", names)
+        manager = plugins.get_plugin_manager()
+        monkeypatch.setattr(plugins, "plugin_manager", lambda: manager)
+
+    installed("lora,dora")
+    assert read_peft(tmp_path / "dora").manifest.method_name == "dora"
+    assert read_peft(tmp_path / "lora").manifest.method_name == "lora"
+    installed("lora")
+    with pytest.raises(adapterhub.FormatError, match="use_dora"):
+        read_peft(tmp_path / "dora")
+    installed("dora")
+    with pytest.raises(adapterhub.UnknownMethodError, match="use_dora"):
+        read_peft(tmp_path / "lora")
