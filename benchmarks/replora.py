@@ -8,11 +8,11 @@ kinds of planted change (``TASKS``): quality.py's independent one per projection
 whose query and value changes share their input side (structure the reparameterization can
 exploit).
 
-Here the training data is finite: a pool of ``POOL`` sequences per seed (as many as 120 steps of
-``benchmarks.quality`` draw fresh), of which each run sees the first 10%, 30% or 100% — and
-1% and 3%, where data is scarce enough to matter here — for the same ``STEPS`` Adam steps of ``BATCH`` sequences
-(cycling through its share, reshuffled each pass), with the usual warmup-then-linear-decay
-schedule. LoRA r=8 and RepLoRA r=8 (its defaults: GELU generators, h = 4r, k = r, shared by
+Here the training data is finite: a pool of ``POOL`` sequences per seed (as many as 120
+steps of ``benchmarks.quality`` draw fresh), of which each run sees the first 10%, 30% or
+100%, and 1% and 3%, where data is scarce enough to matter here, for the same ``STEPS`` Adam
+steps of ``BATCH`` sequences (cycling through its share, reshuffled each pass), with the usual
+warmup-then-linear-decay schedule. LoRA r=8 and RepLoRA r=8 (its defaults: GELU generators, h = 4r, k = r, shared by
 the query and value of each block), both lora_alpha = 16. Each (method, fraction) picks its
 learning rate from the same grid by the final loss on a validation set (seed 0), then runs
 three seeds (seed = planted change, data pool, adapter init and batch order). Reported: the
