@@ -9,7 +9,9 @@ order and the same index:
   (:meth:`AdapterMethod.low_rank` factors, else :meth:`AdapterMethod.delta_weight`), added in
   fp32 and cast once, to its own dtype or to ``dtype``, a block of rows at a time
   (:mod:`adapterhub.tensor_stream`);
-- with ``dtype``, the other floating tensors are cast too and the headers rewritten.
+- with ``dtype``, the other floating tensors are cast too and the headers rewritten;
+- a method whose change depends on the base weight (``base_dependence``: DoRA rescales
+  ``W + ΔW``) is folded through its ``merge`` with the whole tensor in memory.
 
 Quantized weights (QLoRA, DESIGN §7) take one of three paths; each adds ΔW to ``deq(Q(W))``,
 the weight the adapter was trained against:
@@ -528,8 +530,10 @@ def _requantize(build: _Build, name: str) -> None:
     plan = build.plan
     info = plan.quantized[name]
     with build.budget.reserve(_whole_tensor_bytes(info.shape)):
-        terms = _terms(plan, name, info.shape)
         quantized = read_quantized(plan.checkpoint, info.stored)
+        base = resolve_quantizer(info.stored.quantizer).dequantize(quantized) \
+            if _needs_base(plan, name) else None
+        terms = _terms(plan, name, info.shape, base)
 
         def add_delta(block: torch.Tensor, r0: int, r1: int) -> None:
             for term in terms:
@@ -616,19 +620,25 @@ def _write_tensor(build: _Build, src_fd: int, dst_fd: int, info: TensorInfo,
             and name not in plan.roundtrip:
         copy_range(src_fd, dst_fd, info.start, offset, info.nbytes)
         return
-    terms = _terms(plan, name, shape) if name in plan.folds else []
     if name in plan.quantized:
         with build.budget.reserve(_whole_tensor_bytes(shape)):
             stored = plan.quantized[name].stored
             weight = resolve_quantizer(stored.quantizer).dequantize(
                 read_quantized(plan.checkpoint, stored))
+            terms = _terms(plan, name, shape, weight)
             build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
     elif name in plan.roundtrip:
         with build.budget.reserve(_whole_tensor_bytes(shape)):
             weight = quantized_base(plan.checkpoint.read_tensor(name), plan.roundtrip[name])
+            terms = _terms(plan, name, shape, weight)
+            build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
+    elif _needs_base(plan, name):  # a fold that rescales W + ΔW reads the whole weight
+        with build.budget.reserve(_whole_tensor_bytes(shape)):
+            weight = plan.checkpoint.read_tensor(name)
+            terms = _terms(plan, name, shape, weight)
             build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
     else:
-        build.streamer.stream(src_fd, dst_fd, info, offset, dtype, terms)
+        build.streamer.stream(src_fd, dst_fd, info, offset, dtype, _terms(plan, name, shape))
 
 
 def _new_layout(build: _Build, header: Header, ordered: list[TensorInfo]
@@ -654,15 +664,37 @@ def _new_layout(build: _Build, header: Header, ordered: list[TensorInfo]
     return head, {name: len(head) + begin for name, (begin, _) in offsets.items()}
 
 
-def _terms(plan: BuildPlan, name: str, shape: tuple[int, ...]) -> list[Term]:
+def _needs_base(plan: BuildPlan, name: str) -> bool:
+    """Whether a fold into ``name`` depends on the base weight (``base_dependence``)."""
+    return any(plan.methods[fold.adapter][0].base_dependence
+               for fold in plan.folds.get(name, ()))
+
+
+def _terms(plan: BuildPlan, name: str, shape: tuple[int, ...],
+           base: torch.Tensor | None = None) -> list[Term]:
     """Each fold's ΔW from its method's merge kernel: the exact low-rank factors when the
-    method has them (``low_rank``), else the dense ``delta_weight``, both in fp32."""
+    method has them (``low_rank``), else the dense ``delta_weight``, both in fp32.
+
+    A method whose change depends on the base weight gets ``merge(base) − base`` computed
+    from ``base`` (the weight the adapters fold into: read whole, dequantized or round-tripped),
+    so several adapters on one tensor each add the change they make to the same base.
+    """
+    import torch
+
     rows, cols = rows_cols(shape)
     terms = []
-    for fold in plan.folds[name]:
+    for fold in plan.folds.get(name, ()):
         method, config = plan.methods[fold.adapter]
         group = plan.groups[fold.adapter][fold.module]
         weight = plan.weights[fold.adapter]
+        if method.base_dependence:
+            if base is None:
+                raise MergeError(f"{method.name} on {fold.module} needs the base weight "
+                                 f"{name} to fold into")
+            wide = base.float() if base.dtype != torch.float64 else base
+            merged = method.merge(wide, fold.module, group, config).to(wide.dtype)
+            terms.append(Term(weight, dense=(merged - wide).reshape(rows, cols)))
+            continue
         factors = method.low_rank(fold.module, group, config, shape)
         if factors is not None:
             left, right = (f.float().contiguous() for f in factors)

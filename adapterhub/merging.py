@@ -328,6 +328,12 @@ def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | 
     for package in inputs.packages:
         fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
         method = package.method
+        if method.base_dependence:
+            raise MergeError(f"cannot merge the {method.name!r} adapter "
+                             f"{package.digest[:19]} with others: {method.base_dependence}, "
+                             f"and a merge of adapters has no base weights",
+                             hint="Fold it into the base model with 'adapterhub apply' (it "
+                                  "takes several adapters) and merge what remains")
         inputs.methods.append((method, package.config))
         inputs.groups.append(method.group_tensors(package.tensors))
         for module, shape in package.manifest.base_model.get("modules", {}).items():

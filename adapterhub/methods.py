@@ -160,6 +160,18 @@ class AdapterMethod:
     layer_kinds: ClassVar[tuple[str, ...]] = ("linear", "conv1d")
     #: the PEFT ``peft_type`` this method exports to and imports from, if PEFT can express it
     peft_type: ClassVar[str | None] = None
+    #: ``adapter_config.json`` entries that mark this method's adapters among the PEFT adapters
+    #: of its ``peft_type`` (DoRA: ``{"use_dora": True}`` within ``LORA``); an import picks the
+    #: installed method whose entries all match, the most entries first
+    peft_flags: ClassVar[dict[str, Any]] = {}
+    #: Why the method's change to a layer depends on that layer's base weight, or ``""`` when
+    #: ΔW is a function of the adapter's tensors alone. A method that rescales ``W + ΔW``
+    #: (DoRA) has no ΔW without its base: it implements :meth:`merge` (which gets the weight)
+    #: and its ``delta_weight``/``low_rank`` refuse or return ``None``. ``apply`` then folds it
+    #: through :meth:`merge` with the whole base tensor in memory, and whatever combines or
+    #: exports adapters without a base (merge strategies, LoRA-only engines) refuses it, giving
+    #: this reason.
+    base_dependence: ClassVar[str] = ""
 
     # -- config -----------------------------------------------------------------------------
 
@@ -284,7 +296,11 @@ class AdapterMethod:
 
     def merge(self, weight: torch.Tensor, module: str, tensors: dict[str, torch.Tensor],
               config: MethodConfig, *, scale: float = 1.0) -> torch.Tensor:
-        """Return ``weight + scale·ΔW``: the add in fp32, one cast back, a finiteness check."""
+        """Return ``weight + scale·ΔW``: the add in fp32, one cast back, a finiteness check.
+
+        ``weight`` is the base weight as stored (``[in, out]`` for Conv1D). A method with
+        :attr:`base_dependence` overrides this; its ΔW is ``merge(weight) − weight``.
+        """
         delta = self.delta_weight(module, tensors, config, tuple(weight.shape))
         return fold_delta(weight, delta, scale=scale, what=f"{self.name} adapter on {module}")
 

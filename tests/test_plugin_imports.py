@@ -6,7 +6,9 @@ import sys
 
 def test_plugin_modules_import_without_torch():
     code = ("import sys\n"
-            "import adapterhub_lora, adapterhub_loraplus, adapterhub_melora\n"
+            "import adapterhub_lora, adapterhub_loraplus, adapterhub_melora, adapterhub_dora\n"
+            "import adapterhub_replora\n"
+            "from adapterhub_replora import ReploraConfig\n"
             "from adapterhub_lora import LoraConfig\n"
             "from adapterhub_loraplus import LoraPlusConfig\n"
             "from adapterhub_melora import MeloraConfig\n"

@@ -221,3 +221,22 @@ def test_hf_trainer_trains_the_adapter_only(tmp_path):
     after = adapterhub.unload(model, merge=False).state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), f"base tensor {key} changed"
+
+
+@pytest.mark.parametrize("method", ["dora", "replora"])
+def test_python_train_causal_lm_with_dora_and_replora(tmp_path, tiny_llama, method):
+    rng = random.Random(2)
+    data = write_lines(tmp_path / "lm.jsonl", [
+        json.dumps({"text": "one two three four five " + rng.choice(["six", "seven"])})
+        for _ in range(40)])
+    logs = []
+    package = train(tiny_llama, data, task="causal-lm", method=method,
+                    config={"r": 2, "target_modules": ["q_proj", "v_proj"]},
+                    epochs=3, lr=1e-2, batch_size=8, log_every=5, on_log=logs.append,
+                    show_progress=False)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert package.manifest.method["name"] == method
+    per_module = {"dora": ("lora_A", "lora_B", "lora_magnitude_vector"),
+                  "replora": ("lora_A", "lora_B")}[method]
+    assert sorted({key.rpartition(".")[2] for key in package.tensors}) == sorted(per_module)
+    assert len(package.tensors) == len(per_module) * 2 * 2  # x (q, v) x 2 layers

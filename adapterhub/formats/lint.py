@@ -94,6 +94,8 @@ def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) ->
         layout = _export_layout(package, name)
     except AdapterHubError as exc:
         report.problems.append(exc.message)
+        if exc.hint:
+            report.notes.append(exc.hint)
         return report
     if name == "vllm":
         _check_vllm(layout[0], {k: tuple(v.shape) for k, v in layout[1].items()}, report)
@@ -139,7 +141,8 @@ def _check_vllm(config: dict[str, Any], shapes: dict[str, tuple[int, ...]],
         if config.get(key) in (None, [], ""):
             problems.append(f"adapter_config.json has no {key}")
     if config.get("use_dora"):
-        problems.append("use_dora is set; vLLM does not support DoRA")
+        problems.append("use_dora is set; vLLM does not support DoRA (merge it into the base "
+                        "with 'adapterhub apply' and serve the merged model)")
     if config.get("modules_to_save"):
         problems.append(f"modules_to_save is {config['modules_to_save']!r}; vLLM only "
                         f"supports modules_to_save being None")

@@ -33,17 +33,31 @@ def is_peft_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def peft_method(peft_type: str) -> AdapterMethod:
-    """The installed method that reads PEFT adapters of ``peft_type`` (``"LORA"`` → lora)."""
+def peft_method(peft_type: str, adapter_config: dict[str, Any] | None = None
+                ) -> AdapterMethod:
+    """The installed method that reads PEFT adapters of ``peft_type`` (``"LORA"`` → lora).
+
+    Among the methods of that ``peft_type``, those whose ``peft_flags`` all match
+    ``adapter_config`` qualify and the one with the most flags wins (``use_dora: true`` picks
+    the method that claims it); then the method named like the type, then the first by name.
+    """
     from adapterhub.plugins import get_method, plugin_manager
 
-    claims = sorted(name for name, reg in plugin_manager().registered("method").items()
-                    if reg.obj.peft_type == peft_type)
+    adapter_config = adapter_config or {}
+    claims = [reg.obj for reg in plugin_manager().registered("method").values()
+              if reg.obj.peft_type == peft_type]
     if not claims:
         raise UnknownMethodError(f"no installed method reads PEFT adapters of type "
                                  f"{peft_type!r}")
+    fitting = [cls for cls in claims
+               if all(adapter_config.get(k) == v for k, v in cls.peft_flags.items())]
+    if not fitting:
+        raise UnknownMethodError(f"no installed method reads these PEFT {peft_type} adapters "
+                                 f"(flags of the installed ones: " + "; ".join(
+                                     f"{c.name}: {c.peft_flags}" for c in claims) + ")")
     preferred = peft_type.lower()
-    return get_method(preferred if preferred in claims else claims[0])
+    best = min(fitting, key=lambda c: (-len(c.peft_flags), c.name != preferred, c.name))
+    return get_method(best.name)
 
 
 def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None
@@ -72,7 +86,7 @@ def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | No
         if not key.startswith(KEY_PREFIX):
             raise FormatError(f"{weights.name}: key {key!r} does not start with {KEY_PREFIX!r}")
         tensors[key[len(KEY_PREFIX):]] = value
-    method = peft_method(config["peft_type"])
+    method = peft_method(config["peft_type"], config)
     method_config, native = method.from_peft(config, tensors)
     fingerprint = Checkpoint(base).fingerprint if base is not None else None
     return AdapterPackage.build(method, method_config, native,

@@ -37,6 +37,9 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
     from adapterhub.plugins import get_method
 
     method, config = package.method, package.config
+    if method.base_dependence:
+        raise ExportError(f"vLLM cannot load {method.name!r} adapters: "
+                          f"{method.base_dependence}", hint=APPLY_HINT)
     shapes = package.manifest.base_model.get("modules", {})
     factors, kinds = {}, {}
     for module, group in sorted(method.group_tensors(package.tensors).items()):

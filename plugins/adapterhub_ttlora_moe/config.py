@@ -11,6 +11,7 @@ from registry_db.digests import is_digest
 
 INITS = ("direct", "zero")
 POOLINGS = ("last", "mean")
+ROUTER_TRAINING = ("noisy_topk", "dense")
 
 
 @dataclass
@@ -79,6 +80,11 @@ class TTLoraMoeConfig(MethodConfig):
     pooling: str = field(default="last", metadata={
         "help": "router input: the base model's last hidden state at the last non-pad token "
                 "('last') or averaged over non-pad tokens ('mean')"})
+    router_training: str = field(default="noisy_topk", metadata={
+        "help": "'noisy_topk': the router learns each row's expert label from its noisy top-k "
+                "logits (the reference); 'dense' (DS-MoE): every expert weighted by a softmax "
+                "over all of them, trained on the task loss through the frozen experts. Both "
+                "route top-k at inference"})
 
     def validate(self) -> None:
         if not isinstance(self.experts, list) or not self.experts:
@@ -102,6 +108,9 @@ class TTLoraMoeConfig(MethodConfig):
                               f"({len(self.experts)}); got {self.top_k!r}")
         if not isinstance(self.noisy_gating, bool):
             raise ConfigError(f"`noisy_gating` must be true or false; got {self.noisy_gating!r}")
+        if self.router_training not in ROUTER_TRAINING:
+            raise ConfigError(f"`router_training` must be one of {', '.join(ROUTER_TRAINING)}; "
+                              f"got {self.router_training!r}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"`pooling` must be one of {', '.join(POOLINGS)}; got "
                               f"{self.pooling!r}")

@@ -52,6 +52,7 @@ def attach_moe(model: nn.Module, config: TTLoraMoeConfig, experts: list[AdapterP
         model.set_submodule(path, layer)
     weight = next(iter(layers.values())).base_layer.weight
     router.to(device=weight.device)
+    router.train(model.training)  # a new module trains; the router follows the model's mode
     model.add_module(ROUTER_ATTR, router)
     router.hooks = [model.register_forward_pre_hook(_route_hook, with_kwargs=True),
                     model.register_forward_hook(_clear_hook)]
@@ -73,6 +74,16 @@ def load_moe(model: nn.Module, package: AdapterPackage | str | os.PathLike[str],
         raise ConfigError(f"load_moe needs a ttlora_moe version; this one is "
                           f"{package.manifest.method_name!r}", hint="Use adapterhub.load")
     return package.method.load(model, package.tensors, package.config, experts=list(experts))
+
+
+def detach_moe(model: nn.Module) -> None:
+    """Take the MoE off ``model``: base layers back in place, the router and its hooks gone."""
+    router = router_of(model)
+    for layer in moe_layers(model):
+        model.set_submodule(layer.path, layer.base_layer)
+    for handle in router.hooks:
+        handle.remove()
+    delattr(model, ROUTER_ATTR)
 
 
 def router_of(model: nn.Module) -> Router:

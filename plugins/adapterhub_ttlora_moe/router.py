@@ -4,7 +4,9 @@ TT-LoRA MoE's "llm" router: run the base model with its adapters disabled, take 
 state, pool it per sequence (the last non-pad token, or the mean over non-pad tokens), and map
 it to one logit per expert with ``Linear(d_model, E, bias=False)``. While training, Shazeer's
 noisy gating adds ``N(0, 1) · softplus(Linear(d_model, E)(mean-pooled state))``; the top-k
-logits are kept and softmaxed, so top-1 gates are exactly one-hot.
+logits are kept and softmaxed, so top-1 gates are exactly one-hot. A *dense* router (DS-MoE)
+instead weights every expert by the softmax of its clean logits while it trains, and routes
+top-k like the other at inference.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ class Router(nn.Module):
     """Logits and gates over ``n_experts`` from pooled base-model states of width ``d_model``."""
 
     def __init__(self, d_model: int, n_experts: int, *, top_k: int = 1, noisy: bool = True,
-                 pooling: str = "last") -> None:
+                 pooling: str = "last", dense: bool = False) -> None:
         super().__init__()
         self.gate = nn.Linear(d_model, n_experts, bias=False)
         self.noise = nn.Linear(d_model, n_experts)
-        self.top_k, self.noisy, self.pooling = top_k, noisy, pooling
+        self.top_k, self.noisy, self.pooling, self.dense = top_k, noisy, pooling, dense
         #: set while the router runs the base model, so the nested forward does not route again
         self.busy = False
         #: the gates of the latest routed batch (for inspection)
@@ -40,7 +42,7 @@ class Router(nn.Module):
     @classmethod
     def for_config(cls, config: Any, d_model: int) -> Router:
         return cls(d_model, len(config.experts), top_k=config.top_k, noisy=config.noisy_gating,
-                   pooling=config.pooling)
+                   pooling=config.pooling, dense=config.router_training == "dense")
 
     def features(self, hidden: torch.Tensor, mask: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,16 +50,19 @@ class Router(nn.Module):
         return pool(hidden, mask, self.pooling), pool(hidden, mask, "mean")
 
     def logits(self, pooled: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Router logits ``[B, E]``; noisy while training if noisy gating is on."""
+        """Router logits ``[B, E]``; noisy while a noisy top-k router trains."""
         dtype = self.gate.weight.dtype
         logits = self.gate(pooled.to(dtype))
-        if self.training and self.noisy:
+        if self.training and self.noisy and not self.dense:
             scale = F.softplus(self.noise(mean.to(dtype)))
             logits = logits + torch.randn_like(logits) * scale
         return logits
 
     def gates(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax over the top-k logits of each row (the others get weight exactly 0)."""
+        """Softmax over the top-k logits of each row (the others get weight exactly 0); over
+        all of them while a dense router trains."""
+        if self.training and self.dense:
+            return torch.softmax(logits, dim=-1)
         top = torch.topk(logits, self.top_k, dim=-1).indices
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top, True)
         return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,19 +81,29 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
                  expert_labels: Sequence[str | int] | torch.Tensor, *,
                  names: Sequence[str] | None = None, epochs: int = 30, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, labels: dict[str, Any] | None = None,
-                 quiet: bool = False, **config_fields: Any) -> AdapterPackage:
+                 quiet: bool = False, task_targets: torch.Tensor | None = None,
+                 loss_fn: LossFn | None = None, router_loss_weight: float = 0.0,
+                 **config_fields: Any) -> AdapterPackage:
     """Train a router over frozen ``ttlora`` experts; return the ``ttlora_moe`` version.
 
     ``experts`` are the expert versions (packages or package directories), in router order;
     ``expert_labels`` give each input row its expert (a name or an index). ``names`` default
     to each expert's ``name``/``task`` label. ``config_fields`` are the remaining
-    :class:`TTLoraMoeConfig` fields (``top_k``, ``noisy_gating``, ``pooling``).
+    :class:`TTLoraMoeConfig` fields (``top_k``, ``noisy_gating``, ``pooling``,
+    ``router_training``).
 
     The router's input is the frozen base model's pooled last hidden state, computed once per
-    row (the base is frozen, so it does not change between epochs); the router then trains on
-    TT-LoRA MoE's router loss, cross-entropy of the noisy logits against the expert label,
-    with Adam at ``lr``. The reference adds the task loss, but with top-1 gates (exactly
-    one-hot) that term has zero gradient with respect to the router, so it is left out.
+    row (the base is frozen, so it does not change between epochs). Adam at ``lr``.
+
+    - ``router_training="noisy_topk"`` (default): TT-LoRA MoE's router loss, cross-entropy of
+      the noisy logits against the expert label. The reference adds the task loss, but with
+      top-1 gates (exactly one-hot) that term has zero gradient with respect to the router,
+      so it is left out.
+    - ``router_training="dense"`` (DS-MoE): the model runs with every expert weighted by the
+      softmax of the router's logits, and the router learns from the task loss
+      ``loss_fn(output, task_targets)`` (default: cross-entropy for integer targets, MSE for
+      float ones) plus ``router_loss_weight`` × the cross-entropy against the expert labels
+      (default 0: the labels then only measure accuracy). Inference routes top-k either way.
     """
     from adapterhub.plugins import get_method
 
@@ -104,6 +115,18 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
         {"experts": [p.digest for p in packages], "expert_names": names, **config_fields})
     targets = _expert_targets(config, expert_labels)
     count = _rows(inputs, targets)
+    dense = config.router_training == "dense"
+    if dense and task_targets is None:
+        raise ConfigError("a dense router learns from the task loss through the experts, so "
+                          "it needs the task's targets",
+                          hint="Pass task_targets= (and loss_fn= unless cross-entropy or MSE "
+                               "fits), or use router_training='noisy_topk'")
+    if dense:
+        _rows(inputs, task_targets)
+    elif task_targets is not None or loss_fn is not None or router_loss_weight:
+        raise ConfigError("task_targets, loss_fn and router_loss_weight are for a dense "
+                          "router; a noisy top-k router learns the expert labels only",
+                          hint="Pass router_training='dense', or drop them")
     torch.manual_seed(seed)
 
     was_training = model.training
@@ -123,26 +146,90 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
     finally:
         model.train(was_training)
     assert router is not None
-    pooled_all, mean_all = torch.cat(pooled), torch.cat(mean)
-    targets = targets.to(pooled_all.device)
-
-    optimizer = torch.optim.Adam(router.parameters(), lr=lr)
-    order = torch.Generator().manual_seed(seed)
-    router.train()
-    loss = torch.zeros(())
-    for _ in progress(range(epochs), desc="router", unit="epoch", disable=quiet):
-        for index in torch.randperm(count, generator=order).split(batch_size):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(router.logits(pooled_all[index], mean_all[index]),
-                                   targets[index])
-            loss.backward()
-            optimizer.step()
+    features = torch.cat(pooled), torch.cat(mean)
+    targets = targets.to(features[0].device)
+    run = _Run(epochs, lr, batch_size, torch.Generator().manual_seed(seed), quiet)
+    if dense:
+        metrics = _train_dense(model, router, config, packages, inputs, task_targets, features,
+                               targets, loss_fn or default_loss, router_loss_weight, run)
+    else:
+        metrics = _train_noisy(router, features, targets, run)
     router.eval()
     with torch.no_grad():
-        accuracy = (router.logits(pooled_all, mean_all).argmax(-1) == targets).float().mean()
+        accuracy = (router.logits(*features).argmax(-1) == targets).float().mean()
     return moe_package(router, config, packages, labels=labels, metrics={
-        "router_train_accuracy": accuracy.item(), "router_train_loss": loss.item(),
+        "router_train_accuracy": accuracy.item(), **metrics,
         "epochs": epochs, "lr": lr, "batch_size": batch_size})
+
+
+@dataclass
+class _Run:
+    epochs: int
+    lr: float
+    batch_size: int
+    order: torch.Generator
+    quiet: bool
+
+    def batches(self, count: int, desc: str) -> Iterator[torch.Tensor]:
+        for _ in progress(range(self.epochs), desc=desc, unit="epoch", disable=self.quiet):
+            yield from torch.randperm(count, generator=self.order).split(self.batch_size)
+
+
+def _train_noisy(router: Router, features: tuple[torch.Tensor, torch.Tensor],
+                 targets: torch.Tensor, run: _Run) -> dict[str, float]:
+    """The reference's router loss: cross-entropy of the noisy logits against the labels."""
+    optimizer = torch.optim.Adam(router.parameters(), lr=run.lr)
+    router.train()
+    loss = torch.zeros(())
+    for index in run.batches(len(targets), "router"):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(router.logits(features[0][index], features[1][index]),
+                               targets[index])
+        loss.backward()
+        optimizer.step()
+    return {"router_train_loss": loss.item()}
+
+
+def _train_dense(model: nn.Module, router: Router, config: Any,
+                 packages: list[AdapterPackage], inputs: Inputs, task_targets: torch.Tensor,
+                 features: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor,
+                 loss_fn: LossFn, label_weight: float, run: _Run) -> dict[str, float]:
+    """DS-MoE's dense training: every expert in every forward, weighted by the softmax of the
+    router's logits, and the task loss back through the frozen experts into the router.
+
+    The MoE is attached to ``model`` for the duration; the router's gates come from the
+    features computed once (the routing hook, which would run the base model again, is held
+    off), and the trained values are copied into ``router``.
+    """
+    from adapterhub_ttlora_moe.moe import attach_moe, detach_moe, moe_layers, router_of
+
+    was_training = model.training
+    attach_moe(model, config, packages, router.tensors())
+    live = router_of(model)
+    try:
+        model.eval()
+        live.train()
+        live.busy = True  # gates are set below, from the precomputed features
+        layers = moe_layers(model)
+        optimizer = torch.optim.Adam(live.parameters(), lr=run.lr)
+        task_loss = torch.zeros(())
+        for index in run.batches(len(targets), "router (dense)"):
+            optimizer.zero_grad()
+            logits = live.logits(features[0][index], features[1][index])
+            gates = live.gates(logits)
+            for layer in layers:
+                layer.gates = gates
+            task_loss = loss_fn(_call(model, _take(inputs, index)),
+                                task_targets[index].to(gates.device))
+            loss = task_loss + label_weight * F.cross_entropy(logits, targets[index]) \
+                if label_weight else task_loss
+            loss.backward()
+            optimizer.step()
+        router.load_tensors({name: t.detach() for name, t in live.tensors().items()})
+    finally:
+        detach_moe(model)
+        model.train(was_training)
+    return {"router_train_task_loss": task_loss.item()}
 
 
 def default_loss(output: Any, targets: torch.Tensor) -> torch.Tensor:
