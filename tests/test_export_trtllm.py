@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from dora_test_method import dora_method  # noqa: F401 (a fixture)
 from safetensors import safe_open
 
 import adapterhub
@@ -208,19 +207,10 @@ def test_float32_arrays_reproduce_peft_outputs(peft_dirs, tmp_path, name):
                                torch.load(peft_dirs / name / "logits.pt"), atol=1e-5, rtol=1e-5)
 
 
-def dora_package(peft_dir: Path) -> AdapterPackage:
-    """PEFT's DoRA tensors as a package of the test-only DoRA method (no DoRA import exists on
-    this branch)."""
-    config = json.loads((peft_dir / "adapter_config.json").read_text())
-    with safe_open(peft_dir / "adapter_model.safetensors", "pt") as f:
-        tensors = {key.removeprefix("base_model.model.").removesuffix(".weight"): f.get_tensor(key)
-                   for key in f.keys()}
-    return AdapterPackage.build("dora_test", {"r": config["r"],
-                                              "lora_alpha": config["lora_alpha"]}, tensors)
-
-
-def test_dora_magnitudes_are_normalized_against_the_base(peft_dirs, tmp_path, dora_method):
-    dora_package(peft_dirs / "dora").save(tmp_path / "pkg")
+def test_dora_magnitudes_are_normalized_against_the_base(peft_dirs, tmp_path):
+    package = read_peft(peft_dirs / "dora")  # the dora plugin imports PEFT's DoRA adapter
+    assert package.manifest.method_name == "dora"
+    package.save(tmp_path / "pkg")
     runner = CliRunner()
     refused = runner.invoke(cli, ["export", str(tmp_path / "pkg"), "--format", "trtllm",
                                   "--out", str(tmp_path / "no-base")])

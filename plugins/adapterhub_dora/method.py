@@ -64,6 +64,13 @@ class DoraMethod(LoraMethod):
     def low_rank(self, module, tensors, config, base_shape):
         return None
 
+    def magnitude_low_rank(self, module, tensors, config, base_shape):
+        """``(L, R, m)`` with ``W' = m · (W + L R) / ‖W + L R‖`` (the magnitude-and-direction
+        form serving engines such as TensorRT-LLM take; see
+        :class:`adapterhub.formats.trtllm.MagnitudeLowRank`)."""
+        left, right = super().low_rank(module, _factors(module, tensors), config, base_shape)
+        return left, right, tensors[MAGNITUDE].float()
+
     def merge(self, weight, module, tensors, config, *, scale=1.0):
         """``(m / ‖W + s·B A‖)·(W + s·B A)`` in fp32, one cast back; with ``scale`` ≠ 1 the
         change is scaled: ``W + scale·(W' − W)``."""
