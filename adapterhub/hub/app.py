@@ -28,7 +28,7 @@ MAX_HEADER_BYTES = 16 * 1024
 def create_app(db: str | os.PathLike[str] | None = None, *,
                settings: Settings | None = None, render_cache_bytes: int = 1 << 30):
     """An ASGI application serving the registry at ``db`` (default: the user's registry)."""
-    from adapterhub.hub import hf_read, hf_write, native, view
+    from adapterhub.hub import hf_read, hf_write, native, pages, view
 
     settings = settings or Settings()
     if settings.auth not in AUTH_MODES:
@@ -42,7 +42,8 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
               renders=RenderCache(render_cache_bytes), metrics=metrics, started=time.time())
     app.state.hub = hub
     errors.install(app)
-    for module in (native, hf_write, hf_read, view):  # hf_read's catch-all paths go last
+    # the broad paths go last: hf_read's /{ns}/{name}/resolve/…, then the pages' /{ns}/{name}
+    for module in (native, hf_write, hf_read, view, pages):
         app.include_router(module.router)
     app.router.add_event_handler("shutdown", registry.close)
     app.router.add_event_handler("shutdown", hub.renders.close)

@@ -1,4 +1,6 @@
-"""The HTML view: repositories, then one repository's versions, tags, lineage and sizes.
+"""The HTML view: repositories, then one repository's versions, tags, lineage, sizes and
+metrics over versions (a version's own page, diffs and search are in
+:mod:`adapterhub.hub.pages`).
 
 Server-rendered, no JavaScript; every value from the registry goes through
 :func:`html.escape`. Reading it needs read access like the API (``--auth read-public`` opens
@@ -16,30 +18,20 @@ from fastapi.responses import HTMLResponse
 from adapterhub.cli.output import human_size
 from adapterhub.hub.auth import registry
 from adapterhub.hub.hf_read import commit_id, repository
+from adapterhub.hub.pages import layout
+from adapterhub.hub.pages.compare import compare_form
+from adapterhub.hub.pages.plot import metrics_html, with_manifests
 from adapterhub.registry import Registry
 
 router = APIRouter()
 
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#1d1d1f}
-h1{font-size:1.4rem}h1 a{color:inherit;text-decoration:none}
-table{border-collapse:collapse;width:100%;font-size:.9rem}
-th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}
-th{background:#f3f3f3}code{font-size:.85rem}.tag{background:#e4efff;border-radius:4px;
-padding:0 .3rem;margin-right:.2rem}.muted{color:#777}.nw{white-space:nowrap}
-.deleted{color:#999;text-decoration:line-through}
-"""
-
 
 def page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-                        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-                        f"<h1><a href='/'>adapterhub</a> · {escape(title)}</h1>{body}"
-                        f"</body></html>")
+    return layout.page(title, body)
 
 
 def link(version) -> str:
-    return f"<a href='/ui/{quote(version.name)}'>{escape(version.ref)}</a>"
+    return layout.version_link(version)
 
 
 def tags_html(tags) -> str:
@@ -47,7 +39,8 @@ def tags_html(tags) -> str:
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(reg: Registry = Depends(registry)) -> HTMLResponse:
+@layout.html_errors
+def index(request: Request, reg: Registry = Depends(registry)) -> HTMLResponse:
     latest, counts = {}, {}
     for v in reg.list():
         counts[v.name] = counts.get(v.name, 0) + 1
@@ -60,17 +53,18 @@ def index(reg: Registry = Depends(registry)) -> HTMLResponse:
             rows.append(f"<tr><td>{link}</td><td>0</td><td colspan=5 class=muted>no versions"
                         f"</td></tr>")
             continue
-        rows.append(f"<tr><td>{link}</td><td>{counts[name]}</td><td>{escape(v.ref)} "
+        rows.append(f"<tr><td>{link}</td><td>{counts[name]}</td><td>{layout.version_link(v)} "
                     f"{tags_html(v.tags)}</td><td>{escape(v.method)}</td>"
                     f"<td>{escape(v.base_name or '-')}</td><td class=nw>{human_size(v.size)}</td>"
                     f"<td class=nw>{v.created_at:%Y-%m-%d %H:%M}</td></tr>")
     table = ("<table><tr><th>Repository</th><th>Versions</th><th>Latest</th><th>Method</th>"
              "<th>Base model</th><th>Size</th><th>Updated</th></tr>" + "".join(rows)
              + "</table>") if rows else "<p class=muted>No repositories yet.</p>"
-    return page("repositories", table)
+    return page("repositories", layout.search_form() + table)
 
 
 @router.get("/ui/{namespace}/{name}", response_class=HTMLResponse)
+@layout.html_errors
 def repository_page(request: Request, namespace: str, name: str,
                     reg: Registry = Depends(registry)) -> HTMLResponse:
     repo = repository(reg, namespace, name)
@@ -85,7 +79,7 @@ def repository_page(request: Request, namespace: str, name: str,
         children = reg.service.children(v.digest, caller=reg.caller)
         css = " class=deleted" if v.deleted else ""
         rows.append(
-            f"<tr{css}><td>{escape(v.ref)}</td><td>{tags_html(v.tags)}</td>"
+            f"<tr{css}><td>{link(v)}</td><td>{tags_html(v.tags)}</td>"
             f"<td><code title='{escape(v.digest)}'>{escape(v.digest[:19])}…</code><br>"
             f"<span class=muted>commit {commit_id(v)[:12]}</span></td>"
             f"<td>{escape(v.method)}</td><td class=nw>{human_size(v.size)}</td>"
@@ -100,4 +94,8 @@ def repository_page(request: Request, namespace: str, name: str,
     hint = (f"<p class=muted>Hugging Face clients: <code>HF_ENDPOINT={escape(endpoint)}"
             f"</code>, repository <code>{escape(repo)}</code>, revision <code>v&lt;N&gt;</code>,"
             f" a tag or <code>main</code>.</p>")
-    return page(repo, table + hint)
+    live = [v for v in versions if not v.deleted]
+    compare = (f"<h2>Compare</h2>{compare_form(live[1].ref, live[0].ref)}"
+               if len(live) > 1 else "")
+    plots = f"<h2>Metrics over versions</h2>{metrics_html(with_manifests(reg, versions))}"
+    return page(repo, table + hint + plots + compare)
