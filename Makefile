@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: test demo bench docs clean
+.PHONY: test demo bench docs screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
+
+# the hub's pages as docs/hub.md shows them, taken by tests/test_hub_pages.py in chromium
+screenshots: $(STAMP) $(CHROMIUM)
+	ADAPTERHUB_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/test_hub_pages.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info

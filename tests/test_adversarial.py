@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import shutil
 import socket
 import time
 
 import httpx
 import pytest
 from hub_server import HubProcess
-from registry_helpers import LOCAL
+from registry_helpers import LOCAL, push_raw
 from wire import bearer, bundle, digest, manifest_for, manifest_with
 
 from registry_db import RegistryService
@@ -404,3 +406,142 @@ def test_hostile_names_headers_and_numbers(hub):
     assert lines and all(json.loads(line)["method"] for line in lines)
     assert not any(line.startswith("X-Injected") for line in
                    hub.log_path.read_text().splitlines())
+
+
+# -- 9. the web pages ---------------------------------------------------------------------------
+
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+PAGES = ["/victim/secret", "/victim/secret/v1", "/victim/secret@1", "/victim/secret:latest",
+         "/victim/secret/main", "/ui/victim/secret", "/victim/secret/native/v1/adapter.safetensors",
+         "/diff?a=victim/secret@1&b=victim/secret@1", "/diff?a=victim/secret@1&b=team/x@1"]
+
+
+def test_pages_refuse_exactly_as_the_api_does(hub):
+    attacker, anon = hub.http["attacker"], hub.anon
+    version = hub.secret["version"]["digest"]
+    assert anon.get("/api/v1/resolve", params={"ref": "victim/secret"}).status_code == 401
+    assert attacker.get("/api/v1/resolve", params={"ref": "victim/secret"}).status_code == 403
+    for path in ["/", "/search?q=secret", *PAGES]:
+        for headers in (HTML, {}):  # a browser, and an API client on the same path
+            r = anon.get(path, headers=headers)
+            assert r.status_code == 401 and r.headers["x-error-code"] == "Unauthorized", path
+    for path in PAGES:
+        for headers in (HTML, {}):
+            r = attacker.get(path, headers=headers)
+            assert r.status_code == 403 and r.headers["x-error-code"] == "Forbidden", path
+            assert version[7:19] not in r.text and "9 MiB" not in r.text
+        # a repository that does not exist answers the same: no existence oracle
+        missing = attacker.get(path.replace("secret", "nothing"), headers=HTML)
+        assert missing.status_code == 403, path
+        assert "text/html" in attacker.get(path, headers=HTML).headers["content-type"]
+    # search and the index show nothing of another namespace, by any word
+    for q in ["secret", "victim", "lora", "tiny", version[7:19]]:
+        r = attacker.get("/search", params={"q": q}, headers=HTML)
+        assert r.status_code == 200 and "Nothing found." in r.text
+        assert "victim/" not in r.text and "9 MiB" not in r.text
+        assert attacker.get("/search", params={"q": q}).json()["versions"] == []
+    assert "victim" not in attacker.get("/", headers=HTML).text
+    # a reader of the victim's namespace sees the page (the refusals are about scope)
+    r = hub.http["victim"].get("/victim/secret", headers=HTML)
+    assert r.status_code == 200 and "victim/secret" in r.text
+
+
+def test_pages_show_a_private_relative_as_an_opaque_digest(hub):
+    private = hub.secret["version"]["digest"]
+    with RegistryService(hub.db) as service:  # the operator links team's work to it
+        child = push_raw(service, "team/child", {"w": random.Random(11).randbytes(64)},
+                         parents=(private,)).version
+        push_raw(service, "victim/derived", {"w": random.Random(12).randbytes(64)},
+                 parents=(child.digest,))
+    attacker = hub.http["attacker"]
+    for path in ["/team/child", "/ui/team/child"]:
+        page = attacker.get(path, headers=HTML)
+        assert page.status_code == 200, path
+        assert "victim" not in page.text and "/victim" not in page.text
+        assert private[:19] in page.text  # the digest, and nothing else
+    page = attacker.get("/team/child", headers=HTML).text
+    opaque = page[page.index(f'data-digest="{private}"'):]
+    opaque = opaque[:opaque.index("</g>")]
+    assert "not readable" in opaque and "href" not in opaque
+    assert "node opaque" in page and page.count("class=\"node") == 2  # no private child
+    lineage = attacker.get("/api/v1/lineage", params={"ref": "team/child"}).json()
+    assert lineage["ancestors"] == [{"digest": private, "depth": 1, "visible": False}]
+    # the victim's own admin-level view names both (so the test above is not vacuous)
+    page = hub.http["admin"].get("/team/child", headers=HTML).text
+    assert "victim/secret@1" in page and "victim/derived@1" in page
+
+
+def _hostile_version(http: httpx.Client) -> None:
+    """Versions whose every free-text field is markup: tensor names, metric and config keys,
+    labels (a card with raw HTML and javascript: links, a javascript: run URL), base model,
+    merge strategy, message and author."""
+    data = random.Random(21).randbytes(64)
+    assert http.post("/api/v1/blobs", content=bundle([(digest(data), data)])).status_code == 200
+    first = http.post("/api/v1/repos/team/xss/commit",
+                      json={"manifest": manifest_for(data, metrics={"acc": 0.25})})
+    assert first.status_code == 200, first.text
+    card = ("---\ntitle: \"<script>alert('t')</script>\"\n---\n"
+            "# Hello <script>alert('h')</script>\n\n"
+            "[a](javascript:alert('a')) [b](JaVaScRiPt:alert('b')) [c](java\tscript:alert(1))"
+            " ![d](javascript:alert('d')) ![e](data:text/html,<script>alert(1)</script>)\n\n"
+            "<img src=x onerror=alert('i')> <a href=\"javascript:alert('r')\">raw</a>\n")
+    manifest = manifest_with({"<script>alert('tensor')</script>": (digest(data), "U8", [64])},
+                             parents=[first.json()["version"]["digest"]],
+                             metrics={"<img src=x onerror=alert('m')>": 0.5, "acc": 0.5},
+                             labels={"card": card, "ci.run_url": "javascript:alert('u')",
+                                     "note": "<script>alert('l')</script>"})
+    manifest["base_model"]["name"] = "<svg onload=alert('base')>"
+    manifest["method"]["config"] = {"<b>k</b>": "</code><script>alert('c')</script>"}
+    manifest["recipe"] = {"strategy": "<script>alert('s')</script>", "weights": [1.0],
+                          "params": {}, "seed": None}
+    r = http.post("/api/v1/repos/team/xss/commit", json={
+        "manifest": manifest, "message": "<script>alert('msg')</script>",
+        "author": "<img src=x onerror=alert('who')>"})
+    assert r.status_code == 200, r.text
+
+
+def test_pages_escape_everything_they_show(hub, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _hostile_version(hub.http["attacker"])
+    paths = ["/", "/team/xss", "/team/xss/v1", "/ui/team/xss", "/search?q=xss",
+             "/diff?a=team/xss@1&b=team/xss@2"]
+    for path in paths:
+        r = hub.http["attacker"].get(path, headers=HTML)
+        assert r.status_code == 200, (path, r.text[-500:])
+        assert "<script" not in r.text.lower() and "<img src=x" not in r.text, path
+        assert not re.search(r"(?i)(href|src)\s*=\s*[\"']?\s*(java\s*script|data):", r.text)
+    page = hub.http["attacker"].get("/team/xss", headers=HTML).text
+    assert "&lt;script&gt;alert(&#x27;msg&#x27;)&lt;/script&gt;" in page  # shown, as text
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, chromium_sandbox=False, args=[
+            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        context = browser.new_context(extra_http_headers={
+            "Authorization": f"Bearer {hub.tokens['attacker']}"})
+        dialogs: list[str] = []
+        context.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        tab = context.new_page()
+        tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        for path in paths:
+            assert tab.goto(hub.url + path).status == 200
+            found = tab.evaluate("""() => ({
+                scripts: document.querySelectorAll('script').length,
+                handlers: [...document.querySelectorAll('*')].flatMap(e => [...e.attributes])
+                    .filter(a => a.name.startsWith('on')).map(a => a.name),
+                links: [...document.querySelectorAll('[href],[src]')]
+                    .map(e => e.getAttribute('href') || e.getAttribute('src'))
+                    .filter(u => !/^(https?:|mailto:|\\/|#|\\?|[a-z0-9._-]+(\\/|$))/i.test(u)),
+                text: document.body.innerText})""")
+            assert found["scripts"] == 0 and found["handlers"] == [], (path, found)
+            assert found["links"] == [], (path, found["links"])
+            if path == "/team/xss":
+                for shown in ["<script>alert('tensor')</script>", "<svg onload=alert('base')>",
+                              "<img src=x onerror=alert('who')>", "javascript:alert('u')",
+                              "<img src=x onerror=alert('m')>", "Hello <script>alert('h')"
+                              "</script>", "[a](javascript:alert('a'))"]:
+                    assert shown in found["text"], shown
+        tab.screenshot(path=str(tmp_path / "xss.png"), full_page=True)
+        browser.close()
+    assert dialogs == []

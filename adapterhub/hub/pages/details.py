@@ -154,9 +154,13 @@ def native_stream(reg: Registry, manifest: Manifest) -> tuple[int, Iterator[byte
     return len(head) + manifest.nbytes, chunks()
 
 
-def files_html(version: VersionInfo, files: Mapping[str, RenderedFile]) -> str:
+def files_html(version: VersionInfo, files: Mapping[str, RenderedFile],
+               problem: str | None = None) -> str:
     """Download links: the files Hugging Face clients get (the PEFT layout when PEFT can
-    express the method, else the native one) and, beside a PEFT layout, the native files."""
+    express the method, else the native one) and, beside a PEFT layout, the native files.
+    ``problem``: why the files could not be rendered."""
+    if problem is not None:
+        return f"<p class=muted>The files cannot be rendered: {escape(problem)}</p>"
     repo = quote(version.name)
     rev = f"v{version.number}"
 

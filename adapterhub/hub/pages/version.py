@@ -21,8 +21,8 @@ from html import escape
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from adapterhub.errors import (AdapterNotFoundError, EntryNotFoundError, RefError,
-                               RevisionNotFoundError)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, EntryNotFoundError,
+                               RefError, RevisionNotFoundError)
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_response
 from adapterhub.hub.hf_read import commit_id, files_of, repository, resolve_revision
@@ -104,12 +104,17 @@ def _related(reg: Registry, version: VersionInfo, log: list[VersionInfo]) -> str
     """Links: every version, the previous one and a diff with it, diffs with each parent."""
     links = [f"<a href=\"{attr(repo_href(version.name))}\">all {len(log)} versions</a>"]
     older = [v for v in log if v.number < version.number and not v.deleted]
-    if older:
-        links.append(f"previous: {version_link(older[0])} (<a href=\"{attr(diff_href(older[0].ref, version.ref))}\">diff</a>)")
+    previous = older[0] if older else None
+    if previous is not None:
+        kind = "previous, its parent" if previous.digest in version.parents else "previous"
+        links.append(f"{kind}: {version_link(previous)} "
+                     f"(<a href=\"{attr(diff_href(previous.ref, version.ref))}\">diff</a>)")
     for digest in version.parents:
         parent = reg.find(digest)
-        if parent is not None and not parent.deleted:
-            links.append(f"parent {version_link(parent)} (<a href=\"{attr(diff_href(parent.ref, version.ref))}\">diff</a>)")
+        if parent is not None and not parent.deleted and \
+                (previous is None or parent.digest != previous.digest):
+            links.append(f"parent: {version_link(parent)} "
+                         f"(<a href=\"{attr(diff_href(parent.ref, version.ref))}\">diff</a>)")
     return " · ".join(links)
 
 
@@ -117,7 +122,10 @@ def version_page(request: Request, reg: Registry, repo: str, version: VersionInf
     log = reg.log(repo)
     live = [v for v in log if not v.deleted]
     latest = bool(live) and live[0].digest == version.digest
-    files = files_of(request, reg, version)
+    try:
+        files, problem = files_of(request, reg, version), None
+    except AdapterHubError as exc:  # a manifest no installed method can read: still shown
+        files, problem = {}, exc.message
     endpoint = str(request.base_url).rstrip("/")
     when = f"{version.created_at:%Y-%m-%d %H:%M} UTC"
     meta = (f"<div class=meta>{short_digest(version.digest)} · commit "
@@ -138,7 +146,7 @@ def version_page(request: Request, reg: Registry, repo: str, version: VersionInf
              f"<h2>Details</h2>{details_html(version, stored_size(reg, version.manifest))}"
              f"<h2>Metrics</h2>{metrics_table(version.manifest)}"
              f"<h2>Labels</h2>{labels_html(version.manifest.labels)}"
-             f"<h2>Files</h2>{files_html(version, files)}")
+             f"<h2>Files</h2>{files_html(version, files, problem)}")
     body = f"{meta}<div class=grid><div>{left}</div><div>{right}</div></div>"
     return page(version.ref, body, heading=_heading(version, latest))
 
