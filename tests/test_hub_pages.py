@@ -224,6 +224,9 @@ def test_every_address_of_a_version_and_json_for_api_clients(hub, page):
     assert hf.status_code == 200 and hf.json()["r"] == 4
     assert httpx.get(f"{hub.url}/api/models/team/bot").json()["sha"] == \
         hub.made["team/bot@3"][7:47]
+    # /api/… paths no route serves answer as they did before the pages existed
+    assert httpx.get(f"{hub.url}/api/v1/blobs").status_code == 405
+    assert httpx.get(f"{hub.url}/api/whoami-v2").json()["code"] == "NotFound"
 
 
 # -- lineage --------------------------------------------------------------------------------

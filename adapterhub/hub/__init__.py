@@ -8,7 +8,9 @@
   ``huggingface_hub`` at the hub;
 - :mod:`~adapterhub.hub.auth` checks bearer tokens and their scopes on every route;
 - :mod:`~adapterhub.hub.observe` writes JSON access logs, counts Prometheus metrics and limits
-  request bodies; :mod:`~adapterhub.hub.view` is the HTML view.
+  request bodies; :mod:`~adapterhub.hub.view` lists repositories and a repository's versions,
+  and :mod:`~adapterhub.hub.pages` has the other web pages (a page per version, lineage
+  graphs, metric plots, diffs, search).
 
 The server keeps no state of its own: everything is in the registry database, so replicas
 over one PostgreSQL serve the same hub. Rendered files are cached per process, keyed by version

@@ -48,7 +48,8 @@ def stored_size(reg: Registry, manifest: Manifest) -> int | None:
 def details_html(version: VersionInfo, stored: int | None) -> str:
     """Method, config, quantization, base model, sizes."""
     m = version.manifest
-    method = f"{_code(m.method_name)} <span class=muted>format {escape(str(m.method.get('version')))}</span>"
+    method = (f"{_code(m.method_name)} <span class=muted>format "
+              f"{escape(str(m.method.get('version')))}</span>")
     config = [(k, escape(value_text(v))) for k, v in sorted(m.method.get("config", {}).items())]
     base = m.base_model
     rows = [("method", method),

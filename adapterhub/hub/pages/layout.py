@@ -33,7 +33,8 @@ header.top .brand{font-weight:600;color:inherit;text-decoration:none}
 header.top form{margin-left:auto}
 main{padding:1.2rem 2rem 3rem;max-width:1200px}
 h1{font-size:1.4rem;margin:.2rem 0 .6rem}h1 a{color:inherit;text-decoration:none}
-h2{font-size:1.1rem;margin:1.6rem 0 .5rem;padding-bottom:.2rem;border-bottom:1px solid var(--line)}
+h2{font-size:1.1rem;margin:1.6rem 0 .5rem;padding-bottom:.2rem;
+border-bottom:1px solid var(--line)}
 h3{font-size:1rem;margin:1rem 0 .4rem}
 a{color:var(--accent)}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
@@ -46,7 +47,8 @@ pre{background:var(--soft);border:1px solid var(--line);border-radius:6px;paddin
 overflow-x:auto;white-space:pre}
 pre.snippet{white-space:pre-wrap;overflow-wrap:anywhere}
 .tag{background:#e4efff;border-radius:4px;padding:0 .3rem;margin-right:.2rem;font-size:.85rem}
-.muted{color:var(--muted)}.nw{white-space:nowrap}.num{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:var(--muted)}.nw{white-space:nowrap}
+.num{text-align:right;font-variant-numeric:tabular-nums}
 .deleted{color:#999;text-decoration:line-through}
 .grid{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:2rem}
 .card{border:1px solid var(--line);border-radius:8px;padding:.2rem 1.2rem 1rem}

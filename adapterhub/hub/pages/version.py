@@ -20,6 +20,7 @@ from html import escape
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, EntryNotFoundError,
                                RefError, RevisionNotFoundError)
@@ -40,13 +41,29 @@ from registry_db import VersionInfo
 router = APIRouter()
 
 
+class PageNamespace(Convertor):
+    """A path's first segment when it may be a repository's namespace: anything but
+    ``api``, so ``/api/…`` paths that no route serves answer as before (404, 405)."""
+
+    regex = "(?!api/)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("page_ns", PageNamespace())
+
+
 def _answer(request: Request, reg: Registry, repo: str, version: VersionInfo) -> Response:
     if not wants_html(request):
         return json_response(version.to_dict(with_manifest=True))
     return version_page(request, reg, repo, version)
 
 
-@router.get("/{namespace}/{name}")
+@router.get("/{namespace:page_ns}/{name}")
 @html_errors
 def latest_version(request: Request, namespace: str, name: str,
                    reg: Registry = Depends(registry)) -> Response:
@@ -66,7 +83,7 @@ def latest_version(request: Request, namespace: str, name: str,
     return _answer(request, reg, repo, version)
 
 
-@router.get("/{namespace}/{name}/{revision}")
+@router.get("/{namespace:page_ns}/{name}/{revision}")
 @html_errors
 def version_at(request: Request, namespace: str, name: str, revision: str,
                reg: Registry = Depends(registry)) -> Response:
@@ -75,7 +92,7 @@ def version_at(request: Request, namespace: str, name: str, revision: str,
     return _answer(request, reg, repo, resolve_revision(reg, repo, revision))
 
 
-@router.get("/{namespace}/{name}/native/{revision}/{path}")
+@router.get("/{namespace:page_ns}/{name}/native/{revision}/{path}")
 @html_errors
 def native_file(request: Request, namespace: str, name: str, revision: str, path: str,
                 reg: Registry = Depends(registry)) -> Response:
