@@ -9,6 +9,7 @@ it to anyone).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from adapterhub.hub.pages import layout
 from adapterhub.hub.pages.compare import compare_form
 from adapterhub.hub.pages.plot import metrics_html, with_manifests
 from adapterhub.registry import Registry
+from registry_db import VersionInfo
 
 router = APIRouter()
 
@@ -30,11 +32,11 @@ def page(title: str, body: str) -> HTMLResponse:
     return layout.page(title, body)
 
 
-def link(version) -> str:
+def link(version: VersionInfo) -> str:
     return layout.version_link(version)
 
 
-def tags_html(tags) -> str:
+def tags_html(tags: Iterable[str]) -> str:
     return "".join(f"<span class=tag>{escape(t)}</span>" for t in tags)
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: tensors listed at most on a page
 MAX_TENSOR_ROWS = 2000
 #: distinct blobs whose stored size is looked up at most
-MAX_STORED_LOOKUPS = 5000
+MAX_STORED_LOOKUPS = 2000
 NATIVE_TENSORS = "adapter.safetensors"
 _RUN_URL = re.compile(r"^(https?://[^\s]+?)/(?:actions/runs|-/pipelines|-/jobs)/\d+/?$")
 
