@@ -57,6 +57,8 @@ def metric_svg(name: str, points: list[Point], current: int | None = None) -> st
     numbers = [p.version.number for p in points]
     values = [p.value for p in points]
     lo, hi = min(values), max(values)
+    if not math.isfinite(hi - lo) or not math.isfinite(abs(lo) * 2 + abs(hi) * 2):
+        return "<p class=muted>The values are too large to plot.</p>"
     pad = (hi - lo) * 0.12 if hi > lo else (abs(lo) * 0.1 or 1.0)
     lo, hi = lo - pad, hi + pad
     first, last = min(numbers), max(numbers)
