@@ -15,35 +15,35 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                RegistryError, TargetError, UnknownMethodError,
                                UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
-from adapterhub.lazy import lazy_exports
-from adapterhub.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
+from adapterhub.contracts.lazy import lazy_exports
+from adapterhub.contracts.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
                                 Quantizer, QuantizerConfig)
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "attach": "adapterhub.api",
-    "attached": "adapterhub.api",
-    "param_groups": "adapterhub.api",
-    "extract": "adapterhub.api",
-    "load": "adapterhub.api",
-    "unload": "adapterhub.api",
-    "AdapterPackage": "adapterhub.package",
-    "AdaptedLayer": "adapterhub.layers",
-    "get_method": "adapterhub.plugins",
-    "get_quantizer": "adapterhub.plugins",
-    "get_plugin_manager": "adapterhub.plugins",
+    "attach": "adapterhub.engines.adapters",
+    "attached": "adapterhub.engines.adapters",
+    "param_groups": "adapterhub.engines.adapters",
+    "extract": "adapterhub.engines.adapters",
+    "load": "adapterhub.engines.adapters",
+    "unload": "adapterhub.engines.adapters",
+    "AdapterPackage": "adapterhub.io.package",
+    "AdaptedLayer": "adapterhub.contracts.layers",
+    "get_method": "adapterhub.contracts.plugins",
+    "get_quantizer": "adapterhub.contracts.plugins",
+    "get_plugin_manager": "adapterhub.contracts.plugins",
     "Registry": "adapterhub.registry",
-    "quantize_model": "adapterhub.quantization",
+    "quantize_model": "adapterhub.engines.quantization",
 }
 
 if TYPE_CHECKING:
-    from adapterhub.api import attach, attached, extract, load, param_groups, unload
-    from adapterhub.layers import AdaptedLayer
-    from adapterhub.package import AdapterPackage
-    from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
+    from adapterhub.engines.adapters import attach, attached, extract, load, param_groups, unload
+    from adapterhub.contracts.layers import AdaptedLayer
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.contracts.plugins import get_method, get_plugin_manager, get_quantizer
     from adapterhub.registry import Registry
-    from adapterhub.quantization import quantize_model
+    from adapterhub.engines.quantization import quantize_model
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 import adapterhub
-from adapterhub.checkpoint import Checkpoint
+from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.cli import cli
-from adapterhub.quantized_checkpoint import (load_quantized, quantize_checkpoint,
+from adapterhub.io.quantized_checkpoint import (load_quantized, quantize_checkpoint,
                                              read_quantized, stored_quantized)
 
 import transformers

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.quantization import (RequantizationReport, merge_dequantized,
+from adapterhub.engines.quantization import (RequantizationReport, merge_dequantized,
                                      merge_requantized, quantized_base)
 
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
-    from adapterhub.sources import Source
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry.sources import Source
 
 db_option = click.option(
     "--db", metavar="URL",
@@ -24,7 +24,7 @@ force_option = click.option("--force", is_flag=True,
 def open_source(source: str, db: str | None) -> Source:
     """Resolve a CLI adapter argument; the registry is opened only when it is a REF."""
     from adapterhub.registry import Registry
-    from adapterhub.sources import resolve_source
+    from adapterhub.registry.sources import resolve_source
 
     registry = None if Path(source).exists() else Registry(db)
     return resolve_source(source, registry=registry)
@@ -39,7 +39,7 @@ def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | Non
     """The adapters ``apply``/``merge`` fold: each source's package, or its chosen expert
     (experts come from the source's registry, or the local one for a directory)."""
     from adapterhub.registry import Registry
-    from adapterhub.sources import RegistrySource, fold_target
+    from adapterhub.registry.sources import RegistrySource, fold_target
 
     packages = []
     for source in sources:

@@ -95,8 +95,8 @@ def show(source: str, as_json: bool, db: str | None) -> None:
 @force_option
 def import_(path: Path, fmt: str, out: Path, base: Path | None, force: bool) -> None:
     """Convert an adapter from another layout into a native package."""
-    from adapterhub.formats.peft import read_peft
-    from adapterhub.outdir import output_dir
+    from adapterhub.io.formats.peft import read_peft
+    from adapterhub.io.outdir import output_dir
 
     package = read_peft(path, base=base)
     with output_dir(out, force=force) as staging:
@@ -140,10 +140,10 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
     then: HF_HUB_OFFLINE=1 HF_HUB_CACHE=CACHE_DIR python -c \\
           "PeftModel.from_pretrained(base, 'ns/name', revision='v2')"
     """
-    from adapterhub.formats.hf_cache import write_hf_cache
-    from adapterhub.formats.peft import layout_files, peft_layout, write_files
-    from adapterhub.formats.vllm import vllm_layout
-    from adapterhub.outdir import output_dir, refuse_non_empty
+    from adapterhub.io.formats.hf_cache import write_hf_cache
+    from adapterhub.io.formats.peft import layout_files, peft_layout, write_files
+    from adapterhub.io.formats.vllm import vllm_layout
+    from adapterhub.io.outdir import output_dir, refuse_non_empty
 
     if (dest is None) == (out is None):
         raise click.UsageError("give the output directory once: as DEST or as --out")
@@ -163,7 +163,7 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
         refuse_non_empty(target)  # before any work
     package = resolved.package()
     if fmt == "trtllm":
-        from adapterhub.formats.trtllm import trtllm_files
+        from adapterhub.io.formats.trtllm import trtllm_files
 
         files = trtllm_files(package, dtype=dtype or "float16", base=base)
     else:
@@ -190,9 +190,9 @@ def check(source: str, base: Path | None, targets: tuple[str, ...], as_json: boo
           db: str | None) -> None:
     """Check that an adapter (a directory or a REF) fits a base checkpoint (--base, from
     headers only) and what a serving engine would refuse (--target). Exits 1 on any problem."""
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.compat import check_base
-    from adapterhub.formats.lint import check_target
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.engines.compat import check_base
+    from adapterhub.io.formats.lint import check_target
 
     if base is None and not targets:
         raise click.UsageError("give --base BASE, --target TARGET, or both")

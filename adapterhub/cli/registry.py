@@ -78,7 +78,7 @@ def push(source: str, name: str, to: str | None, message: str | None, tags: tupl
     SOURCE is a native package directory, a PEFT directory, or a ref in the local registry.
     Only blobs the registry lacks are sent; pushing identical content changes nothing.
     """
-    from adapterhub.ci import ci_labels
+    from adapterhub.registry.ci import ci_labels
     from adapterhub.registry import Registry
 
     extra = {**(ci_labels() if ci else {}), **parse_labels(labels)}

@@ -48,11 +48,11 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
           message: str | None, labels: tuple[str, ...], quiet: bool, as_json: bool,
           db: str | None) -> None:
     """Train an adapter; save it as a package (--out) and/or push it (--push)."""
-    from adapterhub.plugins import get_method
-    from adapterhub.progress import write
+    from adapterhub.contracts.plugins import get_method
+    from adapterhub.contracts.progress import write
     from adapterhub.registry import Registry
-    from adapterhub.training import train as run
-    from adapterhub.training import train_mixture
+    from adapterhub.engines.training import train as run
+    from adapterhub.engines.training import train_mixture
 
     if out is None and push_to is None:
         raise click.UsageError("say where the trained adapter goes: --out DIR, --push NS/NAME "

@@ -2,7 +2,7 @@
 
 ``hf://team/bot`` holds the registry repository ``team/bot`` (the Hub's name lowercased):
 refs given to it must name that repository. Each version is one commit whose files are
-:func:`adapterhub.formats.repo.repo_files` (PEFT layout plus ``adapter.json``, or the native
+:func:`adapterhub.io.formats.repo.repo_files` (PEFT layout plus ``adapter.json``, or the native
 layout), tagged ``v<N>`` (the next number) and with any tags asked for; ``main`` is the newest.
 Pulling reads ``adapter.json`` and checks every tensor against it, so a version keeps its
 digest, lineage, metrics and labels; a repository without one (a plain PEFT adapter pushed by
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterNotFoundError, MissingBlobsError, RefError,
                                RegistryError)
-from adapterhub.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.registry.remotes import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
     from registry_db import CommitResult, Manifest, VersionInfo
 
 NUMBER_TAG = re.compile(r"^v([1-9][0-9]*)$")
@@ -94,7 +94,7 @@ class HfRemote(Remote):
         if commit not in self._packages:
             from huggingface_hub import snapshot_download
 
-            from adapterhub.formats.repo import ADAPTER_FILES, read_repo
+            from adapterhub.io.formats.repo import ADAPTER_FILES, read_repo
 
             from huggingface_hub.utils import (are_progress_bars_disabled,
                                                disable_progress_bars, enable_progress_bars)
@@ -173,7 +173,7 @@ class HfRemote(Remote):
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
-        from adapterhub.safetensors_io import tensor_bytes
+        from adapterhub.io.safetensors import tensor_bytes
 
         known = {e.digest: package.tensors[name] for package in self._packages.values()
                  for name, e in package.manifest.tensors.items()}
@@ -190,8 +190,8 @@ class HfRemote(Remote):
                created_at: datetime | None = None) -> CommitResult:
         from huggingface_hub import CommitOperationAdd
 
-        from adapterhub.formats.repo import repo_files
-        from adapterhub.package import AdapterPackage
+        from adapterhub.io.formats.repo import repo_files
+        from adapterhub.io.package import AdapterPackage
         from registry_db import CommitResult
 
         self._check(name)

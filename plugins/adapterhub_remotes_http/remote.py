@@ -23,8 +23,8 @@ import httpx
 
 from adapterhub.errors import (AdapterNotFoundError, IntegrityError, RegistryError,
                                error_class)
-from adapterhub.hubclient import HubClient
-from adapterhub.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.registry.http_client import HubClient
+from adapterhub.registry.remotes import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from registry_db import CommitResult, Manifest, VersionInfo

@@ -2,7 +2,7 @@
 
 The loop is generic: it attaches any registered method, asks it for optimizer groups
 (:func:`adapterhub.param_groups`, where LoRA+ boosts B), and extracts the result as an
-:class:`~adapterhub.package.AdapterPackage` whose manifest records the metrics. Nothing here
+:class:`~adapterhub.io.package.AdapterPackage` whose manifest records the metrics. Nothing here
 knows a particular method.
 
 Data (one JSON object per line; blank lines are skipped, other keys are ignored):
@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from adapterhub.checkpoint import Checkpoint
+from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.errors import ConfigError, FormatError
-from adapterhub.methods import AdapterMethod, MethodConfig
+from adapterhub.contracts.methods import AdapterMethod, MethodConfig
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
 TASKS = ("classification", "causal-lm")
 
@@ -194,9 +194,9 @@ def train(base: str | os.PathLike[str], data: str | os.PathLike[str] | Dataset, 
     """
     import torch
 
-    from adapterhub.api import attach, extract, param_groups
-    from adapterhub.plugins import get_method
-    from adapterhub.progress import progress
+    from adapterhub.engines.adapters import attach, extract, param_groups
+    from adapterhub.contracts.plugins import get_method
+    from adapterhub.contracts.progress import progress
 
     dataset = data if isinstance(data, Dataset) else read_jsonl(data, task)
     if dataset.task != task:
@@ -308,7 +308,7 @@ def train_mixture(base: str | os.PathLike[str], data: str | os.PathLike[str], *,
     The experts must have been trained for the same ``task`` with the same seed (so a
     classification head the checkpoint lacks is rebuilt identically for all of them).
     """
-    from adapterhub.plugins import get_method
+    from adapterhub.contracts.plugins import get_method
 
     method_obj = get_method(method) if isinstance(method, str) else method
     if not experts:

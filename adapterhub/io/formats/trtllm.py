@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from adapterhub.errors import ConfigError, ExportError
-from adapterhub.formats.vllm import EMBEDDING_MODULES
+from adapterhub.io.formats.vllm import EMBEDDING_MODULES
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from adapterhub.methods import AdapterMethod, MethodConfig
-    from adapterhub.package import AdapterPackage
+    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+    from adapterhub.io.package import AdapterPackage
 
 WEIGHTS_FILE = "model.lora_weights.npy"
 CONFIG_FILE = "model.lora_config.npy"
@@ -240,7 +240,7 @@ def normalize_rows(plan: TrtllmPlan, base: str | os.PathLike[str] | None) -> Non
         raise ExportError("this adapter has DoRA magnitudes; TensorRT-LLM expects each divided "
                           "by the row norms of the adapted base weight (W + ΔW)",
                           hint="Pass the base checkpoint with --base BASE")
-    from adapterhub.checkpoint import Checkpoint
+    from adapterhub.io.checkpoint import Checkpoint
 
     checkpoint = Checkpoint(base)
     for row in plan.rows:

@@ -27,8 +27,8 @@ from adapterhub.errors import MergeError
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.methods import AdapterMethod, MethodConfig
-    from adapterhub.package import AdapterPackage
+    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+    from adapterhub.io.package import AdapterPackage
 
 #: the method merged versions are stored as
 TARGET_METHOD = "lora"
@@ -225,8 +225,8 @@ def merge_adapters(packages: Sequence[AdapterPackage], strategy: str, *,
     strategy-specific (``majority_sign_method`` for TIES). Modules are merged one at a time.
     The result's manifest has ``parents`` (the inputs' digests) and ``recipe``.
     """
-    from adapterhub.package import AdapterPackage
-    from adapterhub.plugins import get_method, get_strategy
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.contracts.plugins import get_method, get_strategy
 
     strat = get_strategy(strategy)
     recipe_params = _check_common(strat, density, rank, seed)
@@ -316,7 +316,7 @@ def adapter_weights(weights: Sequence[float] | None, count: int) -> list[float]:
 
 def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | None
                  ) -> _Inputs:
-    from adapterhub.sources import fold_target
+    from adapterhub.registry.sources import fold_target
 
     if not packages:
         raise MergeError("merge needs at least one adapter")

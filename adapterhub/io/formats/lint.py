@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import AdapterHubError, ConfigError
-from adapterhub.formats.vllm import EMBEDDING_MODULES, VLLM_RANKS
+from adapterhub.io.formats.vllm import EMBEDDING_MODULES, VLLM_RANKS
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
 TARGETS = ("peft", "vllm", "trtllm")
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
@@ -65,7 +65,7 @@ def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
 
 def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) -> TargetReport:
     """Lint an adapter (a package, or a native or PEFT directory) for the target ``spec``."""
-    from adapterhub.formats import peft, read_adapter
+    from adapterhub.io.formats import peft, read_adapter
 
     name, options = parse_target(spec)
     report = TargetReport(name, options)
@@ -77,7 +77,7 @@ def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) ->
             if name == "peft":
                 _check_peft_dir(path, report)
             elif name == "trtllm":
-                from adapterhub.formats.trtllm import lint_peft_files
+                from adapterhub.io.formats.trtllm import lint_peft_files
 
                 lint_peft_files(*_read_peft_files(path), report.problems, report.notes,
                                 options.get("max_rank"))
@@ -86,7 +86,7 @@ def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) ->
             return report
         package = read_adapter(path)
     if name == "trtllm":
-        from adapterhub.formats.trtllm import lint_package
+        from adapterhub.io.formats.trtllm import lint_package
 
         lint_package(package, report.problems, report.notes, options.get("max_rank"))
         return report
@@ -103,16 +103,16 @@ def check_target(adapter: str | os.PathLike[str] | AdapterPackage, spec: str) ->
 
 
 def _export_layout(package: AdapterPackage, target: str):
-    from adapterhub.formats.peft import peft_layout
-    from adapterhub.formats.vllm import vllm_layout
+    from adapterhub.io.formats.peft import peft_layout
+    from adapterhub.io.formats.vllm import vllm_layout
 
     return vllm_layout(package) if target == "vllm" else peft_layout(package)
 
 
 def _read_peft_files(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     from adapterhub.errors import FormatError
-    from adapterhub.formats.peft import CONFIG_FILE, WEIGHTS_FILE
-    from adapterhub.safetensors_io import read_header
+    from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
+    from adapterhub.io.safetensors import read_header
 
     config = parse_json((path / CONFIG_FILE).read_bytes(), what=str(path / CONFIG_FILE))
     if not isinstance(config, dict):
@@ -123,7 +123,7 @@ def _read_peft_files(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, .
 
 def _check_peft_dir(path: Path, report: TargetReport) -> None:
     """PEFT itself reads any PEFT directory; what matters is that adapterhub can convert it."""
-    from adapterhub.formats.peft import read_peft
+    from adapterhub.io.formats.peft import read_peft
 
     try:
         read_peft(path)

@@ -22,16 +22,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.ci import default_author
+from adapterhub.registry.ci import default_author
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
-from adapterhub.outdir import output_dir, refuse_non_empty
-from adapterhub.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canonical_url,
+from adapterhub.io.outdir import output_dir, refuse_non_empty
+from adapterhub.registry.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canonical_url,
                                 copy_version, is_path_like, open_remote,
                                 remote_class, send_version)
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
-    from adapterhub.sources import Source
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry.sources import Source
     from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
                              VerifyReport, VersionInfo)
 
@@ -103,7 +103,7 @@ class Registry:
         gives back the existing version (``created`` is False) and just moves ``tags``.
         Parent versions the destination lacks are copied from this registry first.
         """
-        from adapterhub.sources import Source, resolve_source
+        from adapterhub.registry.sources import Source, resolve_source
 
         from registry_db.refs import validate_name, validate_tag
 
@@ -167,7 +167,7 @@ class Registry:
         ``out`` must be missing or empty; ``force`` replaces an existing directory as a
         whole, so no file of another adapter is left beside the new ones.
         """
-        from adapterhub.formats.peft import write_peft
+        from adapterhub.io.formats.peft import write_peft
 
         package = self.get(ref)
         with output_dir(out, force=force) as staging:
@@ -188,7 +188,7 @@ class Registry:
 
     def get(self, ref: str | VersionInfo) -> AdapterPackage:
         """The version as an :class:`AdapterPackage`; every blob is re-hashed as it is read."""
-        from adapterhub.package import AdapterPackage
+        from adapterhub.io.package import AdapterPackage
 
         version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
             ref if isinstance(ref, str) else ref.ref)
@@ -226,8 +226,8 @@ class Registry:
         """Settings that differ and the norm of each tensor's change, from ``a`` to ``b``."""
         import torch
 
-        from adapterhub.diff import diff_manifests
-        from adapterhub.safetensors_io import torch_dtype
+        from adapterhub.engines.diff import diff_manifests
+        from adapterhub.io.safetensors import torch_dtype
 
         va, vb = self.resolve(a), self.resolve(b)
 
@@ -284,7 +284,7 @@ class Registry:
         Raises :class:`PromotionError`, saying which condition failed, and leaves the tag
         where it was.
         """
-        from adapterhub.conditions import metric_value, parse_condition
+        from adapterhub.engines.conditions import metric_value, parse_condition
 
         parsed = [parse_condition(c) for c in conditions]
         version = self.resolve(ref)

@@ -68,7 +68,7 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None, *,
     :data:`DEFAULT_TARGETS` for the model's ``config.model_type``. With ``exact``, the list
     holds full paths and every one must exist.
     """
-    from adapterhub.layers import AdaptedLayer
+    from adapterhub.contracts.layers import AdaptedLayer
 
     if target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)

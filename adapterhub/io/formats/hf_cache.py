@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from adapterhub.errors import ExportError
-from adapterhub.safetensors_io import write_bytes_atomic
+from adapterhub.io.safetensors import write_bytes_atomic
 from registry_db.digests import canonical_json
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")

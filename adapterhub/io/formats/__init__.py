@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub.errors import AdapterNotFoundError, FormatError
-from adapterhub.safetensors_io import refuse_pickle
+from adapterhub.io.safetensors import refuse_pickle
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
 
 def read_adapter(path: str | os.PathLike[str]) -> AdapterPackage:
     """Read a native package directory or a PEFT adapter directory (detected)."""
-    from adapterhub.formats import peft
-    from adapterhub.package import AdapterPackage, is_native_dir
+    from adapterhub.io.formats import peft
+    from adapterhub.io.package import AdapterPackage, is_native_dir
 
     path = Path(path)
     if not path.exists():

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from adapterhub.errors import FormatError
-from adapterhub.methods import fold_delta
-from adapterhub.targets import layer_kind
+from adapterhub.contracts.methods import fold_delta
+from adapterhub.contracts.targets import layer_kind
 
 if TYPE_CHECKING:
-    from adapterhub.methods import AdapterMethod, MethodConfig
+    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import AdapterHubError, ConfigError, IncompatibleBaseModelError
-from adapterhub.methods import (AdapterMethod, MethodConfig, Quantizer, QuantizerConfig,
+from adapterhub.contracts.methods import (AdapterMethod, MethodConfig, Quantizer, QuantizerConfig,
                                 adapted_layers)
-from adapterhub.plugins import get_method
+from adapterhub.contracts.plugins import get_method
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from adapterhub.layers import AdaptedLayer
-    from adapterhub.package import AdapterPackage
+    from adapterhub.contracts.layers import AdaptedLayer
+    from adapterhub.io.package import AdapterPackage
     from adapterhub.registry import Registry
 
 
@@ -33,14 +33,14 @@ def attach(model: nn.Module, method: str | AdapterMethod = "lora",
 
     ``quantize`` names a quantizer (QLoRA: ``quantize="nf4"``): first every ``nn.Linear`` of
     the model except the output head is replaced by the quantizer's frozen quantized Linear
-    (see :func:`adapterhub.quantization.quantize_model`; ``quantize_config`` sets blocksize,
+    (see :func:`adapterhub.engines.quantization.quantize_model`; ``quantize_config`` sets blocksize,
     double quantisation, compute dtype), then the adapter attaches on top. The targets are
     checked before anything changes.
 
     Returns the adapted layers by module path.
     """
-    from adapterhub.quantization import quantize_model, resolve_quantizer
-    from adapterhub.targets import find_targets
+    from adapterhub.engines.quantization import quantize_model, resolve_quantizer
+    from adapterhub.contracts.targets import find_targets
 
     method_obj = get_method(method) if isinstance(method, str) else method
     config_obj = method_obj.make_config(config, **config_fields)
@@ -89,9 +89,9 @@ def extract(model: nn.Module, *, base: str | os.PathLike[str] | None = None,
     fingerprint. Without it, a local ``model.name_or_path`` is used, and failing that the
     fingerprint is computed from the model's own state dict.
     """
-    from adapterhub.checkpoint import Checkpoint, fingerprint_of
-    from adapterhub.package import AdapterPackage
-    from adapterhub.safetensors_io import dtype_name
+    from adapterhub.io.checkpoint import Checkpoint, fingerprint_of
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.io.safetensors import dtype_name
 
     method, config = attached(model)
     layers = adapted_layers(model)
@@ -124,7 +124,7 @@ def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
     Checks that every adapted module exists with the base shape the adapter expects before
     changing anything. A mixture-of-experts version brings its experts from the registry.
     """
-    from adapterhub.sources import expert_versions, load_source
+    from adapterhub.registry.sources import expert_versions, load_source
 
     if not hasattr(package, "manifest"):
         package = load_source(package, registry=registry)

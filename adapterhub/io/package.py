@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
-from adapterhub.safetensors_io import (dtype_name, load_tensors, save_tensors, tensor_digest,
+from adapterhub.io.safetensors import (dtype_name, load_tensors, save_tensors, tensor_digest,
                                        write_bytes_atomic)
 from registry_db.manifest import Manifest, TensorEntry
 from registry_db.digests import parse_json
@@ -22,7 +22,7 @@ from registry_db.digests import parse_json
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.methods import AdapterMethod, MethodConfig
+    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
 
 MANIFEST_FILE = "adapter.json"
 TENSORS_FILE = "adapter.safetensors"
@@ -49,7 +49,7 @@ class AdapterPackage:
               recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
               labels: dict[str, Any] | None = None) -> AdapterPackage:
         """Describe ``tensors`` with a manifest: digests, dtypes, shapes, adapted modules."""
-        from adapterhub.plugins import get_method
+        from adapterhub.contracts.plugins import get_method
 
         method_obj = get_method(method) if isinstance(method, str) else method
         config_obj = method_obj.make_config(config)
@@ -76,7 +76,7 @@ class AdapterPackage:
         getting a copy (treat package tensors as read-only)."""
         import torch
 
-        from adapterhub.safetensors_io import torch_dtype
+        from adapterhub.io.safetensors import torch_dtype
 
         tensors: dict[str, torch.Tensor] = {}
         buffers: dict[str, Any] = {}
@@ -105,7 +105,7 @@ class AdapterPackage:
 
     @property
     def method(self) -> AdapterMethod:
-        from adapterhub.plugins import get_method
+        from adapterhub.contracts.plugins import get_method
 
         return get_method(self.manifest.method_name)
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub.errors import AdapterNotFoundError, FormatError, UnsafeFormatError
-from adapterhub.safetensors_io import PICKLE_SUFFIXES, Header, TensorInfo, read_header
+from adapterhub.io.safetensors import PICKLE_SUFFIXES, Header, TensorInfo, read_header
 from registry_db.digests import canonical_json, sha256_digest
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.quantized_checkpoint import QuantizedWeightInfo
+    from adapterhub.io.quantized_checkpoint import QuantizedWeightInfo
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -106,9 +106,9 @@ class Checkpoint:
 
         Empty for a full-precision checkpoint. Unlike everything else here this reads tensor
         data: each quantized weight's small metadata tensor (see
-        :func:`adapterhub.quantized_checkpoint.describe_quantized`).
+        :func:`adapterhub.io.quantized_checkpoint.describe_quantized`).
         """
-        from adapterhub.quantized_checkpoint import describe_quantized
+        from adapterhub.io.quantized_checkpoint import describe_quantized
 
         return describe_quantized(self)
 
@@ -125,7 +125,7 @@ class Checkpoint:
 
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor's data, read from its shard without loading anything else."""
-        from adapterhub.safetensors_io import read_tensor
+        from adapterhub.io.safetensors import read_tensor
 
         entry = self.tensors.get(name)
         if entry is None:

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
-from adapterhub.safetensors_io import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
+from adapterhub.io.safetensors import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
                                        write_bytes_atomic)
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.methods import AdapterMethod
-    from adapterhub.package import AdapterPackage
+    from adapterhub.contracts.methods import AdapterMethod
+    from adapterhub.io.package import AdapterPackage
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -41,7 +41,7 @@ def peft_method(peft_type: str, adapter_config: dict[str, Any] | None = None
     ``adapter_config`` qualify and the one with the most flags wins (``use_dora: true`` picks
     the method that claims it); then the method named like the type, then the first by name.
     """
-    from adapterhub.plugins import get_method, plugin_manager
+    from adapterhub.contracts.plugins import get_method, plugin_manager
 
     adapter_config = adapter_config or {}
     claims = [reg.obj for reg in plugin_manager().registered("method").values()
@@ -63,8 +63,8 @@ def peft_method(peft_type: str, adapter_config: dict[str, Any] | None = None
 def read_peft(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None
               ) -> AdapterPackage:
     """Convert a PEFT adapter directory into a package (``base`` adds the base fingerprint)."""
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.io.package import AdapterPackage
 
     path = Path(path)
     try:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.checkpoint import INDEX_FILE, Checkpoint
+from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.errors import FormatError, QuantizationError
-from adapterhub.methods import QuantizedTensor, Quantizer, QuantizerConfig
-from adapterhub.plugins import plugin_manager
-from adapterhub.progress import progress
-from adapterhub.quantization import resolve_quantizer
-from adapterhub.safetensors_io import SafetensorsWriter, write_bytes_atomic
+from adapterhub.contracts.methods import QuantizedTensor, Quantizer, QuantizerConfig
+from adapterhub.contracts.plugins import plugin_manager
+from adapterhub.contracts.progress import progress
+from adapterhub.engines.quantization import resolve_quantizer
+from adapterhub.io.safetensors import SafetensorsWriter, write_bytes_atomic
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,7 +86,7 @@ def describe_quantized(checkpoint: Checkpoint) -> dict[str, QuantizedWeightInfo]
     checks the stored sizes against it; raises :class:`~adapterhub.QuantizationError` for an
     invalid entry. ``Checkpoint.quantized`` caches the answer.
     """
-    from adapterhub.safetensors_io import dtype_name
+    from adapterhub.io.safetensors import dtype_name
 
     out = {}
     for weight, stored in stored_quantized(checkpoint).items():

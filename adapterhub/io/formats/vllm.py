@@ -17,7 +17,7 @@ from adapterhub.errors import ExportError
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
 #: the values vLLM accepts for ``--max-lora-rank``
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -32,9 +32,9 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
     """``(adapter_config, tensors with PEFT keys)`` that vLLM loads with the same outputs."""
     import torch
 
-    from adapterhub.formats.peft import peft_layout
-    from adapterhub.package import AdapterPackage
-    from adapterhub.plugins import get_method
+    from adapterhub.io.formats.peft import peft_layout
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.contracts.plugins import get_method
 
     method, config = package.method, package.config
     if method.base_dependence:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub.checkpoint import Checkpoint
+from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.errors import IncompatibleBaseModelError
 from registry_db.manifest import Manifest
 
@@ -55,7 +55,7 @@ def check_base(manifest: Manifest, checkpoint: Checkpoint) -> CompatReport:
                                    f"{list(shape)}")
         stored = quantized.get(name)
         if stored is not None and manifest.quantization is not None:
-            from adapterhub.quantization import describe_quantization, same_quantization
+            from adapterhub.engines.quantization import describe_quantization, same_quantization
 
             if not same_quantization(manifest.quantization, stored.quantization):
                 report.problems.append(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError
-from adapterhub.methods import check_finite
-from adapterhub.safetensors_io import DTYPE_SIZES, TensorInfo
+from adapterhub.contracts.methods import check_finite
+from adapterhub.io.safetensors import DTYPE_SIZES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ class Streamer:
                out_dtype: str, terms: list[Term]) -> None:
         """Write ``info``'s tensor plus ``Σ weight·ΔW`` of ``terms`` as ``out_dtype`` at
         ``dst_offset`` of ``dst_fd``."""
-        from adapterhub.safetensors_io import torch_dtype
+        from adapterhub.io.safetensors import torch_dtype
 
         rows, cols = rows_cols(info.shape)
         in_size = DTYPE_SIZES[info.dtype]
@@ -108,7 +108,7 @@ class Streamer:
         """Each block of rows from ``read(r0, r1)``: widened, plus the terms, cast, written."""
         import torch
 
-        from adapterhub.safetensors_io import torch_dtype
+        from adapterhub.io.safetensors import torch_dtype
 
         rows, cols = matrix
         out_size, dst_type = DTYPE_SIZES[out_dtype], torch_dtype(out_dtype)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterhub.layers import AdaptedLayer
-    from adapterhub.package import AdapterPackage
+    from adapterhub.contracts.layers import AdaptedLayer
+    from adapterhub.io.package import AdapterPackage
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -156,7 +156,7 @@ class AdapterMethod:
     format_version: ClassVar[int] = 1
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     description: ClassVar[str] = ""
-    #: layer kinds (see :func:`adapterhub.targets.layer_kind`) the method can adapt
+    #: layer kinds (see :func:`adapterhub.contracts.targets.layer_kind`) the method can adapt
     layer_kinds: ClassVar[tuple[str, ...]] = ("linear", "conv1d")
     #: the PEFT ``peft_type`` this method exports to and imports from, if PEFT can express it
     peft_type: ClassVar[str | None] = None
@@ -201,7 +201,7 @@ class AdapterMethod:
         ``targets`` (exact module paths) overrides ``config.target_modules``. Returns the
         adapted layers by module path. Every base parameter of the model is frozen.
         """
-        from adapterhub.targets import find_targets
+        from adapterhub.contracts.targets import find_targets
 
         found = find_targets(model, config.target_modules if targets is None else targets,
                              kinds=self.layer_kinds, method=self.name, exact=targets is not None)
@@ -377,7 +377,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
 
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLayer]:
     """Every adapterhub adapted layer inside ``model``, by module path."""
-    from adapterhub.layers import AdaptedLayer
+    from adapterhub.contracts.layers import AdaptedLayer
 
     return {path: module for path, module in model.named_modules()
             if isinstance(module, AdaptedLayer)}

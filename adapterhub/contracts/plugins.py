@@ -20,8 +20,8 @@ import pluggy
 
 from adapterhub import hookspecs
 from adapterhub.errors import PluginLoadError, RegistrationError, UnknownMethodError
-from adapterhub.methods import NAME_RE, AdapterMethod, Quantizer
-from adapterhub.merging import MergeStrategy
+from adapterhub.contracts.methods import NAME_RE, AdapterMethod, Quantizer
+from adapterhub.engines.merging import MergeStrategy
 
 if TYPE_CHECKING:
     import click

@@ -8,7 +8,7 @@ order and the same index:
 - a targeted tensor gets ``Σ weight_i · ΔW_i`` from each adapter's merge kernel
   (:meth:`AdapterMethod.low_rank` factors, else :meth:`AdapterMethod.delta_weight`), added in
   fp32 and cast once, to its own dtype or to ``dtype``, a block of rows at a time
-  (:mod:`adapterhub.tensor_stream`);
+  (:mod:`adapterhub.io.tensor_stream`);
 - with ``dtype``, the other floating tensors are cast too and the headers rewritten;
 - a method whose change depends on the base weight (``base_dependence``: DoRA rescales
   ``W + ΔW``) is folded through its ``merge`` with the whole tensor in memory.
@@ -50,23 +50,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
-from adapterhub.compat import check_base
+from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
+from adapterhub.engines.compat import check_base
 from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
                                MergeError, WriteError)
-from adapterhub.outdir import refuse_non_empty
-from adapterhub.safetensors_io import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
-from adapterhub.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
+from adapterhub.io.outdir import refuse_non_empty
+from adapterhub.io.safetensors import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
+from adapterhub.io.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
                                       rows_cols)
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.methods import AdapterMethod, MethodConfig
-    from adapterhub.package import AdapterPackage
-    from adapterhub.quantization import RequantizationReport
-    from adapterhub.quantized_checkpoint import QuantizedWeightInfo
+    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.engines.quantization import RequantizationReport
+    from adapterhub.io.quantized_checkpoint import QuantizedWeightInfo
 
 BUILD_RECORD = "adapterhub-build.json"
 BUILD_FORMAT = "adapterhub-build/1"
@@ -143,7 +143,7 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                requantize: bool = False, untouched: str = "original") -> BuildPlan:
     """Load the adapters and check each against the base; raise before anything is written.
 
-    ``adapters`` are package objects or anything :func:`adapterhub.formats.read_adapter`
+    ``adapters`` are package objects or anything :func:`adapterhub.io.formats.read_adapter`
     reads. ``weights`` scale each adapter's ΔW (default 1.0 each); ``dtype`` is ``bf16``,
     ``fp16`` or ``fp32`` (default: every tensor keeps its dtype, except in a build with
     quantized weights, which defaults to bf16 unless ``requantize``).
@@ -152,10 +152,10 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     full-precision base and an adapter trained on a quantized one) writes every Linear weight
     the quantizer would have quantized as ``deq(Q(W))``, not just the adapted ones.
     """
-    from adapterhub.formats import read_adapter
-    from adapterhub.merging import adapter_weights
-    from adapterhub.package import AdapterPackage
-    from adapterhub.sources import fold_target
+    from adapterhub.io.formats import read_adapter
+    from adapterhub.engines.merging import adapter_weights
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry.sources import fold_target
 
     checkpoint = base if isinstance(base, Checkpoint) else Checkpoint(base)
     if not checkpoint.path.is_dir():
@@ -228,8 +228,8 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
     tensors, not embeddings or output heads, which QLoRA keeps in full precision too).
     Adapters that disagree on a weight's base are refused.
     """
-    from adapterhub.quantization import describe_quantization, same_quantization
-    from adapterhub.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
+    from adapterhub.engines.quantization import describe_quantization, same_quantization
+    from adapterhub.io.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
 
     trained = {i: p.manifest.quantization for i, p in enumerate(plan.packages)
                if p.manifest.quantization}
@@ -275,7 +275,7 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
 
 
 def _trained_on(record: dict[str, Any] | None) -> str:
-    from adapterhub.quantization import describe_quantization
+    from adapterhub.engines.quantization import describe_quantization
 
     return "full-precision weights" if record is None else describe_quantization(record)
 
@@ -381,7 +381,7 @@ class _Build:
 
     def park(self, name: str, tensor: torch.Tensor) -> None:
         """Keep ``tensor`` in the scratch file for :func:`_write_tensor` to copy."""
-        from adapterhub.safetensors_io import dtype_name, tensor_bytes
+        from adapterhub.io.safetensors import dtype_name, tensor_bytes
 
         data = tensor_bytes(tensor)
         with self._lock:
@@ -419,7 +419,7 @@ class _Build:
 
 def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
     from adapterhub import __version__
-    from adapterhub.progress import progress
+    from adapterhub.contracts.progress import progress
 
     checkpoint = plan.checkpoint
     build = _Build(plan, tmp)
@@ -524,8 +524,8 @@ def _run(pool: ThreadPoolExecutor, jobs: list[tuple[Any, tuple]], bar: Any) -> N
 
 def _requantize(build: _Build, name: str) -> None:
     """Fold the ΔW of a quantized weight and quantize it again; park its new tensors."""
-    from adapterhub.quantization import requantize_merged, resolve_quantizer
-    from adapterhub.quantized_checkpoint import read_quantized
+    from adapterhub.engines.quantization import requantize_merged, resolve_quantizer
+    from adapterhub.io.quantized_checkpoint import read_quantized
 
     plan = build.plan
     info = plan.quantized[name]
@@ -607,8 +607,8 @@ def _write_shard(build: _Build, pool: ThreadPoolExecutor, header: Header, dst: P
 
 def _write_tensor(build: _Build, src_fd: int, dst_fd: int, info: TensorInfo,
                   offset: int) -> None:
-    from adapterhub.quantization import quantized_base, resolve_quantizer
-    from adapterhub.quantized_checkpoint import read_quantized
+    from adapterhub.engines.quantization import quantized_base, resolve_quantizer
+    from adapterhub.io.quantized_checkpoint import read_quantized
 
     plan, name = build.plan, info.name
     if name in build.prepared:

@@ -24,11 +24,11 @@ _BY_STATUS = {401: AuthenticationError, 403: PermissionDeniedError, 404: Adapter
 
 
 class HubClient:
-    """One hub at ``url``; ``token`` defaults to :func:`adapterhub.credentials.token_for`."""
+    """One hub at ``url``; ``token`` defaults to :func:`adapterhub.registry.credentials.token_for`."""
 
     def __init__(self, url: str, *, token: str | None = None, retries: int = 6,
                  backoff: float = 0.25, timeout: float = 120.0) -> None:
-        from adapterhub.credentials import hub_key, token_for
+        from adapterhub.registry.credentials import hub_key, token_for
 
         hub_key(url)  # validates the URL
         self.url = url.rstrip("/")

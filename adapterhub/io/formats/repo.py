@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub.errors import ExportError, FormatError, UnknownMethodError
-from adapterhub.formats.peft import (CONFIG_FILE, WEIGHTS_FILE, is_peft_dir, layout_files,
+from adapterhub.io.formats.peft import (CONFIG_FILE, WEIGHTS_FILE, is_peft_dir, layout_files,
                                      peft_layout, read_peft)
-from adapterhub.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage, read_manifest
-from adapterhub.safetensors_io import (safetensors_bytes, tensor_bytes,
+from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage, read_manifest
+from adapterhub.io.safetensors import (safetensors_bytes, tensor_bytes,
                                        write_bytes_atomic)
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def native_files(manifest: Manifest, blobs: Mapping[str, bytes]) -> dict[str, by
 
 def peft_expressible(manifest: Manifest) -> bool:
     """Whether the version's method is installed and says PEFT can express it."""
-    from adapterhub.plugins import get_method
+    from adapterhub.contracts.plugins import get_method
 
     try:
         return get_method(manifest.method_name).peft_type is not None

@@ -1,6 +1,6 @@
 """Quantized bases: quantize a model for QLoRA, and merge adapters into quantized weights.
 
-Everything here goes through a registered :class:`~adapterhub.methods.Quantizer`, so it works
+Everything here goes through a registered :class:`~adapterhub.contracts.methods.Quantizer`, so it works
 the same for every quantizer plugin (NF4, FP4, ...).
 
 Merging an adapter trained on a quantized base ``Q(W)`` (the adapter learned to correct
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import ConfigError, MergeError
-from adapterhub.methods import (QuantizedTensor, Quantizer, QuantizerConfig, check_finite,
+from adapterhub.contracts.methods import (QuantizedTensor, Quantizer, QuantizerConfig, check_finite,
                                 fold_delta)
-from adapterhub.plugins import get_quantizer
+from adapterhub.contracts.plugins import get_quantizer
 
 if TYPE_CHECKING:
     import torch
@@ -53,8 +53,8 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     """
     from torch import nn
 
-    from adapterhub.methods import adapted_layers
-    from adapterhub.targets import output_head
+    from adapterhub.contracts.methods import adapted_layers
+    from adapterhub.contracts.targets import output_head
 
     if adapted_layers(model):
         raise ConfigError("the model already has an adapter attached",
@@ -176,7 +176,7 @@ def merge_requantized(quantized: QuantizedTensor, delta: torch.Tensor, *, scale:
     PEFT's ``Linear4bit.merge`` does). Quantization constants are recomputed, so elements
     the adapter did not touch can move too; the report counts them.
     """
-    from adapterhub.tensor_stream import rows_cols
+    from adapterhub.io.tensor_stream import rows_cols
 
     if tuple(delta.shape) != tuple(quantized.shape):
         raise MergeError(f"{what}: delta shape {tuple(delta.shape)} does not match the base "
@@ -201,7 +201,7 @@ def requantize_merged(quantized: QuantizedTensor,
     """
     import torch
 
-    from adapterhub.tensor_stream import row_blocks, rows_cols
+    from adapterhub.io.tensor_stream import row_blocks, rows_cols
 
     quantizer = resolve_quantizer(quantized.quantizer)
     base = quantizer.dequantize(quantized).reshape(rows_cols(quantized.shape))

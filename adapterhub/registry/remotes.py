@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from adapterhub.ci import default_author
+from adapterhub.registry.ci import default_author
 from adapterhub.errors import AdapterNotFoundError, IntegrityError, MissingBlobsError
-from adapterhub.progress import progress
+from adapterhub.contracts.progress import progress
 
 if TYPE_CHECKING:
     from registry_db import Caller, CommitResult, Manifest, RegistryService, VersionInfo
@@ -171,7 +171,7 @@ def is_path_like(text: str) -> bool:
 
 def remote_class(url: str) -> type[Remote]:
     """The class registered for ``url``'s scheme (:class:`UnknownMethodError` if none)."""
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     return plugin_manager().lookup("remote", scheme_of(url))
 

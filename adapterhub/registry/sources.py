@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from adapterhub.errors import AdapterNotFoundError, FormatError, MergeError
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
     from adapterhub.registry import Registry
-    from adapterhub.remotes import Buffer
-    from adapterhub.safetensors_io import Header
+    from adapterhub.registry.remotes import Buffer
+    from adapterhub.io.safetensors import Header
     from registry_db import Manifest, VersionInfo
 
 
@@ -60,7 +60,7 @@ class PackageSource(Source):
         self.origin = origin
 
     def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
-        from adapterhub.safetensors_io import tensor_bytes
+        from adapterhub.io.safetensors import tensor_bytes
 
         for digest in digests:
             yield digest, tensor_bytes(self._package.tensors[self._tensor_for(digest)])
@@ -78,8 +78,8 @@ class NativeDirSource(Source):
     """
 
     def __init__(self, directory: Path) -> None:
-        from adapterhub.package import TENSORS_FILE, read_manifest
-        from adapterhub.safetensors_io import read_header
+        from adapterhub.io.package import TENSORS_FILE, read_manifest
+        from adapterhub.io.safetensors import read_header
 
         self.directory = directory
         self.manifest = read_manifest(directory)
@@ -98,7 +98,7 @@ class NativeDirSource(Source):
                 yield digest, fh.read(info.nbytes)
 
     def package(self) -> AdapterPackage:
-        from adapterhub.package import AdapterPackage
+        from adapterhub.io.package import AdapterPackage
 
         return AdapterPackage.load(self.directory)
 
@@ -139,15 +139,15 @@ def resolve_source(source: str | os.PathLike[str] | AdapterPackage, *,
     detected; pickle weights are refused). Anything else is a ref (``ns/name``, ``@N``,
     ``:tag``, ``@sha256:…``) in ``registry`` (default: the local registry).
     """
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
     if isinstance(source, AdapterPackage):
         return PackageSource(source)
     text = os.fspath(source)
     path = Path(text)
     if path.exists():
-        from adapterhub.formats import peft, read_adapter
-        from adapterhub.package import is_native_dir
+        from adapterhub.io.formats import peft, read_adapter
+        from adapterhub.io.package import is_native_dir
 
         if path.is_dir() and is_native_dir(path):
             return NativeDirSource(path)
