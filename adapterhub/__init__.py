@@ -16,8 +16,9 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
 from adapterhub.contracts.lazy import lazy_exports
-from adapterhub.contracts.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
-                                Quantizer, QuantizerConfig)
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.config import ConfigBase, MethodConfig, QuantizerConfig
+from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,7 @@ _LAZY = {
     "attached": "adapterhub.engines.adapters",
     "param_groups": "adapterhub.engines.adapters",
     "extract": "adapterhub.engines.adapters",
-    "load": "adapterhub.engines.adapters",
+    "load": "adapterhub.api.adapters",
     "unload": "adapterhub.engines.adapters",
     "AdapterPackage": "adapterhub.io.package",
     "AdaptedLayer": "adapterhub.contracts.layers",
@@ -38,7 +39,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from adapterhub.engines.adapters import attach, attached, extract, load, param_groups, unload
+    from adapterhub.api.adapters import load
+    from adapterhub.engines.adapters import attach, attached, extract, param_groups, unload
     from adapterhub.contracts.layers import AdaptedLayer
     from adapterhub.io.package import AdapterPackage
     from adapterhub.contracts.plugins import get_method, get_plugin_manager, get_quantizer

@@ -55,7 +55,7 @@ def _peft(model: nn.Module, **config: Any) -> nn.Module:
 def _ours_like(theirs: nn.Module, fresh: nn.Module, **config: Any) -> nn.Module:
     """``fresh`` with an adapterhub DoRA holding exactly ``theirs``'s values."""
     import adapterhub
-    from adapterhub.contracts.methods import adapted_layers
+    from adapterhub.contracts.layers import adapted_layers
 
     adapterhub.attach(fresh, "dora", **config)
     with torch.no_grad():

@@ -114,7 +114,7 @@ def make_problem(base, targets, task: str, seed: int, steps: int):
 
     import torch
 
-    from adapterhub.contracts.targets import find_targets
+    from adapterhub.contracts.layers import find_targets
 
     teacher = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(1000 + seed)

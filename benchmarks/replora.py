@@ -65,7 +65,7 @@ def shared_input_delta(weight: torch.Tensor, inputs: torch.Tensor,
 
 def problem(base, targets, task: str, seed: int) -> dict[str, Any]:
     """The teacher's outputs for a pool of training sequences and for validation and test."""
-    from adapterhub.contracts.targets import find_targets
+    from adapterhub.contracts.layers import find_targets
 
     teacher = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(1000 + seed)

@@ -18,7 +18,7 @@ from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
 from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.cli import cli
 from adapterhub.engines.quantization import merge_dequantized, merge_requantized
-from adapterhub.io.quantized_checkpoint import load_quantized, read_quantized, stored_quantized
+from adapterhub.io.checkpoint import load_quantized, read_quantized, stored_quantized
 
 import transformers
 

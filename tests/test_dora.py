@@ -12,7 +12,7 @@ from adapterhub.engines.apply import apply_adapters
 from adapterhub.io.formats.lint import check_target
 from adapterhub.io.formats.peft import read_peft, write_peft
 from adapterhub.engines.merging import merge_adapters
-from adapterhub.contracts.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 
 import peft
 import transformers

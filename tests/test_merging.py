@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from adapterhub import AdapterPackage, MergeError
 from adapterhub.cli import cli
-from adapterhub.engines.merging import merge_adapters, refactor, replay, truncated_svd
+from adapterhub.engines.merging import merge_adapters, replay
+from adapterhub.contracts.strategy import refactor, truncated_svd
 from adapterhub_merging import functions
 from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
@@ -167,7 +168,7 @@ def test_linear_is_lossless_and_svd_truncates(inputs):
     ("dare_ties", lambda s, w, d, gens: functions.dare_ties(s, w, d, gens)),
 ])
 def test_pruning_strategies_follow_their_formula(inputs, strategy, function):
-    from adapterhub.engines.merging import ModuleMerge
+    from adapterhub.contracts.strategy import ModuleMerge
 
     one, two = inputs
     weights = torch.tensor([0.7, 1.3])

@@ -39,7 +39,7 @@ def peft_lora(model, **kw):
 def copy_from_peft(ours, theirs):
     """Give our adapter exactly PEFT's A/B values."""
     with torch.no_grad():
-        for path, layer in adapterhub.contracts.methods.adapted_layers(ours).items():
+        for path, layer in adapterhub.contracts.layers.adapted_layers(ours).items():
             src = theirs.base_model.model.get_submodule(path)
             if hasattr(layer, "lora_A"):
                 layer.lora_A.copy_(src.lora_A["default"].weight)

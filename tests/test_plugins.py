@@ -117,7 +117,7 @@ def test_hook_adapterhub_register_quantizers():
 
 
 def test_hook_adapterhub_register_merge_strategies():
-    from adapterhub.engines.merging import MergeStrategy
+    from adapterhub.contracts.strategy import MergeStrategy
 
     class Mean(MergeStrategy):
         name = "mean"

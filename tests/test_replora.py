@@ -9,7 +9,7 @@ import torch
 import adapterhub
 from adapterhub.io.formats.lint import check_target
 from adapterhub.io.formats.peft import write_peft
-from adapterhub.contracts.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_lora import LoraLinear
 from adapterhub_replora import ReploraLinear
 

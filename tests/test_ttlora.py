@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import adapterhub
-from adapterhub.contracts.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_ttlora_moe.layers import TTLoraLinear
 from adapterhub_ttlora_moe.method import split_cores
 from adapterhub_ttlora_moe.tensor_train import (balanced_factors, contract, core_shapes,

@@ -8,7 +8,8 @@ import click
 
 from adapterhub.cli import cli
 from adapterhub.cli.common import db_option, force_option, json_option, open_source
-from adapterhub.cli.output import emit_json, human_size
+from adapterhub.cli.output import emit_json
+from adapterhub.contracts.progress import human_size
 
 FORMATS = click.Choice(["peft"])
 

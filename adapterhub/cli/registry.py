@@ -12,7 +12,8 @@ import click
 from adapterhub.cli import cli
 from adapterhub.cli.common import (db_option, force_option, json_option, parse_labels,
                                    quiet_option)
-from adapterhub.cli.output import emit_json, human_size, table
+from adapterhub.cli.output import emit_json, table
+from adapterhub.contracts.progress import human_size
 
 
 class Duration(click.ParamType):

@@ -20,8 +20,10 @@ import pluggy
 
 from adapterhub import hookspecs
 from adapterhub.errors import PluginLoadError, RegistrationError, UnknownMethodError
-from adapterhub.contracts.methods import NAME_RE, AdapterMethod, Quantizer
-from adapterhub.engines.merging import MergeStrategy
+from adapterhub.contracts.config import NAME_RE
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.quantizer import Quantizer
+from adapterhub.contracts.strategy import MergeStrategy
 
 if TYPE_CHECKING:
     import click
@@ -212,9 +214,9 @@ def get_method(name: str) -> AdapterMethod:
     return _method_instance(plugin_manager().lookup("method", name))
 
 
-def get_quantizer(name: str) -> Quantizer:
-    """The registered quantizer called ``name``."""
-    return plugin_manager().lookup("quantizer", name)()
+def get_quantizer(name: str | Quantizer) -> Quantizer:
+    """The registered quantizer called ``name`` (a quantizer object is returned as it is)."""
+    return name if isinstance(name, Quantizer) else plugin_manager().lookup("quantizer", name)()
 
 
 def get_strategy(name: str) -> MergeStrategy:

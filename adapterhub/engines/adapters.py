@@ -1,4 +1,5 @@
-"""The Python API: attach an adapter, train it in any loop, extract it as a package."""
+"""Adapters on models: attach a method's layers, train them in any loop, extract the
+adapter as a package, fold it in or take it out."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import AdapterHubError, ConfigError, IncompatibleBaseModelError
-from adapterhub.contracts.methods import (AdapterMethod, MethodConfig, Quantizer, QuantizerConfig,
-                                adapted_layers)
-from adapterhub.contracts.plugins import get_method
+from adapterhub.errors import AdapterHubError, ConfigError
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.config import MethodConfig, QuantizerConfig
+from adapterhub.contracts.quantizer import Quantizer
+from adapterhub.contracts.layers import adapted_layers
+from adapterhub.contracts.plugins import get_quantizer, get_method
 
 if TYPE_CHECKING:
     from torch import nn
 
     from adapterhub.contracts.layers import AdaptedLayer
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.registry import Registry
 
 
 def attach(model: nn.Module, method: str | AdapterMethod = "lora",
@@ -39,13 +41,13 @@ def attach(model: nn.Module, method: str | AdapterMethod = "lora",
 
     Returns the adapted layers by module path.
     """
-    from adapterhub.engines.quantization import quantize_model, resolve_quantizer
-    from adapterhub.contracts.targets import find_targets
+    from adapterhub.engines.quantization import quantize_model
+    from adapterhub.contracts.layers import find_targets
 
     method_obj = get_method(method) if isinstance(method, str) else method
     config_obj = method_obj.make_config(config, **config_fields)
     if quantize is not None:
-        quantizer = resolve_quantizer(quantize)
+        quantizer = get_quantizer(quantize)
         quantizer_config = quantizer.make_config(quantize_config)
         find_targets(model, config_obj.target_modules, kinds=method_obj.layer_kinds,
                      method=method_obj.name)
@@ -114,32 +116,6 @@ def extract(model: nn.Module, *, base: str | os.PathLike[str] | None = None,
                                 base_name=base_name or name, base_revision=base_revision,
                                 base_fingerprint=fingerprint, quantization=quantization,
                                 parents=parents, metrics=metrics, labels=labels)
-
-
-def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
-         registry: Registry | None = None) -> dict[str, AdaptedLayer]:
-    """Attach a stored adapter to ``model``: a package, a native or PEFT directory, or a
-    registry ref (``ns/name@3``) in ``registry`` (default: the local registry).
-
-    Checks that every adapted module exists with the base shape the adapter expects before
-    changing anything. A mixture-of-experts version brings its experts from the registry.
-    """
-    from adapterhub.registry.sources import expert_versions, load_source
-
-    if not hasattr(package, "manifest"):
-        package = load_source(package, registry=registry)
-    modules = dict(model.named_modules())
-    for path, shape in package.manifest.base_model.get("modules", {}).items():
-        module = modules.get(path)
-        weight = getattr(module, "weight", None)
-        if module is None or weight is None:
-            raise IncompatibleBaseModelError(f"the model has no module {path!r} that the "
-                                             f"adapter adapts")
-        if list(weight.shape) != list(shape):
-            raise IncompatibleBaseModelError(f"module {path!r} has weight shape "
-                                             f"{list(weight.shape)}; the adapter expects {shape}")
-    return package.method.load(model, package.tensors, package.config,
-                               experts=expert_versions(package, registry))
 
 
 def unload(model: nn.Module, *, merge: bool = True) -> nn.Module:

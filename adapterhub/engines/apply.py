@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
 from adapterhub.engines.compat import check_base
+from adapterhub.contracts.plugins import get_quantizer
 from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
                                MergeError, WriteError)
 from adapterhub.io.outdir import refuse_non_empty
@@ -63,10 +64,11 @@ from registry_db.digests import parse_json
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+    from adapterhub.contracts.method import AdapterMethod
+    from adapterhub.contracts.config import MethodConfig
     from adapterhub.io.package import AdapterPackage
     from adapterhub.engines.quantization import RequantizationReport
-    from adapterhub.io.quantized_checkpoint import QuantizedWeightInfo
+    from adapterhub.io.checkpoint import QuantizedWeightInfo
 
 BUILD_RECORD = "adapterhub-build.json"
 BUILD_FORMAT = "adapterhub-build/1"
@@ -170,13 +172,13 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     if untouched not in UNTOUCHED:
         raise MergeError(f"unknown untouched {untouched!r}; choose one of "
                          f"{', '.join(UNTOUCHED)}")
-    quantized_base = bool(checkpoint.quantized)
-    if requantize and not quantized_base:
+    base_is_quantized = bool(checkpoint.quantized)
+    if requantize and not base_is_quantized:
         raise MergeError(f"--requantize keeps a quantized base quantized, but "
                          f"{checkpoint.path} holds no quantized weights",
                          hint="Drop --requantize; an adapter trained on a quantized base is "
                               "folded into deq(Q(W)) rebuilt from these weights")
-    if untouched != "original" and quantized_base:
+    if untouched != "original" and base_is_quantized:
         raise MergeError(f"--untouched {untouched} is for a full-precision base; the weights "
                          f"of {checkpoint.path} are quantized already")
     packages = [a if isinstance(a, AdapterPackage) else read_adapter(a) for a in adapters]
@@ -206,9 +208,9 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                     f"{label}: the base tensor {tensor} is {info.dtype}; apply folds deltas "
                     f"into floating-point weights only ({', '.join(FLOAT_DTYPES)})")
             plan.folds.setdefault(tensor, []).append(Fold(index, module))
-    if not quantized_base:
+    if not base_is_quantized:
         _plan_roundtrip(plan)
-    if dtype is None and not requantize and (quantized_base or plan.roundtrip):
+    if dtype is None and not requantize and (base_is_quantized or plan.roundtrip):
         dtype = QUANTIZED_DEFAULT_DTYPE
     plan.dtype = DTYPES[dtype] if dtype else None
     return plan
@@ -228,13 +230,13 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
     tensors, not embeddings or output heads, which QLoRA keeps in full precision too).
     Adapters that disagree on a weight's base are refused.
     """
-    from adapterhub.engines.quantization import describe_quantization, same_quantization
-    from adapterhub.io.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
+    from adapterhub.engines.quantization import quantization_label, same_quantization
+    from adapterhub.engines.quantize_checkpoint import DEFAULT_SKIP, is_linear_weight
 
     trained = {i: p.manifest.quantization for i, p in enumerate(plan.packages)
                if p.manifest.quantization}
     for record in trained.values():  # an unknown quantizer or config fails here, not midway
-        describe_quantization(record)
+        quantization_label(record)
     def quantizable(name: str) -> bool:
         info = plan.checkpoint.tensors[name].info
         return is_linear_weight(name, info.dtype, info.shape, DEFAULT_SKIP)
@@ -262,7 +264,7 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
                          hint="Drop --untouched")
     if any(not same_quantization(records[0], r) for r in records[1:]):
         raise MergeError("--untouched roundtrip: the adapters were trained on differently "
-                         "quantized bases (" + ", ".join(sorted({describe_quantization(r)
+                         "quantized bases (" + ", ".join(sorted({quantization_label(r)
                                                                  for r in records})) + ")")
     for name in plan.checkpoint.tensors:
         if name in plan.roundtrip or not quantizable(name):
@@ -275,9 +277,9 @@ def _plan_roundtrip(plan: BuildPlan) -> None:
 
 
 def _trained_on(record: dict[str, Any] | None) -> str:
-    from adapterhub.engines.quantization import describe_quantization
+    from adapterhub.engines.quantization import quantization_label
 
-    return "full-precision weights" if record is None else describe_quantization(record)
+    return "full-precision weights" if record is None else quantization_label(record)
 
 
 def apply_adapters(base: str | os.PathLike[str],
@@ -524,14 +526,14 @@ def _run(pool: ThreadPoolExecutor, jobs: list[tuple[Any, tuple]], bar: Any) -> N
 
 def _requantize(build: _Build, name: str) -> None:
     """Fold the ΔW of a quantized weight and quantize it again; park its new tensors."""
-    from adapterhub.engines.quantization import requantize_merged, resolve_quantizer
-    from adapterhub.io.quantized_checkpoint import read_quantized
+    from adapterhub.engines.quantization import requantize_merged
+    from adapterhub.io.checkpoint import read_quantized
 
     plan = build.plan
     info = plan.quantized[name]
     with build.budget.reserve(_whole_tensor_bytes(info.shape)):
         quantized = read_quantized(plan.checkpoint, info.stored)
-        base = resolve_quantizer(info.stored.quantizer).dequantize(quantized) \
+        base = get_quantizer(info.stored.quantizer).dequantize(quantized) \
             if _needs_base(plan, name) else None
         terms = _terms(plan, name, info.shape, base)
 
@@ -540,7 +542,7 @@ def _requantize(build: _Build, name: str) -> None:
                 term.add_to(block, r0, r1)
 
         requantized, report = requantize_merged(quantized, add_delta, what=name)
-        tensors = resolve_quantizer(info.stored.quantizer).state_dict(requantized, name)
+        tensors = get_quantizer(info.stored.quantizer).state_dict(requantized, name)
         if set(tensors) != set(info.stored.tensors):
             raise MergeError(f"re-quantizing {name} gave the tensors {sorted(tensors)}; the "
                              f"base stores {sorted(info.stored.tensors)}")
@@ -607,8 +609,8 @@ def _write_shard(build: _Build, pool: ThreadPoolExecutor, header: Header, dst: P
 
 def _write_tensor(build: _Build, src_fd: int, dst_fd: int, info: TensorInfo,
                   offset: int) -> None:
-    from adapterhub.engines.quantization import quantized_base, resolve_quantizer
-    from adapterhub.io.quantized_checkpoint import read_quantized
+    from adapterhub.engines.quantization import roundtrip_quantized
+    from adapterhub.io.checkpoint import read_quantized
 
     plan, name = build.plan, info.name
     if name in build.prepared:
@@ -623,13 +625,13 @@ def _write_tensor(build: _Build, src_fd: int, dst_fd: int, info: TensorInfo,
     if name in plan.quantized:
         with build.budget.reserve(_whole_tensor_bytes(shape)):
             stored = plan.quantized[name].stored
-            weight = resolve_quantizer(stored.quantizer).dequantize(
+            weight = get_quantizer(stored.quantizer).dequantize(
                 read_quantized(plan.checkpoint, stored))
             terms = _terms(plan, name, shape, weight)
             build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
     elif name in plan.roundtrip:
         with build.budget.reserve(_whole_tensor_bytes(shape)):
-            weight = quantized_base(plan.checkpoint.read_tensor(name), plan.roundtrip[name])
+            weight = roundtrip_quantized(plan.checkpoint.read_tensor(name), plan.roundtrip[name])
             terms = _terms(plan, name, shape, weight)
             build.streamer.stream_tensor(weight, dst_fd, offset, dtype, terms, name)
     elif _needs_base(plan, name):  # a fold that rescales W + ΔW reads the whole weight

@@ -55,10 +55,10 @@ def check_base(manifest: Manifest, checkpoint: Checkpoint) -> CompatReport:
                                    f"{list(shape)}")
         stored = quantized.get(name)
         if stored is not None and manifest.quantization is not None:
-            from adapterhub.engines.quantization import describe_quantization, same_quantization
+            from adapterhub.engines.quantization import quantization_label, same_quantization
 
             if not same_quantization(manifest.quantization, stored.quantization):
                 report.problems.append(
-                    f"{name} is stored as {describe_quantization(stored.quantization)}; the "
-                    f"adapter was trained on {describe_quantization(manifest.quantization)}")
+                    f"{name} is stored as {quantization_label(stored.quantization)}; the "
+                    f"adapter was trained on {quantization_label(manifest.quantization)}")
     return report

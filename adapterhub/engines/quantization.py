@@ -1,6 +1,6 @@
 """Quantized bases: quantize a model for QLoRA, and merge adapters into quantized weights.
 
-Everything here goes through a registered :class:`~adapterhub.contracts.methods.Quantizer`, so it works
+Everything here goes through a registered :class:`~adapterhub.contracts.quantizer.Quantizer`, so it works
 the same for every quantizer plugin (NF4, FP4, ...).
 
 Merging an adapter trained on a quantized base ``Q(W)`` (the adapter learned to correct
@@ -22,18 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import ConfigError, MergeError
-from adapterhub.contracts.methods import (QuantizedTensor, Quantizer, QuantizerConfig, check_finite,
-                                fold_delta)
+from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
+from adapterhub.contracts.config import QuantizerConfig
+from adapterhub.contracts.numerics import check_finite, fold_delta
 from adapterhub.contracts.plugins import get_quantizer
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-def resolve_quantizer(quantizer: str | Quantizer) -> Quantizer:
-    """A quantizer object from its registered name (or the object itself)."""
-    return get_quantizer(quantizer) if isinstance(quantizer, str) else quantizer
 
 
 def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
@@ -53,13 +49,13 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     """
     from torch import nn
 
-    from adapterhub.contracts.methods import adapted_layers
-    from adapterhub.contracts.targets import output_head
+    from adapterhub.contracts.layers import adapted_layers
+    from adapterhub.contracts.layers import output_head
 
     if adapted_layers(model):
         raise ConfigError("the model already has an adapter attached",
                           hint="Quantize the base model first, then attach the adapter")
-    quantizer_obj = resolve_quantizer(quantizer)
+    quantizer_obj = get_quantizer(quantizer)
     config_obj = quantizer_obj.make_config(config)
     skip = list(skip)
     head = output_head(model)
@@ -73,14 +69,14 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     return layers
 
 
-def quantized_base(weight: torch.Tensor, quantization: dict[str, Any]) -> torch.Tensor:
+def roundtrip_quantized(weight: torch.Tensor, quantization: dict[str, Any]) -> torch.Tensor:
     """``deq(Q(W))``: the base weight an adapter trained with ``quantization`` saw.
 
     ``quantization`` is a manifest's ``quantization`` entry (``{"name": "nf4", "config":
     {...}}``). Quantization is deterministic, so this re-creates the trained-against weight
     from the full-precision checkpoint, in ``weight``'s dtype.
     """
-    quantizer = resolve_quantizer(quantization["name"])
+    quantizer = get_quantizer(quantization["name"])
     config = quantizer.make_config(quantization.get("config") or {})
     return quantizer.dequantize(quantizer.quantize(weight, config))
 
@@ -93,14 +89,14 @@ def same_quantization(a: dict[str, Any] | None, b: dict[str, Any] | None) -> boo
         return a is b
     if a.get("name") != b.get("name"):
         return False
-    quantizer = resolve_quantizer(a["name"])
+    quantizer = get_quantizer(a["name"])
     return quantizer.storage_config(a.get("config")) == \
         quantizer.storage_config(b.get("config"))
 
 
-def describe_quantization(record: dict[str, Any]) -> str:
+def quantization_label(record: dict[str, Any]) -> str:
     """``nf4 (blocksize=64, double_quant=true)``: a record's stored-value settings, for messages."""
-    quantizer = resolve_quantizer(record["name"])
+    quantizer = get_quantizer(record["name"])
     fields = ", ".join(f"{key}={json.dumps(value)}"
                        for key, value in quantizer.storage_config(record.get("config")).items())
     return f"{record['name']} ({fields})" if fields else record["name"]
@@ -115,7 +111,7 @@ def merge_dequantized(quantized: QuantizedTensor, delta: torch.Tensor, *, scale:
     """
     import torch
 
-    base = resolve_quantizer(quantized.quantizer).dequantize(quantized)
+    base = get_quantizer(quantized.quantizer).dequantize(quantized)
     merged = fold_delta(base.to(torch.float32), delta, scale=scale, what=what)
     return merged.to(torch.bfloat16 if dtype is None else dtype)
 
@@ -203,7 +199,7 @@ def requantize_merged(quantized: QuantizedTensor,
 
     from adapterhub.io.tensor_stream import row_blocks, rows_cols
 
-    quantizer = resolve_quantizer(quantized.quantizer)
+    quantizer = get_quantizer(quantized.quantizer)
     base = quantizer.dequantize(quantized).reshape(rows_cols(quantized.shape))
 
     def ideal_rows(r0: int, r1: int) -> torch.Tensor:  # deq(Q(W)) + ΔW in fp32

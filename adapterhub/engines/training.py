@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.errors import ConfigError, FormatError
-from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.config import MethodConfig
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from registry_db.digests import parse_json
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.methods import AdapterMethod, MethodConfig
+    from adapterhub.contracts.method import AdapterMethod
+    from adapterhub.contracts.config import MethodConfig
 
 MANIFEST_FILE = "adapter.json"
 TENSORS_FILE = "adapter.safetensors"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError
-from adapterhub.contracts.methods import check_finite
+from adapterhub.contracts.numerics import check_finite
 from adapterhub.io.safetensors import DTYPE_SIZES, TensorInfo
 
 if TYPE_CHECKING:

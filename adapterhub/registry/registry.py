@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.registry.ci import default_author
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
-from adapterhub.registry.remotes import (DatabaseRemote, Remote, ancestors_to_copy, canonical_url,
-                                copy_version, is_path_like, open_remote,
-                                remote_class, send_version)
+from adapterhub.registry.remotes import (DatabaseRemote, ancestors_to_copy, canonical_url, copy_version, is_path_like, open_remote, remote_class, send_version)
+from adapterhub.contracts.remote import Remote
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage

@@ -19,7 +19,7 @@ from adapterhub.errors import AdapterNotFoundError, FormatError, MergeError
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
     from adapterhub.registry import Registry
-    from adapterhub.registry.remotes import Buffer
+    from adapterhub.contracts.remote import Buffer
     from adapterhub.io.safetensors import Header
     from registry_db import Manifest, VersionInfo
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterNotFoundError, MissingBlobsError, RefError,
                                RegistryError)
-from adapterhub.registry.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.contracts.remote import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage

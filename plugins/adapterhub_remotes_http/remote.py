@@ -24,7 +24,7 @@ import httpx
 from adapterhub.errors import (AdapterNotFoundError, IntegrityError, RegistryError,
                                error_class)
 from adapterhub.registry.http_client import HubClient
-from adapterhub.registry.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.contracts.remote import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from registry_db import CommitResult, Manifest, VersionInfo

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapterhub.contracts.layers import adapter_dtype
-from adapterhub.contracts.methods import adapted_layers
-from adapterhub.contracts.targets import find_targets
+from adapterhub.contracts.layers import adapted_layers
+from adapterhub.contracts.layers import find_targets
 from adapterhub_lora import LoraMethod
 from adapterhub_replora.config import ReploraConfig
 from adapterhub_replora.layer import Generator, ReploraLinear

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from adapterhub import ConfigError, MethodConfig
-from adapterhub.contracts.targets import pattern_key
+from adapterhub.contracts.layers import pattern_key
 from registry_db.digests import is_digest
 
 INITS = ("direct", "zero")

@@ -16,7 +16,7 @@ from torch import nn
 
 from adapterhub import AdapterHubError, AdapterPackage, ConfigError, FormatError
 from adapterhub.contracts.plugins import get_method
-from adapterhub.contracts.targets import find_targets
+from adapterhub.contracts.layers import find_targets
 from adapterhub_ttlora_moe.experts import ExpertSource, stack_experts
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear
 from adapterhub_ttlora_moe.router import Router, base_hidden

@@ -20,7 +20,7 @@ from registry_db.digests import parse_json
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.methods import AdapterMethod
+    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.io.package import AdapterPackage
 
 CONFIG_FILE = "adapter_config.json"

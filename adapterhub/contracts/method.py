@@ -1,0 +1,230 @@
+"""The method contract.
+
+An :class:`AdapterMethod` brings a *training kernel* (the adapted layer it puts in place of a
+base layer, its optimizer groups) and a *merge kernel* (its dense delta, folded into a base
+weight). Importable without torch; torch is imported inside the functions that need it, so
+loading a plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from adapterhub.contracts.config import MethodConfig
+from adapterhub.contracts.numerics import fold_delta
+from adapterhub.errors import ConfigError, ExportError, FormatError, MergeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from adapterhub.contracts.layers import AdaptedLayer
+    from adapterhub.io.package import AdapterPackage
+
+
+class AdapterMethod:
+    """A parameter-efficient fine-tuning method: training kernel plus merge kernel.
+
+    Subclasses set ``name``, ``format_version``, ``Config`` and implement ``make_layer`` and
+    ``delta_weight``; the other operations have working defaults built on those two.
+
+    Tensor names in a method's state dict are ``"<module path>.<tensor>"`` where ``<tensor>``
+    contains no dot (``encoder.layer.0.attention.self.query.lora_A``).
+    """
+
+    name: ClassVar[str]
+    format_version: ClassVar[int] = 1
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    description: ClassVar[str] = ""
+    #: layer kinds (see :func:`adapterhub.contracts.layers.layer_kind`) the method can adapt
+    layer_kinds: ClassVar[tuple[str, ...]] = ("linear", "conv1d")
+    #: the PEFT ``peft_type`` this method exports to and imports from, if PEFT can express it
+    peft_type: ClassVar[str | None] = None
+    #: ``adapter_config.json`` entries that mark this method's adapters among the PEFT adapters
+    #: of its ``peft_type`` (DoRA: ``{"use_dora": True}`` within ``LORA``); an import picks the
+    #: installed method whose entries all match, the most entries first
+    peft_flags: ClassVar[dict[str, Any]] = {}
+    #: Why the method's change to a layer depends on that layer's base weight, or ``""`` when
+    #: ΔW is a function of the adapter's tensors alone. A method that rescales ``W + ΔW``
+    #: (DoRA) has no ΔW without its base: it implements :meth:`merge` (which gets the weight)
+    #: and its ``delta_weight``/``low_rank`` refuse or return ``None``. ``apply`` then folds it
+    #: through :meth:`merge` with the whole base tensor in memory, and whatever combines or
+    #: exports adapters without a base (merge strategies, LoRA-only engines) refuses it, giving
+    #: this reason.
+    base_dependence: ClassVar[str] = ""
+
+    # -- config -----------------------------------------------------------------------------
+
+    def make_config(self, config: MethodConfig | dict[str, Any] | None = None,
+                    **kwargs: Any) -> MethodConfig:
+        """Coerce a config object, a dict, or keyword arguments into ``self.Config``."""
+        if isinstance(config, self.Config):
+            if kwargs:
+                return self.Config.from_dict({**config.to_dict(), **kwargs})
+            return config
+        return self.Config.from_dict({**(config or {}), **kwargs})
+
+    def identity_at_init(self, config: MethodConfig) -> bool:
+        """Whether a freshly attached adapter leaves the model's outputs unchanged."""
+        return True
+
+    # -- training kernel --------------------------------------------------------------------
+
+    def make_layer(self, base: nn.Module, config: MethodConfig, path: str) -> AdaptedLayer:
+        """Wrap one base layer in this method's adapted layer (base weights stay frozen)."""
+        raise NotImplementedError
+
+    def attach(self, model: nn.Module, config: MethodConfig,
+               targets: list[str] | None = None) -> dict[str, AdaptedLayer]:
+        """Replace each targeted layer of ``model`` with the method's adapted layer.
+
+        ``targets`` (exact module paths) overrides ``config.target_modules``. Returns the
+        adapted layers by module path. Every base parameter of the model is frozen.
+        """
+        from adapterhub.contracts.layers import find_targets
+
+        found = find_targets(model, config.target_modules if targets is None else targets,
+                             kinds=self.layer_kinds, method=self.name, exact=targets is not None)
+        self.check_targets(found, config)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        layers = {}
+        for path, module in found:
+            layer = self.make_layer(module, config, path)
+            model.set_submodule(path, layer)
+            layers[path] = layer
+        return layers
+
+    def check_targets(self, targets: list[tuple[str, nn.Module]], config: MethodConfig) -> None:
+        """Validate (or adjust ``config`` for) the layers about to be adapted, before any change."""
+
+    def param_groups(self, model: nn.Module, lr: float, **kwargs: Any) -> list[dict[str, Any]]:
+        """Optimizer parameter groups for the adapter's trainable tensors.
+
+        The default is one group at ``lr``; keyword arguments (``weight_decay`` ...) are copied
+        into it.
+        """
+        from adapterhub.contracts.layers import adapted_layers
+
+        params = [p for layer in adapted_layers(model).values()
+                  for p in layer.adapter_parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, **kwargs}]
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's tensors only, keyed ``"<module path>.<tensor>"``, detached on CPU."""
+        from adapterhub.contracts.layers import adapted_layers
+
+        out = {}
+        for path, layer in adapted_layers(model).items():
+            for key, tensor in layer.adapter_tensors().items():
+                out[f"{path}.{key}"] = tensor.detach().to("cpu").clone()
+        return out
+
+    def experts(self, config: MethodConfig) -> dict[str, str]:
+        """For a version that routes between other versions at run time (a mixture of
+        experts), its experts by name → version digest; empty for an ordinary adapter.
+
+        A version with experts has no single ΔW: ``apply``/``merge`` fold one expert, chosen
+        by name (``--expert``), and loading it needs the expert versions.
+        """
+        return {}
+
+    def train_mixture(self, model: nn.Module, experts: list[AdapterPackage],
+                      inputs: dict[str, torch.Tensor], expert_labels: list[str], *,
+                      epochs: int, lr: float, batch_size: int, seed: int,
+                      show_progress: bool = True) -> AdapterPackage:
+        """Train a mixture-of-experts version over frozen ``experts`` (its router, say) on
+        tokenized ``inputs`` whose rows are labelled with the expert that should take them.
+
+        Only methods with :meth:`experts` implement this; ``adapterhub train --experts``
+        calls it.
+        """
+        raise ConfigError(f"the {self.name!r} method does not combine experts",
+                          hint="--experts goes with a mixture-of-experts method such as "
+                               "ttlora_moe")
+
+    def load(self, model: nn.Module, tensors: dict[str, torch.Tensor],
+             config: MethodConfig, experts: list[AdapterPackage] | None = None
+             ) -> dict[str, AdaptedLayer]:
+        """Attach to the modules ``tensors`` names and load the values into the new layers.
+
+        ``experts`` are the expert versions of a method whose :meth:`experts` is not empty.
+        """
+        by_module = self.group_tensors(tensors)
+        layers = self.attach(model, config, targets=sorted(by_module))
+        for path, layer in layers.items():
+            layer.load_adapter_tensors(by_module[path])
+        return layers
+
+    # -- merge kernel -----------------------------------------------------------------------
+
+    def group_tensors(self, tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Split ``{"<path>.<tensor>": t}`` into ``{path: {tensor: t}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            path, sep, leaf = key.rpartition(".")
+            if not sep:
+                raise FormatError(f"tensor name {key!r} has no module path")
+            out.setdefault(path, {})[leaf] = value
+        return out
+
+    def infer_base_shape(self, module: str, tensors: dict[str, torch.Tensor],
+                         config: MethodConfig) -> tuple[int, ...]:
+        """The shape of the base weight this module's tensors adapt, as stored in checkpoints."""
+        raise NotImplementedError
+
+    def delta_weight(self, module: str, tensors: dict[str, torch.Tensor], config: MethodConfig,
+                     base_shape: tuple[int, ...]) -> torch.Tensor:
+        """The dense ΔW for one module, in fp32, in the base weight's layout and shape."""
+        raise NotImplementedError
+
+    def merge(self, weight: torch.Tensor, module: str, tensors: dict[str, torch.Tensor],
+              config: MethodConfig, *, scale: float = 1.0) -> torch.Tensor:
+        """Return ``weight + scale·ΔW``: the add in fp32, one cast back, a finiteness check.
+
+        ``weight`` is the base weight as stored (``[in, out]`` for Conv1D). A method with
+        :attr:`base_dependence` overrides this; its ΔW is ``merge(weight) − weight``.
+        """
+        delta = self.delta_weight(module, tensors, config, tuple(weight.shape))
+        return fold_delta(weight, delta, scale=scale, what=f"{self.name} adapter on {module}")
+
+    def low_rank(self, module: str, tensors: dict[str, torch.Tensor], config: MethodConfig,
+                 base_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """ΔW as fp32 factors ``(L, R)`` with ``L @ R == delta_weight(...)``, or ``None``.
+
+        ``L`` is ``[base_shape[0], k]`` and ``R`` is ``[k, base_shape[1]]``, in the base weight's
+        layout, with every scaling folded in. Methods whose delta is a low-rank product (LoRA,
+        block-diagonal variants) return it so that merges stay exact and cheap (``cat``), and
+        so that exports to LoRA-only engines (vLLM) can express them; the default ``None``
+        sends merges through the dense ΔW.
+        """
+        return None
+
+    def module_kind(self, module: str, tensors: dict[str, torch.Tensor],
+                    config: MethodConfig) -> str:
+        """The kind of layer a module adapts: ``linear``, ``conv1d`` (weight stored ``[in,
+        out]``) or ``embedding`` — what a merge needs to lay out a new LoRA for it."""
+        return "linear"
+
+    def from_low_rank(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      kinds: dict[str, str]) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """``(config, tensors)`` of an adapter whose ΔW for each module is ``L @ R``.
+
+        ``factors`` maps module paths to ``(L, R)`` in the base weight's layout and ``kinds``
+        each module to its layer kind (see :meth:`module_kind`). The method merges store
+        their results as (LoRA) implements this; others need not.
+        """
+        raise MergeError(f"the {self.name!r} method cannot be built from low-rank factors")
+
+    # -- formats ----------------------------------------------------------------------------
+
+    def to_peft(self, package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(adapter_config, tensors with PEFT keys)`` for ``export --format peft``."""
+        raise ExportError(f"PEFT cannot express the {self.name!r} method",
+                          hint="Keep the native format, or use 'adapterhub apply' to merge it "
+                               "into the base model")
+
+    def from_peft(self, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]
+                  ) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """``(config, native tensors)`` from a PEFT ``adapter_config.json`` and its tensors."""
+        raise FormatError(f"the {self.name!r} method cannot read PEFT adapters")
