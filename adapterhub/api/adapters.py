@@ -22,9 +22,10 @@ def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
     registry ref (``ns/name@3``) in ``registry`` (default: the local registry).
 
     Checks that every adapted module exists with the base shape the adapter expects before
-    changing anything. A mixture-of-experts version brings its experts from the registry.
+    changing anything. A composite version (a mixture of experts) brings its components from the
+    registry.
     """
-    from adapterhub.registry.sources import expert_versions, load_source
+    from adapterhub.registry.sources import component_versions, load_source
 
     if not hasattr(package, "manifest"):
         package = load_source(package, registry=registry)
@@ -39,6 +40,6 @@ def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
             raise IncompatibleBaseModelError(f"module {path!r} has weight shape "
                                              f"{list(weight.shape)}; the adapter expects {shape}")
     return package.method.load(model, package.tensors, package.config,
-                               experts=expert_versions(package, registry))
+                               components=component_versions(package, registry))
 
 

@@ -39,16 +39,16 @@ def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | Non
     """The adapters ``apply``/``merge`` fold: each source's package, or its chosen expert
     (experts come from the source's registry, or the local one for a directory)."""
     from adapterhub.registry import Registry
-    from adapterhub.registry.sources import RegistrySource, fold_target
+    from adapterhub.registry.sources import RegistrySource, fold_component
 
     packages = []
     for source in sources:
         resolved = open_source(source, db)
         registry = resolved.registry if isinstance(resolved, RegistrySource) else None
         package = resolved.package()
-        if package.method.experts(package.config):
+        if package.method.composite:
             registry = registry or Registry(db)
-        packages.append(fold_target(package, expert, registry=registry))
+        packages.append(fold_component(package, expert, registry=registry))
     return packages
 
 

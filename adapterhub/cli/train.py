@@ -52,7 +52,7 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
     from adapterhub.contracts.progress import write
     from adapterhub.registry import Registry
     from adapterhub.engines.training import train as run
-    from adapterhub.engines.training import train_mixture
+    from adapterhub.engines.training import train_composite
 
     if out is None and push_to is None:
         raise click.UsageError("say where the trained adapter goes: --out DIR, --push NS/NAME "
@@ -64,7 +64,7 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
                                    "the adapted layers)")
         packages = [open_source(source.strip(), db).package()
                     for source in experts.split(",") if source.strip()]
-        package = train_mixture(base, data, task=task, method=method_obj, experts=packages,
+        package = train_composite(base, data, task=task, method=method_obj, experts=packages,
                                 epochs=epochs, lr=lr, batch_size=batch_size,
                                 max_length=max_length, seed=seed,
                                 show_progress=not (quiet or as_json),

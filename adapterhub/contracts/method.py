@@ -52,6 +52,15 @@ class AdapterMethod:
     #: exports adapters without a base (merge strategies, LoRA-only engines) refuses it, giving
     #: this reason.
     base_dependence: ClassVar[str] = ""
+    #: A composite method's versions are made of other versions, its *components* (named in
+    #: the config, listed by :meth:`components`): a router over frozen experts, say. Such a
+    #: version is built by :meth:`train_composite`, not attached fresh nor extracted; it has
+    #: no single ΔW (``apply`` and ``merge`` fold one component, chosen by name); loading it
+    #: fetches its components. The core does all of that for any method that sets this.
+    composite: ClassVar[bool] = False
+    #: for a composite method: how to build a version (shown when one is attached or extracted)
+    composite_hint: ClassVar[str] = "Train the components first, then build it with " \
+        "train_composite (adapterhub train --experts)"
 
     # -- config -----------------------------------------------------------------------------
 
@@ -83,6 +92,9 @@ class AdapterMethod:
         """
         from adapterhub.contracts.layers import find_targets
 
+        if self.composite:
+            raise ConfigError(f"a {self.name} adapter is made of other versions (its "
+                              f"components), not attached fresh", hint=self.composite_hint)
         found = find_targets(model, config.target_modules if targets is None else targets,
                              kinds=self.layer_kinds, method=self.name, exact=targets is not None)
         self.check_targets(found, config)
@@ -114,41 +126,38 @@ class AdapterMethod:
         """The adapter's tensors only, keyed ``"<module path>.<tensor>"``, detached on CPU."""
         from adapterhub.contracts.layers import adapted_layers
 
+        if self.composite:
+            raise ConfigError(f"a {self.name} version cannot be extracted from a model: it "
+                              f"records its components, which the model does not know",
+                              hint=self.composite_hint)
         out = {}
         for path, layer in adapted_layers(model).items():
             for key, tensor in layer.adapter_tensors().items():
                 out[f"{path}.{key}"] = tensor.detach().to("cpu").clone()
         return out
 
-    def experts(self, config: MethodConfig) -> dict[str, str]:
-        """For a version that routes between other versions at run time (a mixture of
-        experts), its experts by name → version digest; empty for an ordinary adapter.
-
-        A version with experts has no single ΔW: ``apply``/``merge`` fold one expert, chosen
-        by name (``--expert``), and loading it needs the expert versions.
-        """
+    def components(self, config: MethodConfig) -> dict[str, str]:
+        """The versions a composite version is made of, by name → version digest (see
+        :attr:`composite`); empty for an ordinary adapter."""
         return {}
 
-    def train_mixture(self, model: nn.Module, experts: list[AdapterPackage],
-                      inputs: dict[str, torch.Tensor], expert_labels: list[str], *,
-                      epochs: int, lr: float, batch_size: int, seed: int,
-                      show_progress: bool = True) -> AdapterPackage:
-        """Train a mixture-of-experts version over frozen ``experts`` (its router, say) on
-        tokenized ``inputs`` whose rows are labelled with the expert that should take them.
-
-        Only methods with :meth:`experts` implement this; ``adapterhub train --experts``
-        calls it.
-        """
-        raise ConfigError(f"the {self.name!r} method does not combine experts",
-                          hint="--experts goes with a mixture-of-experts method such as "
-                               "ttlora_moe")
+    def train_composite(self, model: nn.Module, components: list[AdapterPackage],
+                        inputs: dict[str, torch.Tensor], labels: list[str], *, epochs: int,
+                        lr: float, batch_size: int, seed: int, show_progress: bool = True
+                        ) -> AdapterPackage:
+        """Build a composite version over frozen ``components`` (train its router, say) on
+        tokenized ``inputs`` whose rows are labelled with the component that should take
+        them. ``adapterhub train --experts`` calls it."""
+        raise ConfigError(f"the {self.name!r} method is not composite: it does not combine "
+                          f"other versions", hint="--experts goes with a composite method "
+                                                  "(see 'adapterhub methods')")
 
     def load(self, model: nn.Module, tensors: dict[str, torch.Tensor],
-             config: MethodConfig, experts: list[AdapterPackage] | None = None
+             config: MethodConfig, components: list[AdapterPackage] | None = None
              ) -> dict[str, AdaptedLayer]:
         """Attach to the modules ``tensors`` names and load the values into the new layers.
 
-        ``experts`` are the expert versions of a method whose :meth:`experts` is not empty.
+        ``components`` are the versions a composite version is made of.
         """
         by_module = self.group_tensors(tensors)
         layers = self.attach(model, config, targets=sorted(by_module))
@@ -176,7 +185,16 @@ class AdapterMethod:
     def delta_weight(self, module: str, tensors: dict[str, torch.Tensor], config: MethodConfig,
                      base_shape: tuple[int, ...]) -> torch.Tensor:
         """The dense ΔW for one module, in fp32, in the base weight's layout and shape."""
+        if self.composite:
+            raise self.no_single_delta(config)
         raise NotImplementedError
+
+    def no_single_delta(self, config: MethodConfig) -> MergeError:
+        """The error for folding or merging a composite version as a whole."""
+        names = ", ".join(self.components(config))
+        return MergeError(f"a {self.name} version is made of other versions ({names}), so it "
+                          f"has no single ΔW", hint="Pick the component to fold in (CLI: "
+                                                    "--expert NAME)")
 
     def merge(self, weight: torch.Tensor, module: str, tensors: dict[str, torch.Tensor],
               config: MethodConfig, *, scale: float = 1.0) -> torch.Tensor:
@@ -185,6 +203,8 @@ class AdapterMethod:
         ``weight`` is the base weight as stored (``[in, out]`` for Conv1D). A method with
         :attr:`base_dependence` overrides this; its ΔW is ``merge(weight) − weight``.
         """
+        if self.composite:
+            raise self.no_single_delta(config)
         delta = self.delta_weight(module, tensors, config, tuple(weight.shape))
         return fold_delta(weight, delta, scale=scale, what=f"{self.name} adapter on {module}")
 

@@ -157,7 +157,6 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     from adapterhub.io.formats import read_adapter
     from adapterhub.engines.merging import adapter_weights
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.registry.sources import fold_target
 
     checkpoint = base if isinstance(base, Checkpoint) else Checkpoint(base)
     if not checkpoint.path.is_dir():
@@ -189,7 +188,8 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
                      requantize=requantize, untouched=untouched)
     for index, package in enumerate(packages):
         label = _label(plan, index)
-        fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
+        if package.method.composite:  # no single ΔW: a component must be picked first
+            raise package.method.no_single_delta(package.config)
         report = check_base(package.manifest, checkpoint)
         if report.problems:
             more = f" ({len(report.problems) - 1} more)" if len(report.problems) > 1 else ""

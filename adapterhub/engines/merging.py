@@ -148,7 +148,6 @@ def adapter_weights(weights: Sequence[float] | None, count: int) -> list[float]:
 
 def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | None
                  ) -> _Inputs:
-    from adapterhub.registry.sources import fold_target
 
     if not packages:
         raise MergeError("merge needs at least one adapter")
@@ -158,7 +157,8 @@ def _read_inputs(packages: Sequence[AdapterPackage], weights: Sequence[float] | 
     if len(quantizations) > 1:
         raise MergeError("the adapters were trained on differently quantized bases")
     for package in inputs.packages:
-        fold_target(package, None)  # a mixture of experts has no single ΔW: refuse it here
+        if package.method.composite:  # no single ΔW: a component must be picked first
+            raise package.method.no_single_delta(package.config)
         method = package.method
         if method.base_dependence:
             raise MergeError(f"cannot merge the {method.name!r} adapter "

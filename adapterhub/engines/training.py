@@ -10,7 +10,8 @@ Data (one JSON object per line; blank lines are skipped, other keys are ignored)
 - ``classification``: ``{"text": "...", "label": 0}`` or ``{"text": "...", "label": "pos"}``
   (integers ``0..k-1``, or strings mapped to ids in sorted order; not both in one file);
 - ``causal-lm``: ``{"text": "..."}`` (loss on every non-padding token);
-- routing data for a mixture of experts (:func:`train_mixture`): ``{"text": "...",
+- routing data for a composite version, such as a mixture of experts
+  (:func:`train_composite`): ``{"text": "...",
   "task": "sports"}``, where ``task`` names the expert that should take the row.
 """
 
@@ -298,22 +299,28 @@ def read_routing_jsonl(path: str | os.PathLike[str]) -> tuple[list[str], list[st
     return texts, tasks
 
 
-def train_mixture(base: str | os.PathLike[str], data: str | os.PathLike[str], *,
-                  task: str, method: str | AdapterMethod, experts: list[AdapterPackage],
-                  epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
-                  max_length: int = 128, seed: int = 0, show_progress: bool = True,
-                  labels: dict[str, Any] | None = None) -> AdapterPackage:
-    """Train a mixture-of-experts version (``ttlora_moe``) over frozen ``experts`` on the
-    model in ``base``, from routing data (see the module docstring).
+def train_composite(base: str | os.PathLike[str], data: str | os.PathLike[str], *,
+                    task: str, method: str | AdapterMethod, experts: list[AdapterPackage],
+                    epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
+                    max_length: int = 128, seed: int = 0, show_progress: bool = True,
+                    labels: dict[str, Any] | None = None) -> AdapterPackage:
+    """Build a version of a composite ``method`` (see :attr:`AdapterMethod.composite`) over
+    frozen component versions ``experts`` on the model in ``base``, from routing data (see the
+    module docstring).
 
-    The experts must have been trained for the same ``task`` with the same seed (so a
+    The components must have been trained for the same ``task`` with the same seed (so a
     classification head the checkpoint lacks is rebuilt identically for all of them).
     """
     from adapterhub.contracts.plugins import get_method
 
     method_obj = get_method(method) if isinstance(method, str) else method
+    if not method_obj.composite:
+        raise ConfigError(f"the {method_obj.name!r} method is not composite: it does not "
+                          f"combine other versions",
+                          hint="--experts goes with a composite method (see 'adapterhub "
+                               "methods')")
     if not experts:
-        raise ConfigError("a mixture needs at least one expert version")
+        raise ConfigError("a composite version needs at least one component version")
     settings = {json.dumps({k: e.manifest.labels.get("training", {}).get(k)
                             for k in ("task", "seed", "num_labels")}, sort_keys=True)
                 for e in experts}
@@ -329,9 +336,9 @@ def train_mixture(base: str | os.PathLike[str], data: str | os.PathLike[str], *,
                                  seed=trained.get("seed", seed))
     inputs = dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt"))
-    package = method_obj.train_mixture(model, experts, inputs, tasks, epochs=epochs, lr=lr,
-                                       batch_size=batch_size, seed=seed,
-                                       show_progress=show_progress)
+    package = method_obj.train_composite(model, experts, inputs, tasks, epochs=epochs, lr=lr,
+                                         batch_size=batch_size, seed=seed,
+                                         show_progress=show_progress)
     if labels:
         package = package.with_manifest(labels={**package.manifest.labels, **labels})
     return package

@@ -188,32 +188,32 @@ def fetch_version(digest: str, registry: Registry | None, *, what: str) -> Adapt
     return registry.get(found)
 
 
-def expert_versions(package: AdapterPackage, registry: Registry | None
-                    ) -> list[AdapterPackage] | None:
-    """The expert versions a mixture-of-experts version names (None for other adapters)."""
-    experts = package.method.experts(package.config)
-    if not experts:
+def component_versions(package: AdapterPackage, registry: Registry | None
+                       ) -> list[AdapterPackage] | None:
+    """The versions a composite version is made of (None for other adapters)."""
+    components = package.method.components(package.config)
+    if not components:
         return None
-    return [fetch_version(digest, registry, what=f"expert {name!r}")
-            for name, digest in experts.items()]
+    return [fetch_version(digest, registry, what=f"component {name!r}")
+            for name, digest in components.items()]
 
 
-def fold_target(package: AdapterPackage, expert: str | None, *,
-                registry: Registry | None = None) -> AdapterPackage:
+def fold_component(package: AdapterPackage, name: str | None, *,
+                   registry: Registry | None = None) -> AdapterPackage:
     """What ``apply`` and ``merge`` fold for ``package``: the package itself, or, for a
-    mixture of experts, the one expert named ``expert`` (which has a single ΔW)."""
-    experts = package.method.experts(package.config)
+    composite version, its component called ``name`` (which has a single ΔW)."""
+    components = package.method.components(package.config)
     label = f"{package.manifest.method_name} version {package.digest[:19]}"
-    if not experts:
-        if expert is not None:
-            raise MergeError(f"--expert {expert!r} was given, but the {label} has no experts",
-                             hint="Use --expert only with a mixture-of-experts version")
+    if not package.method.composite:
+        if name is not None:
+            raise MergeError(f"--expert {name!r} was given, but the {label} has no experts (it "
+                             f"is not made of other versions)",
+                             hint="Use --expert only with a composite version (a mixture of "
+                                  "experts)")
         return package
-    names = ", ".join(experts)
-    if expert is None:
-        raise MergeError(f"the {label} routes each input to one of {len(experts)} experts "
-                         f"({names}), so it has no single ΔW to fold",
-                         hint="Pick the expert to bake in with --expert NAME")
-    if expert not in experts:
-        raise MergeError(f"the {label} has no expert {expert!r}; its experts are {names}")
-    return fetch_version(experts[expert], registry, what=f"expert {expert!r}")
+    if name is None:
+        raise package.method.no_single_delta(package.config)
+    if name not in components:
+        raise MergeError(f"the {label} has no component {name!r}; it has "
+                         f"{', '.join(components)}")
+    return fetch_version(components[name], registry, what=f"component {name!r}")

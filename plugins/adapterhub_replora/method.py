@@ -63,7 +63,7 @@ class ReploraMethod(LoraMethod):
                     params.append(param)
         return [{"params": params, "lr": lr, **kwargs}]
 
-    def load(self, model, tensors, config, experts=None):
+    def load(self, model, tensors, config, components=None):
         """Plain LoRA layers (``make_layer``) holding the stored factors."""
         by_module = self.group_tensors(tensors)
         layers = super().attach(model, config, targets=sorted(by_module))

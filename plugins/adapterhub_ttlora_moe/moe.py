@@ -73,7 +73,8 @@ def load_moe(model: nn.Module, package: AdapterPackage | str | os.PathLike[str],
     if package.manifest.method_name != "ttlora_moe":
         raise ConfigError(f"load_moe needs a ttlora_moe version; this one is "
                           f"{package.manifest.method_name!r}", hint="Use adapterhub.load")
-    return package.method.load(model, package.tensors, package.config, experts=list(experts))
+    return package.method.load(model, package.tensors, package.config,
+                               components=list(experts))
 
 
 def detach_moe(model: nn.Module) -> None:

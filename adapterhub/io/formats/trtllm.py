@@ -129,7 +129,7 @@ def plan_rows(package: AdapterPackage) -> TrtllmPlan:
 
     method, config = package.method, package.config
     plan = TrtllmPlan()
-    if method.experts(config):
+    if method.composite:
         plan.problems.append(f"the {method.name!r} method routes between experts at run time; "
                              f"TensorRT-LLM's LoRA rows hold one adapter per module")
         return plan
