@@ -214,6 +214,6 @@ def fold_component(package: AdapterPackage, name: str | None, *,
     if name is None:
         raise package.method.no_single_delta(package.config)
     if name not in components:
-        raise MergeError(f"the {label} has no component {name!r}; it has "
+        raise MergeError(f"the {label} has no expert {name!r}; its experts (components) are "
                          f"{', '.join(components)}")
     return fetch_version(components[name], registry, what=f"component {name!r}")
