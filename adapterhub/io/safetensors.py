@@ -253,15 +253,11 @@ class SafetensorsWriter:
 
     def close(self) -> None:
         self._body.close()
-        header = json.dumps({"__metadata__": self.metadata, **self.entries},
-                            separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
                                    suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
-                out.write(struct.pack("<Q", len(header)))
-                out.write(header)
+                out.write(encode_header(self.entries, self.metadata))
                 shutil.copyfileobj(body, out, 16 << 20)
             os.replace(tmp, self.path)
         except BaseException:
@@ -294,17 +290,25 @@ def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], Any]],
     Needs no torch: a hub renders files straight from stored blobs with it.
     """
     order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n][0]], n))
-    header: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
     offset = 0
     for name in order:
         dtype, shape, data = tensors[name]
         size = memoryview(data).nbytes
-        header[name] = {"dtype": dtype, "shape": list(shape),
-                        "data_offsets": [offset, offset + size]}
+        entries[name] = {"dtype": dtype, "shape": list(shape),
+                         "data_offsets": [offset, offset + size]}
         offset += size
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return b"".join([struct.pack("<Q", len(raw)), raw,
+    return b"".join([encode_header(entries, metadata, sort_keys=True),
                      *(memoryview(tensors[n][2]).cast("B") for n in order)])
+
+
+def encode_header(entries: dict[str, dict[str, Any]], metadata: dict[str, str] | None = None,
+                  *, sort_keys: bool = False) -> bytes:
+    """What comes before a safetensors file's data: the 8-byte little-endian length and the
+    JSON header (``__metadata__`` first, then ``entries`` in order, or every key sorted),
+    padded with spaces to a multiple of 8 so the data stays aligned, as safetensors does.
+    The one encoder every writer here uses."""
+    header = {"__metadata__": dict(metadata), **entries} if metadata else dict(entries)
+    raw = json.dumps(header, sort_keys=sort_keys, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw

@@ -1,37 +1,6 @@
-"""Deployment builds: fold adapters into a base checkpoint, streaming.
-
-``apply_adapters(base, adapters, out)`` reads the base checkpoint's safetensors headers, checks
-every adapter against them, then writes a new checkpoint with the same files, the same tensor
-order and the same index:
-
-- a tensor no adapter touches is copied as raw bytes (``copy_file_range``), never decoded;
-- a targeted tensor gets ``Σ weight_i · ΔW_i`` from each adapter's merge kernel
-  (:meth:`AdapterMethod.low_rank` factors, else :meth:`AdapterMethod.delta_weight`), added in
-  fp32 and cast once, to its own dtype or to ``dtype``, a block of rows at a time
-  (:mod:`adapterhub.io.tensor_stream`);
-- with ``dtype``, the other floating tensors are cast too and the headers rewritten;
-- a method whose change depends on the base weight (``base_dependence``: DoRA rescales
-  ``W + ΔW``) is folded through its ``merge`` with the whole tensor in memory.
-
-Quantized weights (QLoRA, DESIGN §7) take one of three paths; each adds ΔW to ``deq(Q(W))``,
-the weight the adapter was trained against:
-
-- a quantized base checkpoint is written as a plain one (``dtype``, default bf16): every
-  quantized weight is dequantized, gets its ΔW if any, and loses its state tensors;
-  ``config.json`` loses ``quantization_config``;
-- with ``requantize`` it stays quantized: a merged weight is quantized again with its own
-  quantizer and config (the rounding error measured per weight), an untouched one is copied
-  byte for byte;
-- an adapter trained on a quantized base folded into a full-precision base gets ``deq(Q(W))``
-  rebuilt from ``W`` with the quantization its manifest records (with ``untouched=
-  "roundtrip"``, so does every other Linear weight).
-
-A quantized or rebuilt weight is held whole while it is processed (a :class:`MemoryBudget`
-caps how many at once). Otherwise peak memory is the runtime, the adapters and a few MB of
-buffers per thread, whatever the model's size. Everything goes to a hidden directory beside
-``out`` that is renamed into place at the end, so an interrupted build leaves no ``out``; a
-later build removes what a killed one left behind.
-"""
+"""Writing a deployment build: shards in parallel, untouched tensors copied byte for byte,
+folded tensors streamed a block of rows at a time, all into a hidden directory renamed into
+place at the end."""
 
 from __future__ import annotations
 
@@ -40,247 +9,31 @@ import json
 import os
 import re
 import shutil
-import struct
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint, fingerprint_of
-from adapterhub.engines.compat import check_base
+from adapterhub.io.checkpoint import fingerprint_of
 from adapterhub.contracts.plugins import get_quantizer
-from adapterhub.errors import (AdapterHubError, FormatError, IncompatibleBaseModelError,
-                               MergeError, WriteError)
+from adapterhub.errors import (AdapterHubError, MergeError, WriteError)
 from adapterhub.io.outdir import refuse_non_empty
-from adapterhub.io.safetensors import DTYPE_SIZES, PICKLE_SUFFIXES, Header, TensorInfo
+from adapterhub.io.safetensors import (DTYPE_SIZES, Header, TensorInfo,
+                                       encode_header)
 from adapterhub.io.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
                                       rows_cols)
-from registry_db.digests import parse_json
+from adapterhub.engines.apply.files import copy_other_files
+from adapterhub.engines.apply.plan import (BUILD_FORMAT, BUILD_RECORD, DTYPES, WHOLE_TENSOR_BUDGET,
+                                           WHOLE_TENSOR_BYTES_PER_ELEMENT, BuildPlan, plan_build)
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.method import AdapterMethod
-    from adapterhub.contracts.config import MethodConfig
     from adapterhub.io.package import AdapterPackage
     from adapterhub.engines.quantization import RequantizationReport
-    from adapterhub.io.checkpoint import QuantizedWeightInfo
-
-BUILD_RECORD = "adapterhub-build.json"
-BUILD_FORMAT = "adapterhub-build/1"
-#: ``--dtype`` choices → safetensors dtype names
-DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-#: the output dtype of a build that involves quantized weights, unless ``dtype`` says otherwise
-QUANTIZED_DEFAULT_DTYPE = "bf16"
-#: what ``untouched`` accepts: Linear weights no adapter changes stay as the base has them, or
-#: become ``deq(Q(W))`` as in QLoRA training
-UNTOUCHED = ("original", "roundtrip")
-#: safetensors dtypes a merge may write into (and ``dtype`` casts)
-FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
-#: files that hold weights in some other layout: never copied, since they would be stale
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".msgpack", ".h5", ".onnx", ".npz",
-                   *PICKLE_SUFFIXES)
-#: transformers' names for dtypes in config.json
-CONFIG_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-#: bytes whole-tensor jobs (dequantize, requantize, round trip) may hold at once; one larger
-#: job runs alone
-WHOLE_TENSOR_BUDGET = 1 << 30
-#: bytes such a job holds per element of its weight, at most (see ``requantize_merged``)
-WHOLE_TENSOR_BYTES_PER_ELEMENT = 8
-
-
-@dataclass(frozen=True)
-class Fold:
-    """One adapted module folded into a checkpoint tensor."""
-
-    adapter: int  # index into the build's adapters
-    module: str
-
-
-@dataclass
-class BuildPlan:
-    """Everything a build will do, decided from headers and adapters before writing a byte."""
-
-    checkpoint: Checkpoint
-    packages: list[AdapterPackage]
-    weights: list[float]
-    dtype: str | None  # safetensors name every floating tensor is cast to; None keeps each
-    folds: dict[str, list[Fold]] = field(default_factory=dict)  # tensor name → folds
-    fingerprint_match: list[bool | None] = field(default_factory=list)
-    methods: list[tuple[AdapterMethod, MethodConfig]] = field(default_factory=list)
-    groups: list[dict[str, dict[str, torch.Tensor]]] = field(default_factory=list)
-    requantize: bool = False  # keep a quantized base quantized
-    untouched: str = "original"
-    #: full-precision tensors written as deq(Q(W)), with the quantization record to use
-    roundtrip: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def quantized(self) -> dict[str, QuantizedWeightInfo]:
-        """The base checkpoint's quantized weights."""
-        return self.checkpoint.quantized
-
-    @cached_property
-    def state_tensors(self) -> frozenset[str]:
-        """Tensors that belong to a quantized weight without being the weight itself."""
-        return frozenset(name for info in self.quantized.values()
-                         for name in info.stored.tensors if name != info.stored.weight)
-
-    def base_kind(self, name: str) -> str:
-        """What ΔW is added to in the tensor ``name`` (the build record's words)."""
-        if name in self.quantized:
-            return "requantized" if self.requantize else "dequantized"
-        return "roundtrip" if name in self.roundtrip else "full_precision"
-
-    def out_dtype(self, info: TensorInfo) -> str:
-        return self.dtype if self.dtype and info.dtype in FLOAT_DTYPES else info.dtype
-
-
-def plan_build(base: str | os.PathLike[str] | Checkpoint,
-               adapters: Sequence[str | os.PathLike[str] | AdapterPackage], *,
-               weights: Sequence[float] | None = None, dtype: str | None = None,
-               requantize: bool = False, untouched: str = "original") -> BuildPlan:
-    """Load the adapters and check each against the base; raise before anything is written.
-
-    ``adapters`` are package objects or anything :func:`adapterhub.io.formats.read_adapter`
-    reads. ``weights`` scale each adapter's ΔW (default 1.0 each); ``dtype`` is ``bf16``,
-    ``fp16`` or ``fp32`` (default: every tensor keeps its dtype, except in a build with
-    quantized weights, which defaults to bf16 unless ``requantize``).
-
-    ``requantize`` keeps a quantized base quantized; ``untouched="roundtrip"`` (a
-    full-precision base and an adapter trained on a quantized one) writes every Linear weight
-    the quantizer would have quantized as ``deq(Q(W))``, not just the adapted ones.
-    """
-    from adapterhub.io.formats import read_adapter
-    from adapterhub.engines.merging import adapter_weights
-    from adapterhub.io.package import AdapterPackage
-
-    checkpoint = base if isinstance(base, Checkpoint) else Checkpoint(base)
-    if not checkpoint.path.is_dir():
-        raise FormatError(f"the base model {checkpoint.path} is a file; apply builds from a "
-                          f"checkpoint directory",
-                          hint="Point at the directory holding config.json and the "
-                               "safetensors files")
-    if not adapters:
-        raise MergeError("apply needs at least one adapter")
-    if dtype is not None and dtype not in DTYPES:
-        raise MergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if untouched not in UNTOUCHED:
-        raise MergeError(f"unknown untouched {untouched!r}; choose one of "
-                         f"{', '.join(UNTOUCHED)}")
-    base_is_quantized = bool(checkpoint.quantized)
-    if requantize and not base_is_quantized:
-        raise MergeError(f"--requantize keeps a quantized base quantized, but "
-                         f"{checkpoint.path} holds no quantized weights",
-                         hint="Drop --requantize; an adapter trained on a quantized base is "
-                              "folded into deq(Q(W)) rebuilt from these weights")
-    if untouched != "original" and base_is_quantized:
-        raise MergeError(f"--untouched {untouched} is for a full-precision base; the weights "
-                         f"of {checkpoint.path} are quantized already")
-    packages = [a if isinstance(a, AdapterPackage) else read_adapter(a) for a in adapters]
-    weights = adapter_weights(weights, len(packages))
-    plan = BuildPlan(checkpoint, packages, weights, None,
-                     methods=[(p.method, p.config) for p in packages],
-                     groups=[p.method.group_tensors(p.tensors) for p in packages],
-                     requantize=requantize, untouched=untouched)
-    for index, package in enumerate(packages):
-        label = _label(plan, index)
-        if package.method.composite:  # no single ΔW: a component must be picked first
-            raise package.method.no_single_delta(package.config)
-        report = check_base(package.manifest, checkpoint)
-        if report.problems:
-            more = f" ({len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
-            raise IncompatibleBaseModelError(f"{label} does not fit the base model: "
-                                             f"{report.problems[0]}{more}")
-        plan.fingerprint_match.append(report.fingerprint_match)
-        seen: dict[str, str] = {}
-        for module, tensor in sorted(report.modules.items()):
-            if tensor in seen:
-                raise MergeError(f"{label}: modules {seen[tensor]!r} and {module!r} both "
-                                 f"resolve to the base tensor {tensor!r}")
-            seen[tensor] = module
-            info = checkpoint.tensors[tensor].info
-            if info.dtype not in FLOAT_DTYPES and tensor not in checkpoint.quantized:
-                raise IncompatibleBaseModelError(
-                    f"{label}: the base tensor {tensor} is {info.dtype}; apply folds deltas "
-                    f"into floating-point weights only ({', '.join(FLOAT_DTYPES)})")
-            plan.folds.setdefault(tensor, []).append(Fold(index, module))
-    if not base_is_quantized:
-        _plan_roundtrip(plan)
-    if dtype is None and not requantize and (base_is_quantized or plan.roundtrip):
-        dtype = QUANTIZED_DEFAULT_DTYPE
-    plan.dtype = DTYPES[dtype] if dtype else None
-    return plan
-
-
-def _label(plan: BuildPlan, index: int) -> str:
-    package = plan.packages[index]
-    return f"adapter {index + 1} ({package.manifest.method_name}, {package.digest[:19]})"
-
-
-def _plan_roundtrip(plan: BuildPlan) -> None:
-    """On a full-precision base: which tensors become ``deq(Q(W))``, and with what quantization.
-
-    A Linear weight an adapter trained on a quantized base folds into is rebuilt with that
-    adapter's quantization; with ``untouched="roundtrip"`` so is every other one. Which
-    weights are Linear weights: those ``adapterhub quantize`` quantizes (2-D ``.weight``
-    tensors, not embeddings or output heads, which QLoRA keeps in full precision too).
-    Adapters that disagree on a weight's base are refused.
-    """
-    from adapterhub.engines.quantization import quantization_label, same_quantization
-    from adapterhub.engines.quantize_checkpoint import DEFAULT_SKIP, is_linear_weight
-
-    trained = {i: p.manifest.quantization for i, p in enumerate(plan.packages)
-               if p.manifest.quantization}
-    for record in trained.values():  # an unknown quantizer or config fails here, not midway
-        quantization_label(record)
-    def quantizable(name: str) -> bool:
-        info = plan.checkpoint.tensors[name].info
-        return is_linear_weight(name, info.dtype, info.shape, DEFAULT_SKIP)
-
-    for tensor, folds in plan.folds.items():
-        if not quantizable(tensor):
-            continue  # full precision during training as well
-        records = [(fold.adapter, trained.get(fold.adapter)) for fold in folds]
-        first, record = records[0]
-        for other, other_record in records[1:]:
-            if not same_quantization(record, other_record):
-                raise MergeError(
-                    f"{_label(plan, first)} and {_label(plan, other)} both change {tensor} "
-                    f"but were trained on different bases ("
-                    f"{_trained_on(record)} and {_trained_on(other_record)})",
-                    hint="Build with adapters trained on the same base")
-        if record:
-            plan.roundtrip[tensor] = record
-    if plan.untouched != "roundtrip":
-        return
-    records = list(trained.values())
-    if not records:
-        raise MergeError("--untouched roundtrip needs an adapter trained on a quantized base "
-                         "(its manifest records the quantization); none of these was",
-                         hint="Drop --untouched")
-    if any(not same_quantization(records[0], r) for r in records[1:]):
-        raise MergeError("--untouched roundtrip: the adapters were trained on differently "
-                         "quantized bases (" + ", ".join(sorted({quantization_label(r)
-                                                                 for r in records})) + ")")
-    for name in plan.checkpoint.tensors:
-        if name in plan.roundtrip or not quantizable(name):
-            continue
-        if name in plan.folds:
-            raise MergeError(f"{_label(plan, plan.folds[name][0].adapter)} was trained on "
-                             f"full-precision weights; with --untouched roundtrip, {name} "
-                             f"would be deq(Q(W))")
-        plan.roundtrip[name] = records[0]
-
-
-def _trained_on(record: dict[str, Any] | None) -> str:
-    from adapterhub.engines.quantization import quantization_label
-
-    return "full-precision weights" if record is None else quantization_label(record)
-
 
 def apply_adapters(base: str | os.PathLike[str],
                    adapters: Sequence[str | os.PathLike[str] | AdapterPackage],
@@ -442,7 +195,7 @@ def _build(plan: BuildPlan, tmp: Path, show_progress: bool) -> dict[str, Any]:
                         out_entries.append((info.name, *output))
     finally:
         build.close()
-    skipped = _copy_other_files(plan, tmp, {name: dtype for name, dtype, _ in out_entries},
+    skipped = copy_other_files(plan, tmp, {name: dtype for name, dtype, _ in out_entries},
                                 sum(_nbytes(dtype, shape) for _, dtype, shape in out_entries))
     record = {
         "format": BUILD_FORMAT,
@@ -654,15 +407,13 @@ def _new_layout(build: _Build, header: Header, ordered: list[TensorInfo]
             size = _nbytes(*outputs[info.name])
             offsets[info.name] = [offset, offset + size]
             offset += size
-    entries: dict[str, Any] = {"__metadata__": header.metadata} if header.metadata else {}
+    entries: dict[str, Any] = {}
     for name in header.tensors:
         if name in offsets:
             dtype, shape = outputs[name]
             entries[name] = {"dtype": dtype, "shape": list(shape),
                              "data_offsets": offsets[name]}
-    raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
-    head = struct.pack("<Q", len(raw)) + raw
+    head = encode_header(entries, header.metadata)
     return head, {name: len(head) + begin for name, (begin, _) in offsets.items()}
 
 
@@ -713,71 +464,3 @@ def _terms(plan: BuildPlan, name: str, shape: tuple[int, ...],
                                  f"{tuple(dense.shape)}; {name} is {list(shape)}")
             terms.append(Term(weight, dense=dense.reshape(rows, cols)))
     return terms
-
-
-def _copy_other_files(plan: BuildPlan, tmp: Path, dtypes: dict[str, str],
-                      total_size: int) -> list[str]:
-    """Copy config, tokenizer and other small files; return the weight files left out.
-
-    ``dtypes`` maps every output tensor to its dtype, ``total_size`` is their bytes: the index
-    is rewritten when they differ from the base's.
-    """
-    base = plan.checkpoint.path
-    shards = {f.name for f in plan.checkpoint.files}
-    dequantized = bool(plan.quantized) and not plan.requantize
-    skipped: list[str] = []
-
-    def leave_out(directory: str, names: list[str]) -> set[str]:
-        out = set()
-        for name in names:
-            rel = (Path(directory) / name).relative_to(base).as_posix()
-            if name.startswith(".") or rel in shards or rel in (INDEX_FILE, BUILD_RECORD):
-                out.add(name)
-            elif name.lower().endswith(WEIGHT_SUFFIXES) and not Path(directory, name).is_dir():
-                out.add(name)
-                skipped.append(rel)
-        return out
-
-    for entry in sorted(base.iterdir()):
-        if entry.name in leave_out(str(base), [entry.name]):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, tmp / entry.name, ignore=leave_out)
-        elif entry.name == "config.json" and (plan.dtype or dequantized):
-            _write_config(entry, tmp / entry.name, plan.dtype, dequantized)
-        else:
-            shutil.copyfile(entry, tmp / entry.name)
-    index = base / INDEX_FILE
-    if index.exists():
-        same = dtypes == {name: t.info.dtype for name, t in plan.checkpoint.tensors.items()} \
-            and total_size == sum(t.info.nbytes for t in plan.checkpoint.tensors.values())
-        if same:
-            shutil.copyfile(index, tmp / INDEX_FILE)
-        else:
-            _write_index(index, tmp / INDEX_FILE, set(dtypes), total_size)
-    return sorted(skipped)
-
-
-def _write_config(src: Path, dst: Path, dtype: str | None, dequantized: bool) -> None:
-    """config.json with its dtype entry (``torch_dtype`` or ``dtype``) set to the new dtype,
-    and without ``quantization_config`` when the weights were dequantized."""
-    config = parse_json(src.read_bytes(), what=str(src))
-    if isinstance(config, dict):
-        for key in ("torch_dtype", "dtype"):
-            if key in config and dtype in CONFIG_DTYPES:
-                config[key] = CONFIG_DTYPES[dtype]
-        if dequantized:
-            config.pop("quantization_config", None)
-    dst.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _write_index(src: Path, dst: Path, names: set[str], total_size: int) -> None:
-    """The index for the output: the weight map of the tensors it holds, their total size."""
-    index = parse_json(src.read_bytes(), what=str(src))
-    weight_map = index.get("weight_map")
-    if isinstance(weight_map, dict):
-        index["weight_map"] = {k: v for k, v in weight_map.items() if k in names}
-    metadata = index.get("metadata")
-    if isinstance(metadata, dict) and "total_size" in metadata:
-        metadata["total_size"] = total_size
-    dst.write_text(json.dumps(index, indent=2) + "\n")
