@@ -13,6 +13,8 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                IntegrityError, MergeError, MissingBlobsError, PluginLoadError,
                                PromotionError, QuantizationError, RefError, RegistrationError,
                                RegistryError, TargetError, UnknownMethodError,
+                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
+                               UnknownStrategyError,
                                UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
 from adapterhub.contracts.lazy import lazy_exports
@@ -56,7 +58,8 @@ __all__ = [
     "IntegrityError", "MergeError", "MethodConfig", "MissingBlobsError", "PluginLoadError",
     "PromotionError", "QuantizationError", "QuantizedTensor", "Quantizer", "QuantizerConfig",
     "RefError", "RegistrationError", "Registry", "RegistryError", "TargetError",
-    "UnknownMethodError", "UnsafeFormatError", "attach", "attached", "extract", "get_method",
+    "UnknownMethodError", "UnknownPluginError", "UnknownQuantizerError", "UnknownRemoteError",
+    "UnknownStrategyError", "UnsafeFormatError", "attach", "attached", "extract", "get_method",
     "get_plugin_manager", "get_quantizer", "hookimpl", "load", "param_groups", "quantize_model",
     "unload",
 ]

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from adapterhub.registry.ci import ci_labels
 from adapterhub.errors import (AdapterNotFoundError, ConfigError, FormatError, IntegrityError,
-                               MissingBlobsError, PromotionError, RefError, UnknownMethodError,
+                               MissingBlobsError, PromotionError, RefError, UnknownRemoteError,
                                UnsafeFormatError)
 from adapterhub.io.formats.peft import write_peft
 from adapterhub.io.package import AdapterPackage
@@ -178,7 +178,7 @@ def test_pull_from_a_corrupt_source_names_blob_and_version(reg, local):
 def test_remote_lookup_errors(local):
     with pytest.raises(AdapterNotFoundError, match="no remote named 'origin'"):
         local.pull("team/bot", source="origin")
-    with pytest.raises(UnknownMethodError, match="unknown remote 'ftp'"):
+    with pytest.raises(UnknownRemoteError, match="unknown remote 'ftp'"):
         local.add_remote("bad", "ftp://example.org/x")
     assert local.remotes() == []
 

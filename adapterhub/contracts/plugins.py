@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 from adapterhub import hookspecs
-from adapterhub.errors import PluginLoadError, RegistrationError, UnknownMethodError
+from adapterhub.errors import (PluginLoadError, RegistrationError, UnknownMethodError,
+                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
+                               UnknownStrategyError)
 from adapterhub.contracts.config import NAME_RE
 from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.quantizer import Quantizer
@@ -38,6 +40,12 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "strategy": ("adapterhub_register_merge_strategies", MergeStrategy),
     "remote": ("adapterhub_register_remotes", None),
 }
+
+
+#: the error for a name no plugin registered, by kind
+UNKNOWN: dict[str, type[UnknownPluginError]] = {
+    "method": UnknownMethodError, "quantizer": UnknownQuantizerError,
+    "strategy": UnknownStrategyError, "remote": UnknownRemoteError}
 
 
 @dataclass
@@ -158,11 +166,14 @@ class PluginManager(pluggy.PluginManager):
         return self._collect()[kind]
 
     def lookup(self, kind: str, name: str) -> Any:
-        """The registered object of ``kind`` called ``name``; :class:`UnknownMethodError` if none."""
+        """The registered object of ``kind`` called ``name``; an :class:`UnknownPluginError`
+        naming the kind (:class:`UnknownMethodError`, :class:`UnknownQuantizerError`, ...)
+        if none."""
         registry = self.registered(kind)
         if name not in registry:
             known = ", ".join(sorted(registry)) or "none"
-            raise UnknownMethodError(f"unknown {kind} {name!r} (installed: {known})")
+            raise UNKNOWN.get(kind, UnknownPluginError)(f"unknown {kind} {name!r} (installed: "
+                                                        f"{known})")
         return registry[name].obj
 
     def add_commands(self, cli: click.Group) -> None:

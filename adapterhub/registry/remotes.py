@@ -101,7 +101,7 @@ def is_path_like(text: str) -> bool:
 
 
 def remote_class(url: str) -> type[Remote]:
-    """The class registered for ``url``'s scheme (:class:`UnknownMethodError` if none)."""
+    """The class registered for ``url``'s scheme (:class:`UnknownRemoteError` if none)."""
     from adapterhub.contracts.plugins import plugin_manager
 
     return plugin_manager().lookup("remote", scheme_of(url))
