@@ -58,6 +58,11 @@ class AdapterMethod:
     #: no single ΔW (``apply`` and ``merge`` fold one component, chosen by name); loading it
     #: fetches its components. The core does all of that for any method that sets this.
     composite: ClassVar[bool] = False
+    #: Whether the method can hold any ΔW given as low-rank factors (:meth:`from_low_rank`):
+    #: merges are stored with such a method, and exports to LoRA-only serving engines go
+    #: through it. Counted only on the class that declares it (a subclass that inherits it,
+    #: such as a LoRA variant, is not a second candidate).
+    stores_low_rank: ClassVar[bool] = False
     #: for a composite method: how to build a version (shown when one is attached or extracted)
     composite_hint: ClassVar[str] = "Train the components first, then build it with " \
         "train_composite (adapterhub train --experts)"

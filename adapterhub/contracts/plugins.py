@@ -225,6 +225,18 @@ def get_method(name: str) -> AdapterMethod:
     return _method_instance(plugin_manager().lookup("method", name))
 
 
+def low_rank_method() -> AdapterMethod:
+    """The installed method that stores any ΔW as low-rank factors (see
+    :attr:`AdapterMethod.stores_low_rank`): what merges are stored as and what LoRA-only
+    serving engines get. Among several, the first by name."""
+    found = sorted(name for name, reg in plugin_manager().registered("method").items()
+                   if reg.obj.__dict__.get("stores_low_rank"))
+    if not found:
+        raise UnknownMethodError("no installed method stores low-rank factors (LoRA does)",
+                                 hint="Install or enable a LoRA method plugin")
+    return get_method(found[0])
+
+
 def get_quantizer(name: str | Quantizer) -> Quantizer:
     """The registered quantizer called ``name`` (a quantizer object is returned as it is)."""
     return name if isinstance(name, Quantizer) else plugin_manager().lookup("quantizer", name)()

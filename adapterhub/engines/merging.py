@@ -3,7 +3,8 @@
 A :class:`~adapterhub.contracts.strategy.MergeStrategy` combines, for one module at a time,
 what each input adapter does to that module, and returns low-rank factors.
 :func:`merge_adapters` runs a strategy over every module the inputs adapt and stores the result
-as a LoRA package with scaling 1 (``lora_alpha = r``, no rsLoRA), whose manifest names its
+with the method that stores low-rank factors (:func:`~adapterhub.contracts.plugins.
+low_rank_method`: LoRA, with scaling 1), whose manifest names its
 ``parents`` (the inputs' version digests, in order) and its ``recipe`` (strategy, weights,
 parameters, seed) — enough for :func:`replay` to rebuild the same digest.
 
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from adapterhub.contracts.method import AdapterMethod
     from adapterhub.contracts.config import MethodConfig
     from adapterhub.io.package import AdapterPackage
-
-#: the method merged versions are stored as
-TARGET_METHOD = "lora"
-
 
 # -- the engine ----------------------------------------------------------------------------
 
@@ -58,14 +55,14 @@ def merge_adapters(packages: Sequence[AdapterPackage], strategy: str, *,
     The result's manifest has ``parents`` (the inputs' digests) and ``recipe``.
     """
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.contracts.plugins import get_method, get_strategy
+    from adapterhub.contracts.plugins import get_strategy, low_rank_method
 
     strat = get_strategy(strategy)
     recipe_params = _check_common(strat, density, rank, seed)
     recipe_params.update(strat.check_params(params))
     seed = (0 if seed is None else int(seed)) if strat.uses_seed else None
     inputs = _read_inputs(packages, weights)
-    target = get_method(TARGET_METHOD)
+    target = low_rank_method()
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     kinds: dict[str, str] = {}
     for module, shape in sorted(inputs.shapes.items()):

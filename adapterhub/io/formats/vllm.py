@@ -34,7 +34,7 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
 
     from adapterhub.io.formats.peft import peft_layout
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.contracts.plugins import get_method
+    from adapterhub.contracts.plugins import low_rank_method
 
     method, config = package.method, package.config
     if method.base_dependence:
@@ -61,7 +61,7 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
     padded = {module: (torch.nn.functional.pad(left, (0, rank - left.shape[1])),
                        torch.nn.functional.pad(right, (0, 0, 0, rank - right.shape[0])))
               for module, (left, right) in factors.items()}
-    lora = get_method("lora")
+    lora = low_rank_method()
     lora_config, tensors = lora.from_low_rank(padded, kinds)
     base = package.manifest.base_model
     plain = AdapterPackage.build(lora, lora_config, tensors, base_name=base.get("name"),
