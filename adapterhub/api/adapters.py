@@ -25,10 +25,10 @@ def load(model: nn.Module, package: AdapterPackage | str | os.PathLike[str], *,
     changing anything. A composite version (a mixture of experts) brings its components from the
     registry.
     """
-    from adapterhub.registry.sources import component_versions, load_source
+    from adapterhub.registry.sources import component_versions, resolve_source
 
     if not hasattr(package, "manifest"):
-        package = load_source(package, registry=registry)
+        package = resolve_source(package, registry=registry).package()
     modules = dict(model.named_modules())
     for path, shape in package.manifest.base_model.get("modules", {}).items():
         module = modules.get(path)

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, force_option, json_option, open_source
+from adapterhub.cli.common import db_option, force_option, json_option
 from adapterhub.cli.output import emit_json
 from adapterhub.contracts.progress import human_size
+from adapterhub.registry.sources import resolve_source
 
 FORMATS = click.Choice(["peft"])
 
@@ -68,7 +69,7 @@ def version_fields(version) -> dict:
 @db_option
 def show(source: str, as_json: bool, db: str | None) -> None:
     """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
-    resolved = open_source(source, db)
+    resolved = resolve_source(source, db=db)
     if resolved.version is None:
         resolved.package()  # a directory: read and verify every tensor, as before
     info = summary(resolved.manifest)
@@ -153,7 +154,7 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
     if fmt == "trtllm" and layout == "hf-cache":
         raise click.UsageError("--layout hf-cache holds PEFT files; use --format peft or vllm")
     target = dest or out
-    resolved = open_source(source, db)
+    resolved = resolve_source(source, db=db)
     if resolved.version is not None:
         repo_id = repo_id or resolved.version.name
         revision = revision or f"v{resolved.version.number}"
@@ -198,7 +199,7 @@ def check(source: str, base: Path | None, targets: tuple[str, ...], as_json: boo
     if base is None and not targets:
         raise click.UsageError("give --base BASE, --target TARGET, or both")
     on_disk = Path(source).exists()
-    resolved = open_source(source, db) if base or not on_disk else None
+    resolved = resolve_source(source, db=db) if base or not on_disk else None
     report = check_base(resolved.manifest, Checkpoint(base)) if base else None
     # a directory is linted as it is on disk (a PEFT directory's own files); a REF as a package
     subject = source if on_disk else resolved.package()

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, json_option, open_source, parse_labels
+from adapterhub.cli.common import db_option, json_option, parse_labels
 from adapterhub.cli.output import emit_json
+from adapterhub.registry.sources import resolve_source
 
 
 @cli.command()
@@ -62,7 +63,7 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
         if config_pairs:
             raise click.UsageError("--config does not apply with --experts (the experts fix "
                                    "the adapted layers)")
-        packages = [open_source(source.strip(), db).package()
+        packages = [resolve_source(source.strip(), db=db).package()
                     for source in experts.split(",") if source.strip()]
         package = train_composite(base, data, task=task, method=method_obj, experts=packages,
                                 epochs=epochs, lr=lr, batch_size=batch_size,

@@ -5,7 +5,7 @@ are not adapter files are answered ``shouldIgnore``, so the client leaves them o
 batch with the *basic* transfer (the upload URL is signed with the caller's token, since
 clients PUT to it without headers; the bytes become a blob, re-hashed against the LFS oid) →
 NDJSON commit on ``main``: the files of the newest version, changed by the commit, are read
-as an adapter (:func:`adapterhub.io.formats.repo.read_repo`) and pushed as the next version.
+as an adapter (:func:`adapterhub.io.formats.read_adapter`) and pushed as the next version.
 ``create_tag``/``delete_tag`` manage tags; ``v<N>`` tags are the version numbers themselves.
 
 Clients of ``huggingface_hub`` ≥ 1.0 need ``HF_HUB_DISABLE_XET=1``: the hub does not speak Xet.

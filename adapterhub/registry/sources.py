@@ -1,8 +1,8 @@
 """Where an adapter comes from: a native package directory, a PEFT directory, or a registry ref.
 
 Commands that take an adapter (``push``, ``show``, ``export``, ``apply``, ``merge``) resolve
-their argument with :func:`resolve_source`: an existing path is read as a directory (native
-or PEFT, detected), anything else as a ref in the registry. A :class:`Source` gives the
+their argument with :func:`resolve_source`, the one resolver: an existing path is read as a
+directory (native or PEFT, detected), anything else as a ref in the registry. A :class:`Source` gives the
 manifest at once and the tensors on demand, either as raw blob bytes (what ``push`` sends,
 without loading torch for native directories) or as an :class:`AdapterPackage`.
 """
@@ -132,28 +132,27 @@ class RegistrySource(Source):
 
 
 def resolve_source(source: str | os.PathLike[str] | AdapterPackage, *,
-                   registry: Registry | None = None) -> Source:
-    """Turn a CLI argument (or an :class:`AdapterPackage`) into a :class:`Source`.
+                   registry: Registry | None = None, db: str | None = None) -> Source:
+    """The one adapter resolver: a package object, a directory, or a registry ref, as a
+    :class:`Source` (the manifest at once, the tensors on demand).
 
-    An existing path is a directory (native ``adapter.json`` or PEFT ``adapter_config.json``,
-    detected; pickle weights are refused). Anything else is a ref (``ns/name``, ``@N``,
-    ``:tag``, ``@sha256:…``) in ``registry`` (default: the local registry).
+    An existing path is a directory, read by :func:`adapterhub.io.formats.read_adapter`
+    (native packages lazily, straight from their safetensors file). Anything else is a ref
+    (``ns/name``, ``@N``, ``:tag``, ``@sha256:…``) in ``registry``, else in the registry at
+    ``db`` (opened only for a ref), else in the default one.
     """
-    from adapterhub.io.package import AdapterPackage
+    from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage
 
     if isinstance(source, AdapterPackage):
         return PackageSource(source)
     text = os.fspath(source)
     path = Path(text)
     if path.exists():
-        from adapterhub.io.formats import peft, read_adapter
-        from adapterhub.io.package import is_native_dir
+        from adapterhub.io.formats import read_adapter
 
-        if path.is_dir() and is_native_dir(path):
+        if (path / MANIFEST_FILE).is_file() and (path / TENSORS_FILE).is_file():
             return NativeDirSource(path)
-        if path.is_dir() and peft.is_peft_dir(path):
-            return PackageSource(peft.read_peft(path), origin=text)
-        read_adapter(path)  # raises the precise error (a file, a pickle, neither layout)
+        return PackageSource(read_adapter(path), origin=text)
     from adapterhub.registry import Registry
     from registry_db.refs import looks_like_ref
 
@@ -161,18 +160,12 @@ def resolve_source(source: str | os.PathLike[str] | AdapterPackage, *,
         raise AdapterNotFoundError(f"{text!r} is neither an adapter directory nor a registry "
                                    f"ref", hint="Give a directory, or a ref such as ns/name, "
                                                 "ns/name@3, ns/name:prod")
-    registry = registry or Registry()
+    registry = registry or Registry(db)
     try:
         return RegistrySource(registry, registry.resolve(text))
     except AdapterNotFoundError as exc:
         raise AdapterNotFoundError(f"{text}: no such directory, and {exc.message} "
                                    f"({registry.url})", hint=exc.hint) from None
-
-
-def load_source(source: str | os.PathLike[str] | AdapterPackage, *,
-                registry: Registry | None = None) -> AdapterPackage:
-    """The :class:`AdapterPackage` a CLI source names (see :func:`resolve_source`)."""
-    return resolve_source(source, registry=registry).package()
 
 
 def fetch_version(digest: str, registry: Registry | None, *, what: str) -> AdapterPackage:

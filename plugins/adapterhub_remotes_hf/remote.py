@@ -94,7 +94,8 @@ class HfRemote(Remote):
         if commit not in self._packages:
             from huggingface_hub import snapshot_download
 
-            from adapterhub.io.formats.repo import ADAPTER_FILES, read_repo
+            from adapterhub.io.formats import read_adapter
+            from adapterhub.io.formats.repo import ADAPTER_FILES
 
             from huggingface_hub.utils import (are_progress_bars_disabled,
                                                disable_progress_bars, enable_progress_bars)
@@ -108,7 +109,7 @@ class HfRemote(Remote):
             finally:
                 if not quiet:
                     enable_progress_bars()
-            self._packages[commit] = read_repo(path)
+            self._packages[commit] = read_adapter(path)
         return self._packages[commit]
 
     def _version(self, revision: str, tags: dict[str, str] | None = None) -> VersionInfo:

@@ -14,16 +14,15 @@ request (a hub's replicas agree on ETags without sharing a cache).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapterhub.errors import ExportError, FormatError, UnknownMethodError
-from adapterhub.io.formats.peft import (CONFIG_FILE, WEIGHTS_FILE, is_peft_dir, layout_files,
-                                     peft_layout, read_peft)
-from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage, read_manifest
+from adapterhub.errors import ExportError, UnknownMethodError
+from adapterhub.io.formats.peft import (CONFIG_FILE, WEIGHTS_FILE, layout_files,
+                                     peft_layout)
+from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage
 from adapterhub.io.safetensors import (safetensors_bytes, tensor_bytes,
                                        write_bytes_atomic)
 
@@ -68,30 +67,14 @@ def repo_files(package: AdapterPackage) -> dict[str, bytes]:
     return native_files(package.manifest, blobs)
 
 
-def read_repo(directory: str | os.PathLike[str]) -> AdapterPackage:
-    """The adapter in a downloaded repository: native files, PEFT files with ``adapter.json``
-    (the manifest is kept and every tensor checked against it), or a plain PEFT adapter."""
-    path = Path(directory)
-    has_manifest = (path / MANIFEST_FILE).is_file()
-    if has_manifest and (path / TENSORS_FILE).is_file():
-        return AdapterPackage.load(path)
-    if has_manifest and is_peft_dir(path):
-        manifest = read_manifest(path)
-        package = AdapterPackage(manifest, read_peft(path).tensors)
-        package.verify()
-        return package
-    if is_peft_dir(path):
-        return read_peft(path)
-    raise FormatError(f"the repository files ({', '.join(sorted(os.listdir(path))) or 'none'}) "
-                      f"hold no adapter: expected {MANIFEST_FILE} with {TENSORS_FILE}, or "
-                      f"{CONFIG_FILE} with {WEIGHTS_FILE}")
-
-
 def package_from_files(files: Mapping[str, bytes]) -> AdapterPackage:
-    """:func:`read_repo` on files held in memory (only the adapter files are used)."""
+    """:func:`~adapterhub.io.formats.read_adapter` on files held in memory (only the adapter
+    files are used)."""
     with tempfile.TemporaryDirectory(prefix="adapterhub-repo-") as tmp:
         for name in ADAPTER_FILES:
             if name in files:
                 write_bytes_atomic(Path(tmp) / name, files[name])
-        return read_repo(tmp)
+        from adapterhub.io.formats import read_adapter
+
+        return read_adapter(tmp)
 
