@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from adapterhub import ConfigError, FormatError, MergeError
-from adapterhub.contracts.numerics import check_finite
-from adapterhub.contracts.layers import layer_kind
+from adapterhub.plugin_api import check_finite
+from adapterhub.plugin_api import layer_kind
 from adapterhub_dora.kernels import merged_weight
 from adapterhub_dora.layer import DoraLinear
 from adapterhub_lora import LoraMethod

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError
-from adapterhub.contracts.layers import layer_kind
+from adapterhub.plugin_api import layer_kind
 from adapterhub_lora.config import LoraConfig
 from adapterhub_lora.layer import LoraEmbedding, LoraLinear
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapterhub.contracts.layers import adapter_dtype
-from adapterhub.contracts.layers import adapted_layers
-from adapterhub.contracts.layers import find_targets
+from adapterhub.plugin_api import adapter_dtype
+from adapterhub.plugin_api import adapted_layers
+from adapterhub.plugin_api import find_targets
 from adapterhub_lora import LoraMethod
 from adapterhub_replora.config import ReploraConfig
 from adapterhub_replora.layer import Generator, ReploraLinear

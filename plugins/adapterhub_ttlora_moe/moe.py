@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from adapterhub import AdapterHubError, AdapterPackage, ConfigError, FormatError
-from adapterhub.contracts.plugins import get_method
-from adapterhub.contracts.layers import find_targets
+from adapterhub.plugin_api import get_method
+from adapterhub.plugin_api import find_targets
 from adapterhub_ttlora_moe.experts import ExpertSource, stack_experts
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear
 from adapterhub_ttlora_moe.router import Router, base_hidden
@@ -66,7 +66,7 @@ def load_moe(model: nn.Module, package: AdapterPackage | str | os.PathLike[str],
     Raises :class:`adapterhub.AdapterNotFoundError` naming the digest of any expert the version
     lists that ``experts`` does not supply.
     """
-    from adapterhub.io.formats import read_adapter
+    from adapterhub.plugin_api import read_adapter
 
     if not isinstance(package, AdapterPackage):
         package = read_adapter(package)
