@@ -13,37 +13,41 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigErro
                                IntegrityError, MergeError, MissingBlobsError, PluginLoadError,
                                PromotionError, QuantizationError, RefError, RegistrationError,
                                RegistryError, TargetError, UnknownMethodError,
+                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
+                               UnknownStrategyError,
                                UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
-from adapterhub.lazy import lazy_exports
-from adapterhub.methods import (AdapterMethod, ConfigBase, MethodConfig, QuantizedTensor,
-                                Quantizer, QuantizerConfig)
+from adapterhub.contracts.lazy import lazy_exports
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.config import ConfigBase, MethodConfig, QuantizerConfig
+from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "attach": "adapterhub.api",
-    "attached": "adapterhub.api",
-    "param_groups": "adapterhub.api",
-    "extract": "adapterhub.api",
-    "load": "adapterhub.api",
-    "unload": "adapterhub.api",
-    "AdapterPackage": "adapterhub.package",
-    "AdaptedLayer": "adapterhub.layers",
-    "get_method": "adapterhub.plugins",
-    "get_quantizer": "adapterhub.plugins",
-    "get_plugin_manager": "adapterhub.plugins",
+    "attach": "adapterhub.engines.adapters",
+    "attached": "adapterhub.engines.adapters",
+    "param_groups": "adapterhub.engines.adapters",
+    "extract": "adapterhub.engines.adapters",
+    "load": "adapterhub.api.adapters",
+    "unload": "adapterhub.engines.adapters",
+    "AdapterPackage": "adapterhub.io.package",
+    "AdaptedLayer": "adapterhub.contracts.layers",
+    "get_method": "adapterhub.contracts.plugins",
+    "get_quantizer": "adapterhub.contracts.plugins",
+    "get_plugin_manager": "adapterhub.contracts.plugins",
     "Registry": "adapterhub.registry",
-    "quantize_model": "adapterhub.quantization",
+    "quantize_model": "adapterhub.engines.quantization",
 }
 
 if TYPE_CHECKING:
-    from adapterhub.api import attach, attached, extract, load, param_groups, unload
-    from adapterhub.layers import AdaptedLayer
-    from adapterhub.package import AdapterPackage
-    from adapterhub.plugins import get_method, get_plugin_manager, get_quantizer
+    from adapterhub.api.adapters import load
+    from adapterhub.engines.adapters import attach, attached, extract, param_groups, unload
+    from adapterhub.contracts.layers import AdaptedLayer
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.contracts.plugins import get_method, get_plugin_manager, get_quantizer
     from adapterhub.registry import Registry
-    from adapterhub.quantization import quantize_model
+    from adapterhub.engines.quantization import quantize_model
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 
@@ -54,7 +58,8 @@ __all__ = [
     "IntegrityError", "MergeError", "MethodConfig", "MissingBlobsError", "PluginLoadError",
     "PromotionError", "QuantizationError", "QuantizedTensor", "Quantizer", "QuantizerConfig",
     "RefError", "RegistrationError", "Registry", "RegistryError", "TargetError",
-    "UnknownMethodError", "UnsafeFormatError", "attach", "attached", "extract", "get_method",
+    "UnknownMethodError", "UnknownPluginError", "UnknownQuantizerError", "UnknownRemoteError",
+    "UnknownStrategyError", "UnsafeFormatError", "attach", "attached", "extract", "get_method",
     "get_plugin_manager", "get_quantizer", "hookimpl", "load", "param_groups", "quantize_model",
     "unload",
 ]

@@ -31,7 +31,9 @@ __all__ = [
     "PromotionError", "QuantizationError", "RangeNotSatisfiableError", "RefError",
     "RegistrationError", "RegistryError", "RepoNotFoundError", "RequestTimeoutError",
     "RevisionNotFoundError",
-    "TargetError", "UnknownMethodError", "UnsafeFormatError", "WriteError", "error_class",
+    "TargetError", "UnknownMethodError", "UnknownPluginError", "UnknownQuantizerError",
+    "UnknownRemoteError", "UnknownStrategyError", "UnsafeFormatError", "WriteError",
+    "error_class",
 ]
 
 
@@ -69,15 +71,39 @@ class RegistrationError(AdapterHubError, ValueError):
     status = 500
 
 
-class UnknownMethodError(AdapterHubError, KeyError):
-    """No plugin registered a method (or quantizer, strategy, remote) by that name."""
+class UnknownPluginError(AdapterHubError, KeyError):
+    """No installed plugin registered something by that name; the subclass says what."""
 
-    code = "UnknownMethod"
+    code = "UnknownPlugin"
     status = 422
     default_hint = "Run 'adapterhub plugins' to see what is installed"
 
     def __str__(self) -> str:  # KeyError would quote the message otherwise
         return self.message
+
+
+class UnknownMethodError(UnknownPluginError):
+    """No installed method by that name (or for that PEFT adapter type)."""
+
+    code = "UnknownMethod"
+
+
+class UnknownQuantizerError(UnknownPluginError):
+    """No installed quantizer by that name."""
+
+    code = "UnknownQuantizer"
+
+
+class UnknownStrategyError(UnknownPluginError):
+    """No installed merge strategy by that name."""
+
+    code = "UnknownStrategy"
+
+
+class UnknownRemoteError(UnknownPluginError):
+    """No installed remote kind handles that URL scheme."""
+
+    code = "UnknownRemote"
 
 
 # --- configuration and inputs --------------------------------------------------------------

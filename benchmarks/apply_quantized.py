@@ -35,7 +35,7 @@ RUNS = 3
 
 def qlora_package(peft_dir: Path, out: Path) -> None:
     """The PEFT LoRA as a native package that records an NF4 base (what QLoRA extracts)."""
-    from adapterhub.formats import read_adapter
+    from adapterhub.io.formats import read_adapter
 
     package = read_adapter(peft_dir)
     package.with_manifest(quantization={"name": "nf4", "config": {

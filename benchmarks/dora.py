@@ -55,7 +55,7 @@ def _peft(model: nn.Module, **config: Any) -> nn.Module:
 def _ours_like(theirs: nn.Module, fresh: nn.Module, **config: Any) -> nn.Module:
     """``fresh`` with an adapterhub DoRA holding exactly ``theirs``'s values."""
     import adapterhub
-    from adapterhub.methods import adapted_layers
+    from adapterhub.contracts.layers import adapted_layers
 
     adapterhub.attach(fresh, "dora", **config)
     with torch.no_grad():
@@ -156,8 +156,8 @@ def parity() -> dict[str, Any]:
     from safetensors.torch import load_file
 
     import adapterhub
-    from adapterhub.apply import apply_adapters
-    from adapterhub.formats.peft import read_peft, write_peft
+    from adapterhub.engines.apply import apply_adapters
+    from adapterhub.io.formats.peft import read_peft, write_peft
 
     ours, theirs, path = _minilm_pair()
     inputs = _ids(4, 32, seed=1)

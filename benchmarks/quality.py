@@ -114,7 +114,7 @@ def make_problem(base, targets, task: str, seed: int, steps: int):
 
     import torch
 
-    from adapterhub.targets import find_targets
+    from adapterhub.contracts.layers import find_targets
 
     teacher = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(1000 + seed)
@@ -192,7 +192,7 @@ def steps_to(curve: list[float | None], level: float) -> int | None:
 def main() -> dict:
     import torch
 
-    from adapterhub.progress import progress
+    from adapterhub.contracts.progress import progress
 
     torch.set_num_threads(1)
     started = time.perf_counter()

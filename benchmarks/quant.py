@@ -164,8 +164,8 @@ def write_checkpoint(directory: Path) -> dict:
 def bench_checkpoint_kernels(base: Path) -> dict:
     """Quantize and dequantize every Linear weight of the checkpoint (in memory, both tools)."""
     import adapterhub
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.quantized_checkpoint import DEFAULT_SKIP, is_linear_weight
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.engines.quantize_checkpoint import DEFAULT_SKIP, is_linear_weight
 
     quantizer = adapterhub.get_quantizer("nf4")
     config = quantizer.make_config()
@@ -236,8 +236,8 @@ def run_measured(args: list[str]) -> dict:
 
 def bench_end_to_end(base: Path, work: Path) -> dict:
     """``adapterhub quantize`` vs transformers + bitsandbytes, each in a fresh process."""
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.quantized_checkpoint import stored_quantized
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.io.checkpoint import stored_quantized
 
     peer = run_measured([sys.executable, "-c", PEER_SCRIPT, str(base), str(work / "bnb")])
     peer.pop("stdout")
@@ -267,8 +267,8 @@ MEMORY_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
 import adapterhub
-from adapterhub.checkpoint import Checkpoint
-from adapterhub.quantized_checkpoint import load_quantized
+from adapterhub.io.checkpoint import Checkpoint
+from adapterhub.io.checkpoint import load_quantized
 from benchmarks.quant import current_rss_mib, peak_rss_mib
 from transformers import AutoConfig, AutoModelForCausalLM
 path, variant = Path(sys.argv[1]), sys.argv[2]

@@ -43,7 +43,7 @@ def build_adapter(out: Path, seed: int = 0) -> int:
     attention projections, r=16, hidden 4096 — 25.2 M parameters, 50 MB."""
     import torch
 
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
     g = torch.Generator().manual_seed(seed)
     tensors = {}

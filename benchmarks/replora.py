@@ -65,7 +65,7 @@ def shared_input_delta(weight: torch.Tensor, inputs: torch.Tensor,
 
 def problem(base, targets, task: str, seed: int) -> dict[str, Any]:
     """The teacher's outputs for a pool of training sequences and for validation and test."""
-    from adapterhub.targets import find_targets
+    from adapterhub.contracts.layers import find_targets
 
     teacher = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(1000 + seed)
@@ -133,7 +133,7 @@ def run(base, targets, data: dict[str, Any], method: str, config: dict, lr: floa
 
 
 def main() -> dict[str, Any]:
-    from adapterhub.progress import progress
+    from adapterhub.contracts.progress import progress
 
     default = torch.get_num_threads()
     torch.set_num_threads(1)

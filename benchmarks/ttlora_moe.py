@@ -167,7 +167,7 @@ def _speed_layers(batch: int, seq: int, reps: int) -> dict[str, Any]:
 
 def parameters() -> dict[str, Any]:
     import adapterhub
-    from adapterhub.methods import adapted_layers
+    from adapterhub.contracts.layers import adapted_layers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import adapterhub
-from adapterhub.progress import progress
+from adapterhub.contracts.progress import progress
 
 POSITIVE = ["great", "wonderful", "delightful", "superb", "excellent", "lovely", "brilliant",
             "charming", "fantastic", "moving"]
@@ -146,7 +146,7 @@ def main() -> None:
     t = step("4. Export to the PEFT layout and load it with PEFT")
     from peft import PeftModel
 
-    from adapterhub.formats.peft import write_peft
+    from adapterhub.io.formats.peft import write_peft
 
     peft_dir = write_peft(package, workdir / "adapter-peft")
     peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_path),

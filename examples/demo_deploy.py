@@ -16,8 +16,8 @@ def run(workdir: pathlib.Path, adapter_dir: pathlib.Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     import adapterhub
-    from adapterhub.apply import apply_adapters
-    from adapterhub.merging import merge_adapters, replay
+    from adapterhub.engines.apply import apply_adapters
+    from adapterhub.engines.merging import merge_adapters, replay
     from adapterhub.registry import Registry
     from demo import Task, train
 

@@ -13,7 +13,7 @@ import tempfile
 def run(workdir: pathlib.Path, adapter_dir: pathlib.Path) -> None:
     """Push ``adapter_dir`` (native or PEFT) into a registry under ``workdir`` and back."""
     from adapterhub.cli.output import human_size
-    from adapterhub.formats.peft import CONFIG_FILE, WEIGHTS_FILE
+    from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
     from adapterhub.registry import Registry
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def tiny_adapter(directory: pathlib.Path) -> pathlib.Path:
     """A small bf16 LoRA package, to run a demo step on its own (and in tests)."""
     import torch
 
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.package import AdapterPackage
 
     g = torch.Generator().manual_seed(0)
     tensors = {"lin0.lora_A": torch.randn(4, 16, generator=g),

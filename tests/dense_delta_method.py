@@ -28,7 +28,7 @@ class DensePlugin:
 @pytest.fixture
 def dense_method():
     """Registers ``dense_delta_test`` in the process-wide plugin manager for one test."""
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     pm = plugin_manager()
     pm.add_plugin(DensePlugin, "dense_delta_test")

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from adapterhub import AdapterPackage, IncompatibleBaseModelError
-from adapterhub.apply import BUILD_RECORD, apply_adapters
-from adapterhub.checkpoint import INDEX_FILE, Checkpoint
+from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
+from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.cli import cli
 from adapterhub.errors import OutputExistsError
-from adapterhub.safetensors_io import read_header
+from adapterhub.io.safetensors import read_header
 from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
 
@@ -131,7 +131,7 @@ def test_same_files_sharding_and_index(llama, built):
             same = src_bytes[lo:hi] == dst_bytes[lo:hi]
             assert same == ("proj" not in name), name  # untouched tensors: identical bytes
     assert record["base"]["fingerprint"] == Checkpoint(base).fingerprint == record["fingerprint"]
-    from adapterhub.formats import read_adapter
+    from adapterhub.io.formats import read_adapter
 
     assert record["adapters"] == [{"digest": read_adapter(llama["lora"]).digest,
                                    "method": "lora", "weight": 1.0, "modules": 14,
@@ -237,7 +237,7 @@ def test_weights_dtype_cast_and_non_float_tensors(tmp_path):
 def test_merged_and_dense_adapters(tmp_path, dense_method):
     """A merged LoRA (rank patterns, scaling 1) builds what its parents build together, and a
     method without low-rank factors goes through its dense ΔW."""
-    from adapterhub.merging import merge_adapters
+    from adapterhub.engines.merging import merge_adapters
 
     base = tmp_path / "base"
     write_checkpoint(base, layers=2, size=24, dtype=torch.float32)

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 import adapterhub
 from adapterhub import IncompatibleBaseModelError, MergeError, QuantizationError
-from adapterhub.apply import BUILD_RECORD, apply_adapters
-from adapterhub.checkpoint import INDEX_FILE, Checkpoint
+from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
+from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.cli import cli
-from adapterhub.quantization import merge_dequantized, merge_requantized
-from adapterhub.quantized_checkpoint import load_quantized, read_quantized, stored_quantized
+from adapterhub.engines.quantization import merge_dequantized, merge_requantized
+from adapterhub.io.checkpoint import load_quantized, read_quantized, stored_quantized
 
 import transformers
 

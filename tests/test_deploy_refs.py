@@ -134,7 +134,7 @@ def test_merge_to_a_registry_then_rebuild(world):
 
 
 def test_rebuild_catches_a_recipe_that_does_not_reproduce(world):
-    from adapterhub.merging import merge_adapters
+    from adapterhub.engines.merging import merge_adapters
 
     merged = merge_adapters(world["loras"], "linear", weights=[1.0, 1.0])
     forged = merged.with_manifest(recipe={**merged.manifest.recipe, "weights": [1.0, 2.0]})

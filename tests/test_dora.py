@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 import adapterhub
-from adapterhub.apply import apply_adapters
-from adapterhub.formats.lint import check_target
-from adapterhub.formats.peft import read_peft, write_peft
-from adapterhub.merging import merge_adapters
-from adapterhub.methods import adapted_layers
+from adapterhub.engines.apply import apply_adapters
+from adapterhub.io.formats.lint import check_target
+from adapterhub.io.formats.peft import read_peft, write_peft
+from adapterhub.engines.merging import merge_adapters
+from adapterhub.contracts.layers import adapted_layers
 
 import peft
 import transformers
@@ -316,7 +316,7 @@ def test_weight_norm_is_cached_until_a_factor_or_the_weight_changes():
 def test_peft_import_picks_the_method_whose_flags_match(pair, tmp_path, monkeypatch):
     """use_dora: true goes to the method declaring peft_flags={"use_dora": True}; without it
     installed, lora refuses the adapter; a plain LoRA never goes to dora."""
-    import adapterhub.plugins as plugins
+    import adapterhub.contracts.plugins as plugins
     from adapterhub.testing.conformance import TinyMLP
 
     _, theirs = pair

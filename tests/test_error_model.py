@@ -7,7 +7,7 @@ import httpx
 
 import adapterhub.errors as errors
 from adapterhub.hub.errors import error_response
-from adapterhub.hubclient import HubClient
+from adapterhub.registry.http_client import HubClient
 
 
 def every_class():

@@ -20,8 +20,8 @@ from safetensors import safe_open
 import adapterhub
 from adapterhub import AdapterPackage, ExportError
 from adapterhub.cli import cli
-from adapterhub.formats.peft import read_peft
-from adapterhub.formats.trtllm import TrtllmRow, pack_rows, trtllm_files
+from adapterhub.io.formats.peft import read_peft
+from adapterhub.io.formats.trtllm import TrtllmRow, pack_rows, trtllm_files
 
 LAYERS = 11  # enough layers that the converter's key order (0, 1, 10, 2, ...) is not numeric
 IDS = torch.tensor([[1, 5, 9, 33, 2, 60]])

@@ -17,7 +17,7 @@ import torch
 from hub_server import HubServer
 
 from adapterhub.errors import AuthenticationError, PermissionDeniedError
-from adapterhub.package import AdapterPackage
+from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0", "lin1"]}
@@ -105,7 +105,7 @@ def test_cli_push_pull_json_tokens_and_login(tmp_path, run, monkeypatch):
         saved = run("login", server.url, "--token", token).stdout
         assert "logged in" in saved
         path = tmp_path / "home-tokens.json"
-        from adapterhub.credentials import _path
+        from adapterhub.registry.credentials import _path
 
         path = _path()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -264,7 +264,7 @@ def test_dropped_connections_mid_upload_and_mid_download_resume(tmp_path, monkey
 
 
 def test_http_remote_errors_are_adapterhub_errors(tmp_path, monkeypatch):
-    from adapterhub.remotes import open_remote
+    from adapterhub.registry.remotes import open_remote
 
     with HubServer(str(tmp_path / "hub.db")) as server:
         server.hub.registry.push(lora(), "team/bot", progress=False)

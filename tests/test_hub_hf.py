@@ -184,8 +184,8 @@ def test_hf_remote_push_and_pull_through_the_upload_protocol(hub, tmp_path):
         return json.loads(result.stdout)
 
     source = str(hub.root / "v1")
-    child = adapterhub.package.AdapterPackage.load(hub.root / "v2")
-    parent_digest = adapterhub.package.AdapterPackage.load(source).digest
+    child = adapterhub.io.package.AdapterPackage.load(hub.root / "v2")
+    parent_digest = adapterhub.io.package.AdapterPackage.load(source).digest
     child = child.with_manifest(parents=(parent_digest,), labels={"run": "7"})
     child.save(tmp_path / "child")
     local = str(tmp_path / "local.db")
@@ -213,8 +213,8 @@ def test_hf_remote_push_and_pull_through_the_upload_protocol(hub, tmp_path):
 def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
     """What ``PeftModel.push_to_hub`` does: a PEFT folder with a model card. The card is not
     an adapter file: the hub answers ``shouldIgnore`` and the client leaves it out."""
-    from adapterhub.formats.peft import write_peft
-    from adapterhub.package import AdapterPackage
+    from adapterhub.io.formats.peft import write_peft
+    from adapterhub.io.package import AdapterPackage
 
     package = AdapterPackage.load(hub.root / "v1")
     folder = write_peft(package, tmp_path / "peft")

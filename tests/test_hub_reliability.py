@@ -15,7 +15,7 @@ import pytest
 from hub_server import HubProcess
 from registry_helpers import LOCAL, digest_of, manifest_for
 
-from adapterhub.remotes import open_remote, send_version
+from adapterhub.registry.remotes import open_remote, send_version
 from registry_db import RegistryService
 
 CLIENTS = 16

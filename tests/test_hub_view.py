@@ -8,7 +8,7 @@ import pytest
 import torch
 from hub_server import HubServer
 
-from adapterhub.package import AdapterPackage
+from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import adapterhub
-from adapterhub.formats.peft import write_peft
+from adapterhub.io.formats.peft import write_peft
 from adapterhub.testing import TinyMLP
 
 

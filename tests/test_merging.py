@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from adapterhub import AdapterPackage, MergeError
 from adapterhub.cli import cli
-from adapterhub.merging import merge_adapters, refactor, replay, truncated_svd
+from adapterhub.engines.merging import merge_adapters, replay
+from adapterhub.contracts.strategy import refactor, truncated_svd
 from adapterhub_merging import functions
 from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
@@ -167,7 +168,7 @@ def test_linear_is_lossless_and_svd_truncates(inputs):
     ("dare_ties", lambda s, w, d, gens: functions.dare_ties(s, w, d, gens)),
 ])
 def test_pruning_strategies_follow_their_formula(inputs, strategy, function):
-    from adapterhub.merging import ModuleMerge
+    from adapterhub.contracts.strategy import ModuleMerge
 
     one, two = inputs
     weights = torch.tensor([0.7, 1.3])
@@ -279,7 +280,7 @@ def test_matches_peft_add_weighted_adapter(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertModel
 
-    from adapterhub.formats.peft import read_peft
+    from adapterhub.io.formats.peft import read_peft
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.formats.peft import write_peft
+from adapterhub.io.formats.peft import write_peft
 
 import peft
 import transformers
@@ -39,7 +39,7 @@ def peft_lora(model, **kw):
 def copy_from_peft(ours, theirs):
     """Give our adapter exactly PEFT's A/B values."""
     with torch.no_grad():
-        for path, layer in adapterhub.methods.adapted_layers(ours).items():
+        for path, layer in adapterhub.contracts.layers.adapted_layers(ours).items():
             src = theirs.base_model.model.get_submodule(path)
             if hasattr(layer, "lora_A"):
                 layer.lora_A.copy_(src.lora_A["default"].weight)
@@ -134,8 +134,8 @@ def test_peft_saved_adapter_imports(pair, inputs, minilm_path, tmp_path):
 
 
 def test_adapter_checks_against_minilm_headers(pair, minilm_path, tmp_path):
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.compat import check_base
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.engines.compat import check_base
 
     ours, _ = pair
     package = adapterhub.extract(ours)

@@ -4,7 +4,7 @@ import pytest
 
 import adapterhub
 from adapterhub import hookimpl
-from adapterhub.plugins import get_plugin_manager
+from adapterhub.contracts.plugins import get_plugin_manager
 
 
 class Tiny(adapterhub.AdapterMethod):
@@ -117,7 +117,7 @@ def test_hook_adapterhub_register_quantizers():
 
 
 def test_hook_adapterhub_register_merge_strategies():
-    from adapterhub.merging import MergeStrategy
+    from adapterhub.contracts.strategy import MergeStrategy
 
     class Mean(MergeStrategy):
         name = "mean"

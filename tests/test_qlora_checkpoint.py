@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 import adapterhub
-from adapterhub.checkpoint import Checkpoint
+from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.cli import cli
-from adapterhub.quantized_checkpoint import (load_quantized, quantize_checkpoint,
-                                             read_quantized, stored_quantized)
+from adapterhub.io.checkpoint import load_quantized, read_quantized, stored_quantized
+from adapterhub.engines.quantize_checkpoint import quantize_checkpoint
 
 import transformers
 

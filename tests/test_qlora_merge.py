@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.quantization import (RequantizationReport, merge_dequantized,
-                                     merge_requantized, quantized_base)
+from adapterhub.engines.quantization import (RequantizationReport, merge_dequantized,
+                                     merge_requantized, roundtrip_quantized)
 
 
 def _weight(shape=(96, 160), seed=0):
@@ -43,8 +43,8 @@ def test_quantized_base_recreates_what_training_saw():
                                         "compute_dtype": "bfloat16"}}
     quantizer = adapterhub.get_quantizer("nf4")
     expected = quantizer.dequantize(quantizer.quantize(weight, quantizer.make_config()))
-    assert torch.equal(quantized_base(weight, record), expected)
-    assert not torch.equal(quantized_base(weight, {"name": "nf4",
+    assert torch.equal(roundtrip_quantized(weight, record), expected)
+    assert not torch.equal(roundtrip_quantized(weight, {"name": "nf4",
                                                    "config": {"blocksize": 128}}), expected)
 
 
@@ -99,7 +99,7 @@ def test_deployment_merge_matches_the_trained_qlora_model():
             "config"]))
         delta = method.delta_weight(path, groups[path], config, tuple(weight.shape))
         deployed = merge_dequantized(q, delta)
-        assert torch.equal(quantized_base(weight, package.manifest.quantization),
+        assert torch.equal(roundtrip_quantized(weight, package.manifest.quantization),
                            quantizer.dequantize(q))
         layer.merge()
         # training rounded deq(Q(W)) to bf16 (the compute dtype) before adding ΔW; this fp32

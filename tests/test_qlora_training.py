@@ -58,7 +58,7 @@ def test_attach_checks_targets_before_quantizing():
     with pytest.raises(adapterhub.ConfigError):
         adapterhub.attach(model, "lora", target_modules=["lin0"], quantize="nf4",
                           quantize_config={"blocksize": 48})
-    with pytest.raises(adapterhub.UnknownMethodError):
+    with pytest.raises(adapterhub.UnknownQuantizerError):
         adapterhub.attach(model, "lora", target_modules=["lin0"], quantize="nf3")
     with pytest.raises(adapterhub.ConfigError):
         adapterhub.attach(model, "lora", target_modules=["lin0"], quantize_config={})

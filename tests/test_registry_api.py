@@ -6,14 +6,14 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
-from adapterhub.ci import ci_labels
+from adapterhub.registry.ci import ci_labels
 from adapterhub.errors import (AdapterNotFoundError, ConfigError, FormatError, IntegrityError,
-                               MissingBlobsError, PromotionError, RefError, UnknownMethodError,
+                               MissingBlobsError, PromotionError, RefError, UnknownRemoteError,
                                UnsafeFormatError)
-from adapterhub.formats.peft import write_peft
-from adapterhub.package import AdapterPackage
+from adapterhub.io.formats.peft import write_peft
+from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
-from adapterhub.sources import NativeDirSource, PackageSource, RegistrySource, resolve_source
+from adapterhub.registry.sources import NativeDirSource, PackageSource, RegistrySource, resolve_source
 from registry_db.models import Blob, Chunk
 from registry_helpers import LOCAL
 
@@ -125,7 +125,7 @@ def test_hostile_inputs_write_nothing(reg, tmp_path):
 
 
 def test_commit_naming_a_missing_blob_via_a_remote(reg):
-    from adapterhub.remotes import DatabaseRemote
+    from adapterhub.registry.remotes import DatabaseRemote
 
     remote = DatabaseRemote(reg.url, service=reg.service)
     with pytest.raises(MissingBlobsError) as err:
@@ -178,7 +178,7 @@ def test_pull_from_a_corrupt_source_names_blob_and_version(reg, local):
 def test_remote_lookup_errors(local):
     with pytest.raises(AdapterNotFoundError, match="no remote named 'origin'"):
         local.pull("team/bot", source="origin")
-    with pytest.raises(UnknownMethodError, match="unknown remote 'ftp'"):
+    with pytest.raises(UnknownRemoteError, match="unknown remote 'ftp'"):
         local.add_remote("bad", "ftp://example.org/x")
     assert local.remotes() == []
 
@@ -248,8 +248,8 @@ def test_push_survives_a_gc_between_upload_and_commit(reg):
     at commit (MissingBlobsError), sends them again and commits."""
     from datetime import timedelta
 
-    from adapterhub.remotes import DatabaseRemote, send_version
-    from adapterhub.sources import PackageSource
+    from adapterhub.registry.remotes import DatabaseRemote, send_version
+    from adapterhub.registry.sources import PackageSource
 
     class GcBeforeFirstCommit(DatabaseRemote):
         swept = 0

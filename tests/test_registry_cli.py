@@ -6,7 +6,7 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
-from adapterhub.package import AdapterPackage
+from adapterhub.io.package import AdapterPackage
 from registry_db.models import Blob, Chunk
 from registry_helpers import LOCAL
 

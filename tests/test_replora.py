@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.formats.lint import check_target
-from adapterhub.formats.peft import write_peft
-from adapterhub.methods import adapted_layers
+from adapterhub.io.formats.lint import check_target
+from adapterhub.io.formats.peft import write_peft
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_lora import LoraLinear
 from adapterhub_replora import ReploraLinear
 

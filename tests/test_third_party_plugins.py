@@ -16,7 +16,7 @@ from torch import nn
 from dataclasses import dataclass, field
 
 from adapterhub import AdapterMethod, MethodConfig
-from adapterhub.layers import AdaptedLayer
+from adapterhub.contracts.layers import AdaptedLayer
 
 
 @dataclass

@@ -81,7 +81,7 @@ def test_train_ttlora_experts_then_their_mixture(minilm, data, tmp_path):
         moe = registry.resolve("t/moe")
         assert list(moe.manifest.parents) == [e.digest for e in experts]
         assert moe.manifest.method["config"]["expert_names"] == list(TOPICS)
-        from adapterhub.training import load_base
+        from adapterhub.engines.training import load_base
 
         model, tokenizer = load_base(minilm, "classification", num_labels=2, seed=0)
         adapterhub.load(model, "t/moe", registry=registry)  # brings the experts
@@ -90,7 +90,7 @@ def test_train_ttlora_experts_then_their_mixture(minilm, data, tmp_path):
 
 def test_routing_rows_must_name_their_expert(tmp_path):
     from adapterhub.errors import FormatError
-    from adapterhub.training import read_routing_jsonl
+    from adapterhub.engines.training import read_routing_jsonl
 
     path = tmp_path / "routing.jsonl"
     path.write_text('{"text": "the soup was great", "task": "cooking"}\n'

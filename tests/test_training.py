@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import adapterhub
 from adapterhub.cli import cli
 from adapterhub.errors import FormatError
-from adapterhub.training import evaluate, load_base, read_jsonl, train
+from adapterhub.engines.training import evaluate, load_base, read_jsonl, train
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import adapterhub
-from adapterhub.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_ttlora_moe.layers import TTLoraLinear
 from adapterhub_ttlora_moe.method import split_cores
 from adapterhub_ttlora_moe.tensor_train import (balanced_factors, contract, core_shapes,
@@ -183,7 +183,7 @@ def test_malformed_cores_are_refused():
 
 
 def test_peft_export_is_refused_clearly(tmp_path):
-    from adapterhub.formats.peft import write_peft
+    from adapterhub.io.formats.peft import write_peft
 
     model = nn.Sequential(nn.Linear(16, 32))
     adapterhub.attach(model, "ttlora", target_modules=["0"])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import adapterhub
-from adapterhub.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_ttlora_moe import (load_experts, load_moe, route, select_expert, train_expert,
                                    train_router)
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear

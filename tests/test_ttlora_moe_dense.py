@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import adapterhub
-from adapterhub.methods import adapted_layers
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub_ttlora_moe import load_moe, route, train_router
 from adapterhub_ttlora_moe.moe import router_of
 from adapterhub_ttlora_moe.router import Router

@@ -53,7 +53,7 @@ def _build() -> None:
     import importlib
     import pkgutil
 
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_"):

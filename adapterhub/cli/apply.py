@@ -57,7 +57,7 @@ def apply(base: Path, adapters: tuple[str, ...], out: Path, weights: str | None,
     learned on: a quantized BASE is dequantized (to --dtype, default bf16) unless
     --requantize; a full-precision BASE has deq(Q(W)) rebuilt for the adapted weights.
     """
-    from adapterhub.apply import apply_adapters
+    from adapterhub.engines.apply import apply_adapters
 
     # a terminated build unwinds like an interrupted one: its work directory is removed
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
-    from adapterhub.sources import Source
+    from adapterhub.io.package import AdapterPackage
 
 db_option = click.option(
     "--db", metavar="URL",
@@ -21,15 +19,6 @@ force_option = click.option("--force", is_flag=True,
                             help="Replace a non-empty --out directory (as a whole, atomically).")
 
 
-def open_source(source: str, db: str | None) -> Source:
-    """Resolve a CLI adapter argument; the registry is opened only when it is a REF."""
-    from adapterhub.registry import Registry
-    from adapterhub.sources import resolve_source
-
-    registry = None if Path(source).exists() else Registry(db)
-    return resolve_source(source, registry=registry)
-
-
 expert_option = click.option("--expert", metavar="NAME",
                              help="For a mixture-of-experts version: the expert to fold in.")
 
@@ -39,16 +28,16 @@ def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | Non
     """The adapters ``apply``/``merge`` fold: each source's package, or its chosen expert
     (experts come from the source's registry, or the local one for a directory)."""
     from adapterhub.registry import Registry
-    from adapterhub.sources import RegistrySource, fold_target
+    from adapterhub.registry.sources import RegistrySource, fold_component, resolve_source
 
     packages = []
     for source in sources:
-        resolved = open_source(source, db)
+        resolved = resolve_source(source, db=db)
         registry = resolved.registry if isinstance(resolved, RegistrySource) else None
         package = resolved.package()
-        if package.method.experts(package.config):
+        if package.method.composite:
             registry = registry or Registry(db)
-        packages.append(fold_target(package, expert, registry=registry))
+        packages.append(fold_component(package, expert, registry=registry))
     return packages
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, force_option, json_option, open_source
-from adapterhub.cli.output import emit_json, human_size
+from adapterhub.cli.common import db_option, force_option, json_option
+from adapterhub.cli.output import emit_json
+from adapterhub.contracts.progress import human_size
+from adapterhub.registry.sources import resolve_source
 
 FORMATS = click.Choice(["peft"])
 
@@ -67,7 +69,7 @@ def version_fields(version) -> dict:
 @db_option
 def show(source: str, as_json: bool, db: str | None) -> None:
     """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
-    resolved = open_source(source, db)
+    resolved = resolve_source(source, db=db)
     if resolved.version is None:
         resolved.package()  # a directory: read and verify every tensor, as before
     info = summary(resolved.manifest)
@@ -95,8 +97,8 @@ def show(source: str, as_json: bool, db: str | None) -> None:
 @force_option
 def import_(path: Path, fmt: str, out: Path, base: Path | None, force: bool) -> None:
     """Convert an adapter from another layout into a native package."""
-    from adapterhub.formats.peft import read_peft
-    from adapterhub.outdir import output_dir
+    from adapterhub.io.formats.peft import read_peft
+    from adapterhub.io.outdir import output_dir
 
     package = read_peft(path, base=base)
     with output_dir(out, force=force) as staging:
@@ -140,10 +142,10 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
     then: HF_HUB_OFFLINE=1 HF_HUB_CACHE=CACHE_DIR python -c \\
           "PeftModel.from_pretrained(base, 'ns/name', revision='v2')"
     """
-    from adapterhub.formats.hf_cache import write_hf_cache
-    from adapterhub.formats.peft import layout_files, peft_layout, write_files
-    from adapterhub.formats.vllm import vllm_layout
-    from adapterhub.outdir import output_dir, refuse_non_empty
+    from adapterhub.io.formats.hf_cache import write_hf_cache
+    from adapterhub.io.formats.peft import layout_files, peft_layout, write_files
+    from adapterhub.io.formats.vllm import vllm_layout
+    from adapterhub.io.outdir import output_dir, refuse_non_empty
 
     if (dest is None) == (out is None):
         raise click.UsageError("give the output directory once: as DEST or as --out")
@@ -152,7 +154,7 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
     if fmt == "trtllm" and layout == "hf-cache":
         raise click.UsageError("--layout hf-cache holds PEFT files; use --format peft or vllm")
     target = dest or out
-    resolved = open_source(source, db)
+    resolved = resolve_source(source, db=db)
     if resolved.version is not None:
         repo_id = repo_id or resolved.version.name
         revision = revision or f"v{resolved.version.number}"
@@ -163,7 +165,7 @@ def export(source: str, dest: Path | None, fmt: str, dtype: str | None, base: Pa
         refuse_non_empty(target)  # before any work
     package = resolved.package()
     if fmt == "trtllm":
-        from adapterhub.formats.trtllm import trtllm_files
+        from adapterhub.io.formats.trtllm import trtllm_files
 
         files = trtllm_files(package, dtype=dtype or "float16", base=base)
     else:
@@ -190,14 +192,14 @@ def check(source: str, base: Path | None, targets: tuple[str, ...], as_json: boo
           db: str | None) -> None:
     """Check that an adapter (a directory or a REF) fits a base checkpoint (--base, from
     headers only) and what a serving engine would refuse (--target). Exits 1 on any problem."""
-    from adapterhub.checkpoint import Checkpoint
-    from adapterhub.compat import check_base
-    from adapterhub.formats.lint import check_target
+    from adapterhub.io.checkpoint import Checkpoint
+    from adapterhub.engines.compat import check_base
+    from adapterhub.io.formats.lint import check_target
 
     if base is None and not targets:
         raise click.UsageError("give --base BASE, --target TARGET, or both")
     on_disk = Path(source).exists()
-    resolved = open_source(source, db) if base or not on_disk else None
+    resolved = resolve_source(source, db=db) if base or not on_disk else None
     report = check_base(resolved.manifest, Checkpoint(base)) if base else None
     # a directory is linted as it is on disk (a PEFT directory's own files); a REF as a package
     subject = source if on_disk else resolved.package()

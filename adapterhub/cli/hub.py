@@ -118,8 +118,8 @@ def token_revoke(token_id: str, as_json: bool, db: str | None) -> None:
 @json_option
 def login(url: str, secret: str | None, as_json: bool) -> None:
     """Check a token against the hub at URL and save it for that hub (0600 file)."""
-    from adapterhub.credentials import save_token
-    from adapterhub.hubclient import HubClient
+    from adapterhub.registry.credentials import save_token
+    from adapterhub.registry.http_client import HubClient
 
     secret = secret or click.prompt("token", hide_input=True)
     with HubClient(url, token=secret.strip()) as client:
@@ -140,7 +140,7 @@ def login(url: str, secret: str | None, as_json: bool) -> None:
 @click.argument("url")
 def logout(url: str) -> None:
     """Forget the token saved for the hub at URL."""
-    from adapterhub.credentials import forget_token
+    from adapterhub.registry.credentials import forget_token
 
     click.echo(f"forgot the token for {url}" if forget_token(url)
                else f"no token was saved for {url}")

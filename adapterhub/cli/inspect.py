@@ -13,7 +13,7 @@ from adapterhub.cli.output import emit_json, table
 @json_option
 def plugins(as_json: bool) -> None:
     """List loaded plugins and what each registered."""
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     infos = [info.to_dict() for info in plugin_manager().plugin_infos()]
     if as_json:
@@ -33,7 +33,7 @@ def plugins(as_json: bool) -> None:
 @json_option
 def methods(as_json: bool) -> None:
     """List registered methods and quantizers with their config fields."""
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     pm = plugin_manager()
     out = {"methods": [], "quantizers": []}

@@ -55,9 +55,9 @@ def merge(adapters: tuple[str, ...], strategy: str, weights: str | None,
     The new version records its parents (the inputs' digests) and its recipe (strategy,
     weights, parameters, seed), so 'adapterhub rebuild' can recompute and check it.
     """
-    from adapterhub.outdir import refuse_non_empty
+    from adapterhub.io.outdir import refuse_non_empty
     from adapterhub.cli.files import summary
-    from adapterhub.merging import merge_adapters
+    from adapterhub.engines.merging import merge_adapters
     from adapterhub.registry import Registry
 
     if to is None and out is None:
@@ -93,9 +93,9 @@ def rebuild(ref: str, as_json: bool, db: str | None) -> None:
     Exits 1 when the rebuilt digest differs from the stored one.
     """
     from adapterhub.errors import IntegrityError
-    from adapterhub.merging import replay
+    from adapterhub.engines.merging import replay
     from adapterhub.registry import Registry
-    from adapterhub.sources import fetch_version
+    from adapterhub.registry.sources import fetch_version
 
     with Registry(db) as registry:
         version = registry.resolve(ref)
@@ -126,7 +126,7 @@ def rebuild(ref: str, as_json: bool, db: str | None) -> None:
 @json_option
 def strategies(as_json: bool) -> None:
     """List the registered merge strategies and the parameters each takes."""
-    from adapterhub.plugins import plugin_manager
+    from adapterhub.contracts.plugins import plugin_manager
 
     rows = []
     for name, reg in sorted(plugin_manager().registered("strategy").items()):

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.output import emit_json, human_size
+from adapterhub.cli.output import emit_json
+from adapterhub.contracts.progress import human_size
 
 
 @cli.command()
@@ -28,7 +29,7 @@ from adapterhub.cli.output import emit_json, human_size
 def quantize(base_dir: Path, out: Path, method: str, blocksize: int | None,
              no_double_quant: bool, skip: str | None, as_json: bool, quiet: bool) -> None:
     """Quantize every Linear weight of a safetensors checkpoint."""
-    from adapterhub.quantized_checkpoint import DEFAULT_SKIP, quantize_checkpoint
+    from adapterhub.engines.quantize_checkpoint import DEFAULT_SKIP, quantize_checkpoint
 
     fields: dict = {}
     if blocksize is not None:

@@ -12,7 +12,8 @@ import click
 from adapterhub.cli import cli
 from adapterhub.cli.common import (db_option, force_option, json_option, parse_labels,
                                    quiet_option)
-from adapterhub.cli.output import emit_json, human_size, table
+from adapterhub.cli.output import emit_json, table
+from adapterhub.contracts.progress import human_size
 
 
 class Duration(click.ParamType):
@@ -78,7 +79,7 @@ def push(source: str, name: str, to: str | None, message: str | None, tags: tupl
     SOURCE is a native package directory, a PEFT directory, or a ref in the local registry.
     Only blobs the registry lacks are sent; pushing identical content changes nothing.
     """
-    from adapterhub.ci import ci_labels
+    from adapterhub.registry.ci import ci_labels
     from adapterhub.registry import Registry
 
     extra = {**(ci_labels() if ci else {}), **parse_labels(labels)}

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, json_option, open_source, parse_labels
+from adapterhub.cli.common import db_option, json_option, parse_labels
 from adapterhub.cli.output import emit_json
+from adapterhub.registry.sources import resolve_source
 
 
 @cli.command()
@@ -48,11 +49,11 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
           message: str | None, labels: tuple[str, ...], quiet: bool, as_json: bool,
           db: str | None) -> None:
     """Train an adapter; save it as a package (--out) and/or push it (--push)."""
-    from adapterhub.plugins import get_method
-    from adapterhub.progress import write
+    from adapterhub.contracts.plugins import get_method
+    from adapterhub.contracts.progress import write
     from adapterhub.registry import Registry
-    from adapterhub.training import train as run
-    from adapterhub.training import train_mixture
+    from adapterhub.engines.training import train as run
+    from adapterhub.engines.training import train_composite
 
     if out is None and push_to is None:
         raise click.UsageError("say where the trained adapter goes: --out DIR, --push NS/NAME "
@@ -62,9 +63,9 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
         if config_pairs:
             raise click.UsageError("--config does not apply with --experts (the experts fix "
                                    "the adapted layers)")
-        packages = [open_source(source.strip(), db).package()
+        packages = [resolve_source(source.strip(), db=db).package()
                     for source in experts.split(",") if source.strip()]
-        package = train_mixture(base, data, task=task, method=method_obj, experts=packages,
+        package = train_composite(base, data, task=task, method=method_obj, experts=packages,
                                 epochs=epochs, lr=lr, batch_size=batch_size,
                                 max_length=max_length, seed=seed,
                                 show_progress=not (quiet or as_json),

@@ -11,7 +11,7 @@ clients cache by it and a pinned commit always means the same bytes. Revisions:
 40 hex digits          the version whose digest starts with them
 =====================  ======================================
 
-Files are rendered by :mod:`adapterhub.formats.repo` (PEFT layout when PEFT can express the
+Files are rendered by :mod:`adapterhub.io.formats.repo` (PEFT layout when PEFT can express the
 method, native otherwise, plus ``adapter.json``). ``ETag``/``X-Linked-Etag`` are the sha256
 of the file, so a client's blob cache is content-addressed.
 """

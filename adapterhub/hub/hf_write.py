@@ -5,7 +5,7 @@ are not adapter files are answered ``shouldIgnore``, so the client leaves them o
 batch with the *basic* transfer (the upload URL is signed with the caller's token, since
 clients PUT to it without headers; the bytes become a blob, re-hashed against the LFS oid) →
 NDJSON commit on ``main``: the files of the newest version, changed by the commit, are read
-as an adapter (:func:`adapterhub.formats.repo.read_repo`) and pushed as the next version.
+as an adapter (:func:`adapterhub.io.formats.read_adapter`) and pushed as the next version.
 ``create_tag``/``delete_tag`` manage tags; ``v<N>`` tags are the version numbers themselves.
 
 Clients of ``huggingface_hub`` ≥ 1.0 need ``HF_HUB_DISABLE_XET=1``: the hub does not speak Xet.
@@ -30,15 +30,15 @@ from starlette.concurrency import run_in_threadpool
 from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
                                IntegrityError, InvalidRequestError, PermissionDeniedError,
                                PreconditionFailedError, RevisionNotFoundError)
-from adapterhub.formats.peft import CONFIG_FILE, WEIGHTS_FILE
-from adapterhub.formats.repo import ADAPTER_FILES, package_from_files
+from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.io.formats.repo import ADAPTER_FILES, package_from_files
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
 from adapterhub.hub.hf_read import NUMBER_RE, commit_id, repository, resolve_revision
 from adapterhub.hub.native import full_name
 from adapterhub.hub.render import RenderedFile
-from adapterhub.package import MANIFEST_FILE, TENSORS_FILE
+from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE
 from adapterhub.registry import Registry
 from registry_db import Caller
 from registry_db.digests import parse_json

@@ -1,6 +1,6 @@
 """A version's files as Hugging Face clients see them, rendered once and cached by digest.
 
-Rendering (:func:`adapterhub.formats.repo.repo_files`) is deterministic, so the cache is
+Rendering (:func:`adapterhub.io.formats.repo.repo_files`) is deterministic, so the cache is
 only a speed-up: another replica, or this one after eviction, produces the same bytes and
 therefore the same ETags. Small files stay in memory; larger ones are spooled to a private
 temporary directory, so what the hub keeps between requests does not grow with the size of
@@ -127,7 +127,7 @@ class RenderCache:
         return rendered
 
     def _render(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
-        from adapterhub.formats.repo import repo_files
+        from adapterhub.io.formats.repo import repo_files
 
         files = repo_files(registry.get(version))
         rendered = {path: RenderedFile.of(path, data, self._spool)

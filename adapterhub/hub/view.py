@@ -16,7 +16,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from adapterhub.cli.output import human_size
+from adapterhub.contracts.progress import human_size
 from adapterhub.hub.auth import registry
 from adapterhub.hub.hf_read import commit_id, repository
 from adapterhub.hub.pages import layout

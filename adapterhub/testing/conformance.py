@@ -267,7 +267,7 @@ class MethodConformance:
         import torch
 
         import adapterhub
-        from adapterhub.formats.peft import read_peft, write_peft
+        from adapterhub.io.formats.peft import read_peft, write_peft
 
         model, layers, _ = self._trained()
         package = adapterhub.extract(model)

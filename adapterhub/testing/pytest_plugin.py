@@ -19,6 +19,6 @@ def tiny_mlp():
 @pytest.fixture
 def adapterhub_plugins():
     """A fresh plugin manager with the installed entry points loaded."""
-    from adapterhub.plugins import get_plugin_manager
+    from adapterhub.contracts.plugins import get_plugin_manager
 
     return get_plugin_manager()

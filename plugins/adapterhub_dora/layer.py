@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.methods import check_finite
+from adapterhub.plugin_api import check_finite
 from adapterhub_dora.kernels import WeightNorm, direct_norm, merged_weight, unmerged_weight
 from adapterhub_lora import LoraLinear
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from adapterhub import ConfigError, FormatError, MergeError
-from adapterhub.methods import check_finite
-from adapterhub.targets import layer_kind
+from adapterhub.plugin_api import check_finite
+from adapterhub.plugin_api import layer_kind
 from adapterhub_dora.kernels import merged_weight
 from adapterhub_dora.layer import DoraLinear
 from adapterhub_lora import LoraMethod
@@ -67,7 +67,7 @@ class DoraMethod(LoraMethod):
     def magnitude_low_rank(self, module, tensors, config, base_shape):
         """``(L, R, m)`` with ``W' = m · (W + L R) / ‖W + L R‖`` (the magnitude-and-direction
         form serving engines such as TensorRT-LLM take; see
-        :class:`adapterhub.formats.trtllm.MagnitudeLowRank`)."""
+        :class:`adapterhub.io.formats.trtllm.MagnitudeLowRank`)."""
         left, right = super().low_rank(module, _factors(module, tensors), config, base_shape)
         return left, right, tensors[MAGNITUDE].float()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
-from adapterhub.lazy import lazy_exports
+from adapterhub.plugin_api import lazy_exports
 
 _LAZY = {
     "LoraMethod": "adapterhub_lora.method",

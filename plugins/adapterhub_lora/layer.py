@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.layers import AdaptedLayer, adapter_dtype
+from adapterhub.plugin_api import AdaptedLayer, adapter_dtype
 
 
 class LoraLinear(AdaptedLayer):

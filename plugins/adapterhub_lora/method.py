@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError
-from adapterhub.targets import layer_kind
+from adapterhub.plugin_api import layer_kind
 from adapterhub_lora.config import LoraConfig
 from adapterhub_lora.layer import LoraEmbedding, LoraLinear
 
@@ -28,6 +28,7 @@ class LoraMethod(AdapterMethod):
     description = "LoRA with PEFT semantics (rsLoRA, dropout, Conv1D, embeddings)"
     layer_kinds = ("linear", "conv1d", "embedding")
     peft_type = "LORA"
+    stores_low_rank = True
 
     def check_targets(self, targets, config):
         kinds = {layer_kind(module) for _, module in targets}

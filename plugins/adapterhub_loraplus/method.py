@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adapterhub import ConfigError
-from adapterhub.methods import adapted_layers
+from adapterhub.plugin_api import adapted_layers
 from adapterhub_lora import LoraMethod
 from adapterhub_loraplus.config import LoraPlusConfig
 

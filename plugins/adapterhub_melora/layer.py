@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from adapterhub.layers import AdaptedLayer, adapter_dtype
+from adapterhub.plugin_api import AdaptedLayer, adapter_dtype
 
 
 def linear_dims(base: nn.Module) -> tuple[int, int]:

@@ -8,7 +8,7 @@ result as its best rank-R approximation (truncated SVD). ``cat`` and, at their d
 
 from __future__ import annotations
 
-from adapterhub.merging import MergeStrategy, ModuleMerge, refactor, truncated_svd
+from adapterhub.plugin_api import MergeStrategy, ModuleMerge, refactor, truncated_svd
 from adapterhub_merging import functions
 
 

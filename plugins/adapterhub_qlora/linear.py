@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.errors import QuantizationError
-from adapterhub.methods import QuantizedTensor, fold_delta
+from adapterhub.plugin_api import QuantizedTensor
+from adapterhub.plugin_api import fold_delta
 
 if TYPE_CHECKING:
     from adapterhub_qlora.quantizer import Bnb4bitQuantizer

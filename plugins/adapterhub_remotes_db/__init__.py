@@ -9,7 +9,7 @@ from adapterhub import hookimpl
 
 @hookimpl
 def adapterhub_register_remotes(register):
-    from adapterhub.remotes import DatabaseRemote
+    from adapterhub.plugin_api import DatabaseRemote
 
     register("sqlite", DatabaseRemote)
     register("postgresql", DatabaseRemote)

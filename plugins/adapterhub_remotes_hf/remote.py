@@ -2,7 +2,7 @@
 
 ``hf://team/bot`` holds the registry repository ``team/bot`` (the Hub's name lowercased):
 refs given to it must name that repository. Each version is one commit whose files are
-:func:`adapterhub.formats.repo.repo_files` (PEFT layout plus ``adapter.json``, or the native
+:func:`adapterhub.io.formats.repo.repo_files` (PEFT layout plus ``adapter.json``, or the native
 layout), tagged ``v<N>`` (the next number) and with any tags asked for; ``main`` is the newest.
 Pulling reads ``adapter.json`` and checks every tensor against it, so a version keeps its
 digest, lineage, metrics and labels; a repository without one (a plain PEFT adapter pushed by
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from adapterhub.errors import (AdapterNotFoundError, MissingBlobsError, RefError,
                                RegistryError)
-from adapterhub.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.plugin_api import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
-    from adapterhub.package import AdapterPackage
-    from registry_db import CommitResult, Manifest, VersionInfo
+    from adapterhub.plugin_api import AdapterPackage
+    from adapterhub.plugin_api import CommitResult, Manifest, VersionInfo
 
 NUMBER_TAG = re.compile(r"^v([1-9][0-9]*)$")
 XET_HINT = ("The endpoint does not speak Xet (adapterhub serve does not): set "
@@ -42,7 +42,7 @@ class HfRemote(Remote):
         from huggingface_hub import HfApi
 
         self.repo_id = url.split("://", 1)[1].strip("/")
-        from registry_db import validate_name
+        from adapterhub.plugin_api import validate_name
 
         self.name = validate_name(self.repo_id.lower())
         self.api = HfApi()
@@ -94,7 +94,8 @@ class HfRemote(Remote):
         if commit not in self._packages:
             from huggingface_hub import snapshot_download
 
-            from adapterhub.formats.repo import ADAPTER_FILES, read_repo
+            from adapterhub.plugin_api import read_adapter
+            from adapterhub.plugin_api import ADAPTER_FILES
 
             from huggingface_hub.utils import (are_progress_bars_disabled,
                                                disable_progress_bars, enable_progress_bars)
@@ -108,11 +109,11 @@ class HfRemote(Remote):
             finally:
                 if not quiet:
                     enable_progress_bars()
-            self._packages[commit] = read_repo(path)
+            self._packages[commit] = read_adapter(path)
         return self._packages[commit]
 
     def _version(self, revision: str, tags: dict[str, str] | None = None) -> VersionInfo:
-        from registry_db import VersionInfo
+        from adapterhub.plugin_api import VersionInfo
 
         info = self._call(f"revision {revision}", self.api.model_info, self.repo_id,
                           revision=revision)
@@ -134,7 +135,7 @@ class HfRemote(Remote):
     # -- Remote -----------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> VersionInfo:
-        from registry_db import parse_ref
+        from adapterhub.plugin_api import parse_ref
 
         parsed = parse_ref(ref)
         self._check(parsed.name)
@@ -173,7 +174,7 @@ class HfRemote(Remote):
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
-        from adapterhub.safetensors_io import tensor_bytes
+        from adapterhub.plugin_api import tensor_bytes
 
         known = {e.digest: package.tensors[name] for package in self._packages.values()
                  for name, e in package.manifest.tensors.items()}
@@ -190,9 +191,9 @@ class HfRemote(Remote):
                created_at: datetime | None = None) -> CommitResult:
         from huggingface_hub import CommitOperationAdd
 
-        from adapterhub.formats.repo import repo_files
-        from adapterhub.package import AdapterPackage
-        from registry_db import CommitResult
+        from adapterhub.plugin_api import repo_files
+        from adapterhub.plugin_api import AdapterPackage
+        from adapterhub.plugin_api import CommitResult
 
         self._check(name)
         existing = self.find(manifest.digest)

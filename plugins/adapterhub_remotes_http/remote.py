@@ -23,11 +23,11 @@ import httpx
 
 from adapterhub.errors import (AdapterNotFoundError, IntegrityError, RegistryError,
                                error_class)
-from adapterhub.hubclient import HubClient
-from adapterhub.remotes import Buffer, ProgressCallback, Remote
+from adapterhub.plugin_api import HubClient
+from adapterhub.plugin_api import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
-    from registry_db import CommitResult, Manifest, VersionInfo
+    from adapterhub.plugin_api import CommitResult, Manifest, VersionInfo
 
 SMALL = 4 << 20  # bytes: blobs below this go in bundles
 BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
@@ -54,7 +54,7 @@ class HttpRemote(Remote):
     # -- reading versions -------------------------------------------------------------------
 
     def _version(self, data: dict) -> VersionInfo:
-        from registry_db import VersionInfo
+        from adapterhub.plugin_api import VersionInfo
 
         version = VersionInfo.from_dict(data)
         if version.manifest is not None:
@@ -149,7 +149,7 @@ class HttpRemote(Remote):
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
                created_at: datetime | None = None) -> CommitResult:
-        from registry_db import CommitResult, validate_name
+        from adapterhub.plugin_api import CommitResult, validate_name
 
         validate_name(name)
         body = {"manifest": json.loads(manifest.canonical()), "message": message,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapterhub import hookimpl
-from adapterhub.lazy import lazy_exports
+from adapterhub.plugin_api import lazy_exports
 
 _LAZY = {
     "ReploraMethod": "adapterhub_replora.method",

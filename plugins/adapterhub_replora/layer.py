@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub import FormatError
-from adapterhub.layers import AdaptedLayer, adapter_dtype
+from adapterhub.plugin_api import AdaptedLayer, adapter_dtype
 
 if TYPE_CHECKING:
     from adapterhub_replora.config import ReploraConfig

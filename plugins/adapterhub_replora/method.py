@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapterhub.layers import adapter_dtype
-from adapterhub.methods import adapted_layers
-from adapterhub.targets import find_targets
+from adapterhub.plugin_api import adapter_dtype
+from adapterhub.plugin_api import adapted_layers
+from adapterhub.plugin_api import find_targets
 from adapterhub_lora import LoraMethod
 from adapterhub_replora.config import ReploraConfig
 from adapterhub_replora.layer import Generator, ReploraLinear
@@ -63,7 +63,7 @@ class ReploraMethod(LoraMethod):
                     params.append(param)
         return [{"params": params, "lr": lr, **kwargs}]
 
-    def load(self, model, tensors, config, experts=None):
+    def load(self, model, tensors, config, components=None):
         """Plain LoRA layers (``make_layer``) holding the stored factors."""
         by_module = self.group_tensors(tensors)
         layers = super().attach(model, config, targets=sorted(by_module))

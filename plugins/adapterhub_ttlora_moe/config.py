@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from adapterhub import ConfigError, MethodConfig
-from adapterhub.targets import pattern_key
-from registry_db.digests import is_digest
+from adapterhub.plugin_api import pattern_key
+from adapterhub.plugin_api import is_digest
 
 INITS = ("direct", "zero")
 POOLINGS = ("last", "mean")

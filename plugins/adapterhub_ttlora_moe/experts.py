@@ -23,7 +23,7 @@ ExpertSource = Union[AdapterPackage, str, "os.PathLike[str]"]
 
 def load_experts(sources: Iterable[ExpertSource]) -> list[AdapterPackage]:
     """The ``ttlora`` packages behind ``sources`` (packages or native package directories)."""
-    from adapterhub.formats import read_adapter
+    from adapterhub.plugin_api import read_adapter
 
     packages = []
     for source in sources:

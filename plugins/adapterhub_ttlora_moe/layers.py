@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adapterhub import AdapterHubError, IncompatibleBaseModelError, MergeError
-from adapterhub.layers import AdaptedLayer
+from adapterhub.plugin_api import AdaptedLayer
 from adapterhub_ttlora_moe.tensor_train import contract, core_shapes, init_cores_
 
 

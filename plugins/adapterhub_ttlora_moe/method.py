@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError
+from adapterhub import AdapterMethod, FormatError, MergeError
 from adapterhub_ttlora_moe.config import TTLoraConfig, TTLoraMoeConfig
 from adapterhub_ttlora_moe.layers import TTLoraLinear
 from adapterhub_ttlora_moe.tensor_train import dense_delta
@@ -54,7 +54,7 @@ class TTLoraMoeMethod(AdapterMethod):
 
     A version stores only the router (``router.gate``, ``router.noise``, ``router.noise_bias``)
     and its config; the experts are separate ``ttlora`` versions named by digest in the config
-    and in the manifest's ``parents``. There is no single ΔW, so merging refuses.
+    and in the manifest's ``parents``: a composite method, whose components are its experts.
     """
 
     name = "ttlora_moe"
@@ -62,28 +62,33 @@ class TTLoraMoeMethod(AdapterMethod):
     Config = TTLoraMoeConfig
     description = "TT-LoRA MoE: a router over frozen ttlora experts (one expert per sequence)"
     layer_kinds = ("linear",)
+    composite = True
+    composite_hint = ("Train experts with method 'ttlora', then call adapterhub_ttlora_moe."
+                      "train_router(model, experts, ...) (or build a version with "
+                      "adapterhub_ttlora_moe.moe_package(router, config, experts))")
 
     def identity_at_init(self, config: TTLoraMoeConfig) -> bool:
         return False
 
-    def attach(self, model, config, targets=None):
-        raise ConfigError("a ttlora_moe adapter is built from trained ttlora experts, not "
-                          "attached fresh",
-                          hint="Train experts with method 'ttlora', then call "
-                               "adapterhub_ttlora_moe.train_router(model, experts, ...)")
-
-    def experts(self, config):
+    def components(self, config):
         return dict(zip(config.expert_names, config.experts))
 
-    def train_mixture(self, model, experts, inputs, expert_labels, *, epochs, lr, batch_size,
-                      seed, show_progress=True):
+    def no_single_delta(self, config):
+        return MergeError(f"a ttlora_moe version routes each input to one of "
+                          f"{len(config.experts)} experts ({', '.join(config.expert_names)}), "
+                          f"so it has no single ΔW",
+                          hint="Pick one expert to fold in (CLI: --expert NAME, Python: "
+                               "adapterhub_ttlora_moe.select_expert)")
+
+    def train_composite(self, model, components, inputs, labels, *, epochs, lr, batch_size,
+                        seed, show_progress=True):
         from adapterhub_ttlora_moe.training import train_router
 
-        return train_router(model, experts, inputs, expert_labels, epochs=epochs, lr=lr,
+        return train_router(model, components, inputs, labels, epochs=epochs, lr=lr,
                             batch_size=batch_size, seed=seed, quiet=not show_progress)
 
-    def load(self, model, tensors, config, experts: Any = None):
-        """Attach the experts and the router to ``model``; ``experts`` are their sources.
+    def load(self, model, tensors, config, components: Any = None):
+        """Attach the experts and the router to ``model``; ``components`` are the experts.
 
         Raises :class:`adapterhub.AdapterNotFoundError` naming the digest of any expert the
         config lists that ``experts`` does not supply.
@@ -91,14 +96,8 @@ class TTLoraMoeMethod(AdapterMethod):
         from adapterhub_ttlora_moe.experts import resolve_experts
         from adapterhub_ttlora_moe.moe import attach_moe
 
-        packages = resolve_experts(config, experts)
+        packages = resolve_experts(config, components)
         return attach_moe(model, config, packages, self.group_tensors(tensors).get("router"))
-
-    def state_dict(self, model):
-        # adapterhub.extract cannot record the experts as parents nor their modules
-        raise ConfigError("a ttlora_moe version cannot be extracted from a model",
-                          hint="Use the package train_router returns, or build one with "
-                               "adapterhub_ttlora_moe.moe_package(router, config, experts)")
 
     def param_groups(self, model, lr, **kwargs):
         from adapterhub_ttlora_moe.moe import router_of
@@ -112,16 +111,6 @@ class TTLoraMoeMethod(AdapterMethod):
             raise FormatError(f"unexpected tensor group {module!r} in a ttlora_moe version "
                               f"(it stores router.gate, router.noise, router.noise_bias)")
         return tuple(tensors["gate"].shape)
-
-    def delta_weight(self, module, tensors, config, base_shape):
-        raise MergeError(f"a ttlora_moe version routes each input to one of its "
-                         f"{len(config.experts)} experts, so it has no single ΔW to merge",
-                         hint=f"Pick one expert to merge (CLI: --expert NAME, Python: "
-                              f"adapterhub_ttlora_moe.select_expert); experts: "
-                              f"{', '.join(config.expert_names)}")
-
-    def merge(self, weight, module, tensors, config, *, scale=1.0):
-        return self.delta_weight(module, tensors, config, tuple(weight.shape))
 
 
 def split_cores(module: str, tensors: dict[str, torch.Tensor]

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from adapterhub import AdapterHubError, AdapterPackage, ConfigError, FormatError
-from adapterhub.plugins import get_method
-from adapterhub.targets import find_targets
+from adapterhub.plugin_api import get_method
+from adapterhub.plugin_api import find_targets
 from adapterhub_ttlora_moe.experts import ExpertSource, stack_experts
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear
 from adapterhub_ttlora_moe.router import Router, base_hidden
@@ -66,14 +66,15 @@ def load_moe(model: nn.Module, package: AdapterPackage | str | os.PathLike[str],
     Raises :class:`adapterhub.AdapterNotFoundError` naming the digest of any expert the version
     lists that ``experts`` does not supply.
     """
-    from adapterhub.formats import read_adapter
+    from adapterhub.plugin_api import read_adapter
 
     if not isinstance(package, AdapterPackage):
         package = read_adapter(package)
     if package.manifest.method_name != "ttlora_moe":
         raise ConfigError(f"load_moe needs a ttlora_moe version; this one is "
                           f"{package.manifest.method_name!r}", hint="Use adapterhub.load")
-    return package.method.load(model, package.tensors, package.config, experts=list(experts))
+    return package.method.load(model, package.tensors, package.config,
+                               components=list(experts))
 
 
 def detach_moe(model: nn.Module) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub import ConfigError, FormatError
-from adapterhub.methods import adapted_layers
+from adapterhub.plugin_api import adapted_layers
 
 TENSORS = ("gate", "noise", "noise_bias")
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub import AdapterPackage, ConfigError
-from adapterhub.progress import progress
+from adapterhub.plugin_api import progress
 from adapterhub_ttlora_moe.experts import ExpertSource, expert_name, load_experts, stack_experts
 from adapterhub_ttlora_moe.moe import moe_package
 from adapterhub_ttlora_moe.router import Router, base_hidden
@@ -105,7 +105,7 @@ def train_router(model: nn.Module, experts: Iterable[ExpertSource], inputs: Inpu
       float ones) plus ``router_loss_weight`` × the cross-entropy against the expert labels
       (default 0: the labels then only measure accuracy). Inference routes top-k either way.
     """
-    from adapterhub.plugins import get_method
+    from adapterhub.plugin_api import get_method
 
     packages = load_experts(experts)
     stack_experts(packages)  # refuse experts that cannot share a MoE before any work

@@ -1,0 +1,81 @@
+"""The remote contract: a registry that push and pull can talk to, registered by URL scheme
+through ``adapterhub_register_remotes`` (``register("http", HttpRemote)``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from registry_db import CommitResult, Manifest, VersionInfo
+
+Buffer = Union[bytes, bytearray, memoryview]
+ProgressCallback = Callable[[int], None]
+
+
+class Remote(ABC):
+    """A registry that push and pull can talk to.
+
+    Subclasses implement the seven operations below; ``url`` is what the user gave (or what
+    a remote name stands for). Methods raise :mod:`adapterhub.errors` classes:
+    :class:`AdapterNotFoundError` for unknown refs, :class:`IntegrityError` for bytes that do
+    not match their digest, :class:`MissingBlobsError` from :meth:`commit` when blobs are
+    missing (the caller uploads them and commits again), :class:`RegistryError` when the
+    remote cannot be reached.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    def resolve(self, ref: str) -> VersionInfo:
+        """The version ``ref`` names, with its manifest."""
+
+    @abstractmethod
+    def find(self, digest: str) -> VersionInfo | None:
+        """A version whose manifest digest is ``digest`` (any repository), with its manifest;
+        ``None`` if the remote has none. Used to walk and copy lineage."""
+
+    @abstractmethod
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` the remote lacks. Blobs it has count as in use from now on, so
+        its gc keeps them until the commit that needs them."""
+
+    @abstractmethod
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        """Store ``(digest, bytes, itemsize)`` blobs; the remote re-hashes each and refuses a
+        mismatch (:class:`IntegrityError` naming the digest).
+
+        ``blobs`` is consumed lazily, so a caller can read its bytes as they are needed.
+        ``itemsize`` (bytes per tensor element) lets the remote pick its compression. A
+        network remote sends large blobs in chunks and resumes after a failure, and may
+        bundle small ones; ``progress`` is called with a byte count as data goes out.
+        """
+
+    @abstractmethod
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        """``(digest, bytes)`` for each digest, in order. The receiver hashes them again."""
+
+    @abstractmethod
+    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
+               author: str | None = None, tags: Sequence[str] = (),
+               created_at: datetime | None = None) -> CommitResult:
+        """Record ``manifest`` as a version of ``name`` and move ``tags`` to it, atomically.
+        An identical manifest returns the existing version (``created`` is False)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
