@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from adapterhub.checkpoint import fingerprint_of
 from adapterhub.cli import cli
-from adapterhub.package import AdapterPackage
+from adapterhub.io.checkpoint import fingerprint_of
+from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 
 MODULES = ("layers.0.q", "layers.0.v", "layers.1.q", "layers.1.v")

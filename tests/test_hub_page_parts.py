@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterhub.formats.repo import native_files
 from adapterhub.hub.pages.card import card_html, front_matter, safe_url
 from adapterhub.hub.pages.details import native_header
-from adapterhub.package import AdapterPackage
-from adapterhub.safetensors_io import tensor_bytes
+from adapterhub.io.formats.repo import native_files
+from adapterhub.io.package import AdapterPackage
+from adapterhub.io.safetensors import tensor_bytes
 
 
 @pytest.mark.parametrize("url, ok", [

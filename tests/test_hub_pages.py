@@ -26,8 +26,8 @@ from pages_seed import BOT_VERSIONS, seed_hub
 from playwright.sync_api import Page, sync_playwright
 
 from adapterhub.cli import cli
-from adapterhub.formats.repo import native_files
-from adapterhub.package import AdapterPackage
+from adapterhub.io.formats.repo import native_files
+from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

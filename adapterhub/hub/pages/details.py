@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections.abc import Iterator, Mapping
 from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from adapterhub.cli.output import human_size
+from adapterhub.contracts.progress import human_size
 from adapterhub.hub.pages.card import CARD_LABEL
 from adapterhub.hub.pages.layout import attr, flatten, kv_table, value_text
+from adapterhub.io.safetensors import encode_header
 from registry_db.manifest import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -125,21 +125,19 @@ def tensors_html(manifest: Manifest) -> str:
 def native_header(manifest: Manifest) -> tuple[bytes, list[str]]:
     """The head of the native ``adapter.safetensors`` (length, JSON header) and the order of
     the tensors' bytes after it: byte for byte what
-    :func:`adapterhub.formats.repo.native_files` writes, so it can be streamed blob by
+    :func:`adapterhub.io.formats.repo.native_files` writes, so it can be streamed blob by
     blob."""
     tensors = manifest.tensors
     order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n].dtype], n))
-    header: dict[str, object] = {}
+    entries: dict[str, dict[str, object]] = {}
     offset = 0
     for name in order:
         e = tensors[name]
-        header[name] = {"dtype": e.dtype, "shape": list(e.shape),
-                        "data_offsets": [offset, offset + e.nbytes]}
+        entries[name] = {"dtype": e.dtype, "shape": list(e.shape),
+                         "data_offsets": [offset, offset + e.nbytes]}
         offset += e.nbytes
-    header["__metadata__"] = {"format": "pt", "adapterhub_version": manifest.digest}
-    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw, order
+    metadata = {"format": "pt", "adapterhub_version": manifest.digest}
+    return encode_header(entries, metadata, sort_keys=True), order
 
 
 def native_stream(reg: Registry, manifest: Manifest) -> tuple[int, Iterator[bytes]]:

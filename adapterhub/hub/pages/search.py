@@ -15,7 +15,7 @@ from html import escape
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from adapterhub.cli.output import human_size
+from adapterhub.contracts.progress import human_size
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_response
 from adapterhub.hub.pages.card import CARD_LABEL
