@@ -1,13 +1,12 @@
-"""Options and helpers shared by commands that take an adapter (a directory or a REF)."""
+"""Options and argument parsers shared by the commands (which share nothing else)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from datetime import timedelta
+from typing import Any
 
 import click
-
-if TYPE_CHECKING:
-    from adapterhub.io.package import AdapterPackage
 
 db_option = click.option(
     "--db", metavar="URL",
@@ -23,24 +22,6 @@ expert_option = click.option("--expert", metavar="NAME",
                              help="For a mixture-of-experts version: the expert to fold in.")
 
 
-def packages_to_fold(sources: tuple[str, ...], db: str | None, expert: str | None
-                     ) -> list[AdapterPackage]:
-    """The adapters ``apply``/``merge`` fold: each source's package, or its chosen expert
-    (experts come from the source's registry, or the local one for a directory)."""
-    from adapterhub.registry import Registry
-    from adapterhub.registry.sources import RegistrySource, fold_component, resolve_source
-
-    packages = []
-    for source in sources:
-        resolved = resolve_source(source, db=db)
-        registry = resolved.registry if isinstance(resolved, RegistrySource) else None
-        package = resolved.package()
-        if package.method.composite:
-            registry = registry or Registry(db)
-        packages.append(fold_component(package, expert, registry=registry))
-    return packages
-
-
 def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
     """``("k=v", ...)`` → ``{"k": "v"}``."""
     from adapterhub.errors import RefError
@@ -52,3 +33,28 @@ def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
             raise RefError(f"labels are KEY=VALUE; got {pair!r}", hint="e.g. --label dataset=v2")
         labels[key.strip()] = value
     return labels
+
+
+def parse_weights(value: str | None) -> list[float] | None:
+    """``"1,0.5,-1"`` → ``[1.0, 0.5, -1.0]``."""
+    if value is None:
+        return None
+    try:
+        return [float(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers; got {value!r}") from None
+
+
+class Duration(click.ParamType):
+    """``90``, ``30s``, ``15m``, ``1h``, ``2d``."""
+
+    name = "duration"
+    _units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param, ctx) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration such as 0, 30s, 15m, 1h or 2d", param, ctx)
+        return timedelta(seconds=float(match.group(1)) * self._units[match.group(2)])

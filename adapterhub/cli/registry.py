@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import (db_option, force_option, json_option, parse_labels,
-                                   quiet_option)
-from adapterhub.cli.output import emit_json, table
+from adapterhub.cli.common import (Duration, db_option, force_option, json_option,
+                                   parse_labels, quiet_option)
+from adapterhub.cli.output import emit_json, table, version_line, when
 from adapterhub.contracts.progress import human_size
-
-
-class Duration(click.ParamType):
-    """``90``, ``30s``, ``15m``, ``1h``, ``2d``."""
-
-    name = "duration"
-    _units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-    def convert(self, value: Any, param, ctx) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration such as 0, 30s, 15m, 1h or 2d", param, ctx)
-        return timedelta(seconds=float(match.group(1)) * self._units[match.group(2)])
-
-
-def when(version) -> str:
-    return version.created_at.strftime("%Y-%m-%d %H:%M")
-
-
-def version_line(version) -> str:
-    tags = f"  [{', '.join(version.tags)}]" if version.tags else ""
-    return f"{version.ref}  {version.digest}{tags}"
 
 
 # -- commands ------------------------------------------------------------------------------------
