@@ -8,19 +8,21 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from adapterhub.registry import Registry
+from adapterhub.registry.http_registry import HttpRegistry
 from adapterhub.registry.sources import RegistrySource, fold_component, resolve_source
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
 
-#: what an API call accepts as its registry: an open one, a URL or path, or None (the default)
-RegistryArg = Registry | str | os.PathLike[str] | None
+#: what an API call accepts as its registry: an open one (a :class:`Registry`, or a hub's
+#: :class:`~adapterhub.registry.http_registry.HttpRegistry`), a URL or path, or None (the default)
+RegistryArg = Registry | HttpRegistry | str | os.PathLike[str] | None
 
 
 @contextlib.contextmanager
 def opened(registry: RegistryArg) -> Iterator[Registry]:
     """``registry`` itself, or the registry at that URL (default: the user's), closed after."""
-    if isinstance(registry, Registry):
+    if registry is not None and not isinstance(registry, (str, os.PathLike)):
         yield registry
         return
     with Registry(registry) as reg:
@@ -30,9 +32,9 @@ def opened(registry: RegistryArg) -> Iterator[Registry]:
 def registry_arg(registry: RegistryArg) -> tuple[Registry | None, str | None]:
     """``(registry object, URL)`` for :func:`resolve_source` (which opens a URL only for a
     ref)."""
-    if isinstance(registry, Registry):
-        return registry, None
-    return None, None if registry is None else os.fspath(registry)
+    if registry is None or isinstance(registry, (str, os.PathLike)):
+        return None, None if registry is None else os.fspath(registry)
+    return registry, None
 
 
 def packages_to_fold(sources: Sequence[str | os.PathLike[str] | AdapterPackage],

@@ -13,6 +13,10 @@ db_option = click.option(
     help="Registry: a SQLAlchemy URL or a SQLite path [env ADAPTERHUB_DB; default "
          "$ADAPTERHUB_HOME/registry.db].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+from_option = click.option(
+    "--from", "where", metavar="URL|REMOTE",
+    help="Work on this registry instead: a hub URL (over HTTP, as your token allows), a remote "
+         "name, or another registry's path or URL.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 force_option = click.option("--force", is_flag=True,
                             help="Replace a non-empty --out directory (as a whole, atomically).")

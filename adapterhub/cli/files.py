@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, force_option, json_option
+from adapterhub.cli.common import db_option, force_option, from_option, json_option
 from adapterhub.cli.output import emit_json, print_summary
 
 FORMATS = click.Choice(["peft"])
@@ -16,12 +16,18 @@ FORMATS = click.Choice(["peft"])
 @cli.command()
 @click.argument("source")
 @json_option
+@from_option
 @db_option
-def show(source: str, as_json: bool, db: str | None) -> None:
+def show(source: str, as_json: bool, where: str | None, db: str | None) -> None:
     """Summarise an adapter (a directory or a REF): method, config, base, tensors, digest."""
     from adapterhub.api.files import describe
+    from adapterhub.registry import open_registry
 
-    info = describe(source, registry=db)
+    if where is None:
+        info = describe(source, registry=db)
+    else:
+        with open_registry(where, db=db) as registry:
+            info = describe(source, registry=registry)
     if as_json:
         emit_json(info)
         return
