@@ -25,7 +25,7 @@ __all__ = [
     "ConflictError", "EntryNotFoundError", "ExportError", "FormatError",
     "IncompatibleBaseModelError", "IntegrityError", "InternalError", "InvalidRequestError",
     "LimitExceededError",
-    "ManifestError", "MergeError", "MethodNotAllowedError", "MissingBlobsError",
+    "ManifestError", "MergeError", "NoRecipeError", "MethodNotAllowedError", "MissingBlobsError",
     "MissingParentsError",
     "OutputExistsError", "PermissionDeniedError", "PluginLoadError", "PreconditionFailedError",
     "PromotionError", "QuantizationError", "RangeNotSatisfiableError", "RefError",
@@ -156,6 +156,12 @@ class MergeError(AdapterHubError, ValueError):
 
     code = "MergeFailed"
     status = 422
+
+
+class NoRecipeError(MergeError):
+    """``rebuild`` was asked for a version that no merge made (it has no recipe)."""
+
+    code = "NoRecipe"
 
 
 class PromotionError(AdapterHubError):

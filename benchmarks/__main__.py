@@ -16,7 +16,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
     names = argv or sorted(m.name for m in pkgutil.iter_modules([str(here)])
-                           if not m.name.startswith("_") and m.name != "common")
+                           if not m.name.startswith("_") and m.name != "harness")
     for name in names:
         start = time.perf_counter()
         print(f"== benchmarks.{name}", flush=True)

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+from benchmarks.harness import best_of, measure, settle
 
 RESULTS = Path(__file__).parent / "results" / "apply.json"
 SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
@@ -125,64 +123,6 @@ def write_lora(directory: Path, layers: int) -> None:
 # -- measuring ----------------------------------------------------------------------------
 
 
-def tree_anon_kib(pid: int) -> int:
-    """RssAnon of a process and all its descendants, in KiB."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines()
-                          if line.startswith("RssAnon:"))
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, StopIteration):
-            continue
-    return total
-
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall time, CPU time (user + system, the whole process tree) and peak process-tree
-    RssAnon of one command run to completion. CPU time hardly depends on what else the
-    machine is doing; wall time does."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})})
-    peak = 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_anon_kib(proc.pid))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "peak_anon_mb": round(peak / 1024, 1)}
-
-
-def settle(*paths: Path) -> None:
-    """Flush earlier writes, then read the inputs once so every run starts with them cached."""
-    os.sync()
-    for path in paths:
-        for file in sorted(path.rglob("*")):
-            if file.is_file():
-                with open(file, "rb") as fh:
-                    while fh.read(64 * 1024 * 1024):
-                        pass
-
-
 def compare(ours: Path, theirs: Path) -> dict[str, float]:
     """Max |difference| between two checkpoints, one tensor at a time, and how many differ."""
     from safetensors import safe_open
@@ -207,19 +147,6 @@ def compare(ours: Path, theirs: Path) -> dict[str, float]:
         elements += diff.numel()
     return {"max_abs_diff": worst, "differing_fraction": differing / elements,
             "tensors": len(a)}
-
-
-def best_of(times: int, cmd: list[str], out: Path, inputs: tuple[Path, ...],
-            env: dict[str, str] | None = None) -> dict:
-    """Run a command ``times`` times (output deleted after each); report every run and the
-    fastest, since other work on a shared machine only ever slows a run down."""
-    runs = []
-    for _ in range(times):
-        settle(*inputs)
-        runs.append(measure(cmd, env))
-        shutil.rmtree(out)
-    return {"wall_s": min(r["wall_s"] for r in runs), "cpu_s": min(r["cpu_s"] for r in runs),
-            "peak_anon_mb": max(r["peak_anon_mb"] for r in runs), "runs": runs}
 
 
 def main() -> dict:

@@ -26,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.apply import SHAPE, best_of, write_lora, write_model
+from benchmarks.apply import SHAPE, write_lora, write_model
+from benchmarks.harness import best_of
 
 RESULTS = Path(__file__).parent / "results" / "apply_quantized.json"
 LAYERS = (6, 12)

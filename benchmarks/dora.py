@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import machine, minilm, timed
+from benchmarks.harness import alternate, machine, median_ms, minilm
 
 RESULT = Path(__file__).parent / "results" / "dora.json"
 PLOT = Path(__file__).parent.parent / "docs" / "methods" / "dora.png"
@@ -104,9 +104,10 @@ def speed_linear(d: int = 4096, r: int = 16, reps: int = 9) -> dict[str, Any]:
         grad = torch.randn(tokens, d)
         with torch.no_grad():
             diff = (layer_o(x) - layer_t(x)).abs().max().item()
-        ms = timed({"peft_train": _train_step(layer_t, x, grad),
-                    "ours_train": _train_step(layer_o, x, grad),
-                    "peft_infer": _infer(layer_t, x), "ours_infer": _infer(layer_o, x)}, reps)
+        ms = median_ms(alternate({"peft_train": _train_step(layer_t, x, grad),
+                                  "ours_train": _train_step(layer_o, x, grad),
+                                  "peft_infer": _infer(layer_t, x),
+                                  "ours_infer": _infer(layer_o, x)}, reps))
         out[f"{tokens}_tokens"] = {
             "ms": ms, "max_abs_diff": diff,
             "ratio_train": round(ms["ours_train"] / ms["peft_train"], 3),
@@ -144,8 +145,8 @@ def speed_minilm(batch: int = 8, seq: int = 64, reps: int = 9) -> dict[str, Any]
                 model(**inputs)
         return step
 
-    ms = timed({"peft_train": train(theirs), "ours_train": train(ours),
-                "peft_infer": infer(theirs), "ours_infer": infer(ours)}, reps)
+    ms = median_ms(alternate({"peft_train": train(theirs), "ours_train": train(ours),
+                              "peft_infer": infer(theirs), "ours_infer": infer(ours)}, reps))
     return {"tokens": batch * seq, "adapted_layers": 31, "ms": ms,
             "ratio_train": round(ms["ours_train"] / ms["peft_train"], 3),
             "ratio_infer": round(ms["ours_infer"] / ms["peft_infer"], 3)}

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.registry import build_adapter, timed
+from benchmarks.harness import repeat
+from benchmarks.registry import build_adapter
 
 RESULTS = Path(__file__).parent / "results" / "hub.json"
 REPEAT = 5
@@ -106,16 +107,16 @@ def main() -> dict[str, Any]:
                 for i, src in enumerate(sources):
                     laptop.push(src, f"bench/a{i}", progress=False)
                 pushes = iter(range(REPEAT))
-                push_s = timed(lambda: laptop.push(f"bench/a{next(pushes)}", "bench/adapter",
+                push_s = repeat(lambda: laptop.push(f"bench/a{next(pushes)}", "bench/adapter",
                                                    to=url, progress=False), REPEAT)
 
             # pull: adapterhub into a fresh registry each time
             targets = iter(range(REPEAT))
-            pull_s = timed(lambda: _pull(root / f"pulled{next(targets)}.db", url), REPEAT)
+            pull_s = repeat(lambda: _pull(root / f"pulled{next(targets)}.db", url), REPEAT)
 
             # the same pull straight from the hub's database file (no HTTP), for the overhead
             direct = iter(range(REPEAT))
-            file_s = timed(lambda: _pull(root / f"direct{next(direct)}.db", str(hub_db)),
+            file_s = repeat(lambda: _pull(root / f"direct{next(direct)}.db", str(hub_db)),
                            REPEAT)
 
             # the same version through the Hugging Face protocol, into a fresh cache each time
@@ -127,11 +128,11 @@ def main() -> dict[str, Any]:
                                        cache_dir=root / f"hf{next(caches)}")
 
             first = Path(hf_download())  # renders and caches the files on the hub (untimed)
-            hf_s = timed(hf_download, REPEAT)
+            hf_s = repeat(hf_download, REPEAT)
             hf_bytes = first.stat().st_size
 
             copies = iter(range(REPEAT))
-            copy_s = timed(lambda: shutil.copyfile(first, root / f"copy{next(copies)}"),
+            copy_s = repeat(lambda: shutil.copyfile(first, root / f"copy{next(copies)}"),
                            REPEAT)
             show = show_rps(url, token, "bench/adapter@1")
         finally:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
+
+from benchmarks.harness import alternate, spread
 
 RESULTS = Path(__file__).parent / "results" / "methods.json"
 RANK, MELORA_N = 8, 4
@@ -71,29 +72,6 @@ def _variants(build: Callable[[], object], targets) -> dict[str, object]:
     }
 
 
-def interleaved(cases: dict[str, Callable[[], None]], reps: int, warmup: int = 1
-                ) -> dict[str, list[float]]:
-    """Time each case ``reps`` times, one of each per repetition, rotating the order."""
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return {"median_s": median, "q1_s": q1, "q3_s": q3, "min_s": min(samples),
-            "max_s": max(samples), "reps": len(samples)}
-
-
 def bench_layer(dtype_name: str) -> dict[str, list[float]]:
     import torch
     from torch import nn
@@ -115,7 +93,7 @@ def bench_layer(dtype_name: str) -> dict[str, list[float]]:
             model.zero_grad(set_to_none=True)
         return run
 
-    return interleaved({name: case(model) for name, model in models.items()}, LAYER_REPS)
+    return alternate({name: case(model) for name, model in models.items()}, LAYER_REPS)
 
 
 def bench_minilm(dtype_name: str) -> dict[str, list[float]]:
@@ -147,7 +125,7 @@ def bench_minilm(dtype_name: str) -> dict[str, list[float]]:
             model.zero_grad(set_to_none=True)
         return run
 
-    return interleaved({name: case(model) for name, model in models.items()}, MINILM_REPS)
+    return alternate({name: case(model) for name, model in models.items()}, MINILM_REPS)
 
 
 #: the ratios reported: name → (numerator case, denominator case)
@@ -198,7 +176,7 @@ def main() -> dict:
     for label, (fn, dtype) in settings.items():
         print(f"  {label} ...", flush=True)
         times = fn(dtype)
-        entry = {"results": {name: summary(samples) for name, samples in times.items()},
+        entry = {"results": {name: spread(samples) for name, samples in times.items()},
                  "seconds": times, "ratios": ratios(times)}
         entry["meets_targets"] = {key: entry["ratios"][key]["paired_median"] <= bound
                                   for key, bound in report["targets"].items()}

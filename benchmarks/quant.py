@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import alternate
+
 RESULTS = Path(__file__).parent / "results" / "quant.json"
 MATRIX = (4096, 4096)
 REPEATS = 5
@@ -47,19 +49,11 @@ SEEDS = (0, 1, 2)
 # -- timing ----------------------------------------------------------------------------------
 
 
-def alternate(contenders: dict, repeats: int = REPEATS) -> dict[str, dict[str, float]]:
-    """Run each contender ``repeats`` times, alternating, after one warm-up run each."""
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+def best_and_median(contenders: dict) -> dict[str, dict[str, float]]:
+    """Each contender's fastest and median seconds over :data:`REPEATS` alternating runs."""
+    times = alternate(contenders, REPEATS)
     return {name: {"best_s": min(t), "median_s": statistics.median(t)}
             for name, t in times.items()}
-
 
 def ratios(timing: dict, params: int) -> dict:
     """Throughputs and bitsandbytes-time / adapterhub-time (≥ 1: adapterhub as fast or faster)."""
@@ -107,9 +101,9 @@ def bench_matrix() -> dict:
               ).to(torch.bfloat16)
     ours, theirs = quantizer.quantize(weight, config), bnb_quantize(weight)
     check_equal(weight, ours, theirs, quantizer)
-    quantize = alternate({"adapterhub": lambda: quantizer.quantize(weight, config),
+    quantize = best_and_median({"adapterhub": lambda: quantizer.quantize(weight, config),
                           "bitsandbytes": lambda: bnb_quantize(weight)})
-    dequantize = alternate({"adapterhub": lambda: quantizer.dequantize(ours, torch.bfloat16),
+    dequantize = best_and_median({"adapterhub": lambda: quantizer.dequantize(ours, torch.bfloat16),
                             "bitsandbytes": lambda: bnb_dequantize(theirs)})
     return {"shape": list(MATRIX), "dtype": "bfloat16", "bit_exact": True,
             "quantize": ratios(quantize, weight.numel()),
@@ -177,10 +171,10 @@ def bench_checkpoint_kernels(base: Path) -> dict:
     for w, a, b in zip(weights, ours, theirs):
         check_equal(w, a, b, quantizer)
     params = sum(w.numel() for w in weights)
-    quantize = alternate({
+    quantize = best_and_median({
         "adapterhub": lambda: [quantizer.quantize(w, config) for w in weights],
         "bitsandbytes": lambda: [bnb_quantize(w) for w in weights]}, repeats=3)
-    dequantize = alternate({
+    dequantize = best_and_median({
         "adapterhub": lambda: [quantizer.dequantize(q, torch.bfloat16) for q in ours],
         "bitsandbytes": lambda: [bnb_dequantize(q) for q in theirs]}, repeats=3)
     return {"linear_weights": len(weights), "bit_exact": True,

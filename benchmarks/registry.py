@@ -19,23 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.harness import repeat
+
 RESULTS = Path(__file__).parent / "results" / "registry.json"
 LAYERS, MODULES, HIDDEN, RANK = 48, ("q_proj", "k_proj", "v_proj", "o_proj"), 4096, 16
 VERSIONS = 10_000
 REPOS = 100
-
-
-def timed(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None
-          ) -> list[float]:
-    """Wall times of ``fn`` (``setup`` runs before each, untimed)."""
-    times = []
-    for _ in range(repeat):
-        if setup:
-            setup()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def build_adapter(out: Path, seed: int = 0) -> int:
@@ -71,8 +60,8 @@ def bench_transfer(tmp: Path) -> dict[str, Any]:
     def clear(path: Path) -> Callable[[], None]:
         return lambda: shutil.rmtree(path, ignore_errors=True)
 
-    cp = timed(lambda: subprocess.run(["cp", "-r", str(src), str(tmp / "copy")], check=True),
-               7, clear(tmp / "copy"))
+    cp = repeat(lambda: subprocess.run(["cp", "-r", str(src), str(tmp / "copy")], check=True),
+                7, setup=clear(tmp / "copy"))
 
     class Fresh:
         """An empty, already migrated registry file before each timed call (setup, untimed)."""
@@ -88,15 +77,16 @@ def bench_transfer(tmp: Path) -> dict[str, Any]:
             self.registry = Registry(self.path)
 
     pushed = Fresh(tmp / "push.db")
-    push = timed(lambda: pushed.registry.push(src, "bench/adapter", progress=False), 5, pushed)
+    push = repeat(lambda: pushed.registry.push(src, "bench/adapter", progress=False), 5,
+                  setup=pushed)
     reg = pushed.registry
-    repush = timed(lambda: reg.push(src, "bench/adapter", progress=False), 7)
+    repush = repeat(lambda: reg.push(src, "bench/adapter", progress=False), 7)
     usage = reg.usage()
-    pull_files = timed(lambda: reg.pull("bench/adapter", out=tmp / "pulled", progress=False),
-                       5, clear(tmp / "pulled"))
+    pull_files = repeat(lambda: reg.pull("bench/adapter", out=tmp / "pulled", progress=False),
+                        5, setup=clear(tmp / "pulled"))
     target = Fresh(tmp / "pull.db")
-    pull_registry = timed(lambda: target.registry.pull("bench/adapter", source=reg.url,
-                                                       progress=False), 5, target)
+    pull_registry = repeat(lambda: target.registry.pull("bench/adapter", source=reg.url,
+                                                        progress=False), 5, setup=target)
     target.registry.close()
     reg.close()
     cp_s, push_s = statistics.median(cp), statistics.median(push)
@@ -135,7 +125,7 @@ def bench_codecs() -> dict[str, Any]:
         itemsize = values.to(dtype).element_size()
         row = {}
         for label, chosen in (("zstd", "zstd"), ("zstd+planes", codec.codec_for(itemsize))):
-            times = timed(lambda raw=raw, chosen=chosen: encode(raw, chosen), 5)
+            times = repeat(lambda raw=raw, chosen=chosen: encode(raw, chosen), 5)
             row[label] = {"stored_over_raw": len(encode(raw, chosen)) / len(raw),
                           "encode_mb_per_s": len(raw) / statistics.median(times) / 1e6}
         out[name] = row
@@ -171,14 +161,14 @@ def bench_latency(tmp: Path) -> dict[str, Any]:
             for _ in range(200)]
     with Registry(url) as reg:
         reg.resolve(refs[0])  # warm the connection pool
-        show = timed(lambda: [reg.resolve(r) for r in refs], 1)[0] / len(refs)
-        show_tag = timed(lambda: reg.resolve("team000/adapter:latest-run"), 50)
-        list_all = timed(lambda: reg.list(), 3)
-        list_repo = timed(lambda: reg.list("team042/"), 20)
-        list_label = timed(lambda: reg.list(labels={"branch": "dev"}), 5)
-        log_repo = timed(lambda: reg.log("team042/adapter"), 20)
+        show = repeat(lambda: [reg.resolve(r) for r in refs], 1)[0] / len(refs)
+        show_tag = repeat(lambda: reg.resolve("team000/adapter:latest-run"), 50)
+        list_all = repeat(lambda: reg.list(), 3)
+        list_repo = repeat(lambda: reg.list("team042/"), 20)
+        list_label = repeat(lambda: reg.list(labels={"branch": "dev"}), 5)
+        log_repo = repeat(lambda: reg.log("team042/adapter"), 20)
         count = len(reg.list())
-    cli = timed(lambda: subprocess.run(
+    cli = repeat(lambda: subprocess.run(
         [str(Path(sys.executable).parent / "adapterhub"), "show", refs[1], "--json", "--db",
          str(url)],
         check=True, capture_output=True), 3)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine
+from benchmarks.harness import machine
 from benchmarks.quality import (BATCH, LRS, PLANTED_NORM, SEQ, WARMUP, build_base,
                                 planted_delta)
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.harness import alternate, median_ms
+
 RESULT = Path(__file__).parent / "results" / "ttlora_moe.json"
 REFERENCE_FACTORS = {"q_proj": [[16, 8, 4, 4], [16, 8, 4, 4]],
                      "v_proj": [[16, 16, 4, 2], [16, 16, 2]]}
@@ -83,19 +85,6 @@ def _adapted(d_in: int, d_out: int, method: str, **fields: Any) -> nn.Module:
     return model[0]
 
 
-def _timed(steps: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
-    """Median milliseconds per call of each step, measured round-robin after a warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for name, step in steps.items():
-        step()
-    for _ in range(reps):
-        for name, step in steps.items():
-            begin = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - begin)
-    return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
-
-
 def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
              grad: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
@@ -145,7 +134,7 @@ def _speed_layers(batch: int, seq: int, reps: int) -> dict[str, Any]:
         steps["adapter/lora_r16"] = _fwd_bwd(layers["lora_r16"].adapter_forward, x, grad)
         steps.update({f"adapter/ttlora_{k}": _fwd_bwd(fn, x, grad)
                       for k, fn in contractions.items()})
-        ms = _timed(steps, reps)
+        ms = median_ms(alternate(steps, reps))
         out[label] = {
             "ms": ms,
             "m_factors": tt.m_factors, "n_factors": tt.n_factors,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine
+from benchmarks.harness import machine
 from benchmarks.ttlora_moe import (HELD_OUT_ROWS, SEQ, TASKS, TRAIN_ROWS, _mse_rows,
                                    _per_task_loss, _rows, _teacher, _teacher_targets)
 

@@ -140,6 +140,14 @@ class GcReport:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GcReport:
+        return cls(dry_run=data["dry_run"], retired=tuple(data["retired"]),
+                   purged=tuple(data["purged"]),
+                   kept_for_lineage=tuple(data["kept_for_lineage"]),
+                   blobs_removed=data["blobs_removed"], bytes_freed=data["bytes_freed"],
+                   uploads_removed=data["uploads_removed"])
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -153,6 +161,11 @@ class Problem:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "blob": self.blob,
                 "versions": list(self.versions)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
+        return cls(data["kind"], data["message"], data.get("blob"),
+                   tuple(data.get("versions", ())))
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,14 @@ class VerifyReport:
                 "bytes_checked": self.bytes_checked,
                 "unreferenced_blobs": self.unreferenced_blobs,
                 "partial_uploads": self.partial_uploads}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifyReport:
+        return cls(problems=tuple(Problem.from_dict(p) for p in data["problems"]),
+                   versions_checked=data["versions_checked"],
+                   blobs_checked=data["blobs_checked"], bytes_checked=data["bytes_checked"],
+                   unreferenced_blobs=data["unreferenced_blobs"],
+                   partial_uploads=data["partial_uploads"])
 
 
 @dataclass(frozen=True)

@@ -408,6 +408,28 @@ def test_hostile_names_headers_and_numbers(hub):
                    hub.log_path.read_text().splitlines())
 
 
+# -- maintenance routes ---------------------------------------------------------------------------
+
+
+def test_gc_and_verify_need_admin_on_the_whole_hub(hub):
+    service = RegistryService(hub.db)
+    team_admin = service.tokens.create(["admin:team"], name="team-admin")[0]
+    service.close()
+    before = usage(hub)
+    for client, status in [(hub.anon, 401), (hub.http["reader"], 403),
+                           (hub.http["attacker"], 403),
+                           (httpx.Client(base_url=hub.url, headers=bearer(team_admin)), 403)]:
+        for path in ("/api/v1/gc", "/api/v1/verify"):
+            r = client.post(path, json={"grace_s": 0})
+            assert r.status_code == status, (path, r.text)
+    admin = hub.http["admin"]
+    for bad in ({"keep_last": -1}, {"grace_s": "soon"}, {"dry_run": "yes"},
+                {"grace_s": 1e12}, {"per_label": "x" * 500}):
+        assert admin.post("/api/v1/gc", json=bad).status_code == 400, bad
+    assert usage(hub) == before  # nothing was collected by any refused call
+    assert admin.post("/api/v1/verify").json()["ok"] is True
+
+
 # -- 9. the web pages ---------------------------------------------------------------------------
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}

@@ -8,18 +8,8 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import db_option, expert_option, packages_to_fold
+from adapterhub.cli.common import db_option, expert_option, parse_weights
 from adapterhub.cli.output import emit_json
-
-
-def parse_weights(value: str | None) -> list[float] | None:
-    """``"1,0.5,-1"`` → ``[1.0, 0.5, -1.0]``."""
-    if value is None:
-        return None
-    try:
-        return [float(part) for part in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers; got {value!r}") from None
 
 
 @cli.command()
@@ -57,14 +47,13 @@ def apply(base: Path, adapters: tuple[str, ...], out: Path, weights: str | None,
     learned on: a quantized BASE is dequantized (to --dtype, default bf16) unless
     --requantize; a full-precision BASE has deq(Q(W)) rebuilt for the adapted weights.
     """
-    from adapterhub.engines.apply import apply_adapters
+    from adapterhub.api.build import apply as run
 
     # a terminated build unwinds like an interrupted one: its work directory is removed
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    packages = packages_to_fold(adapters, db, expert)
-    record = apply_adapters(base, packages, out, weights=parse_weights(weights),
-                            dtype=dtype, requantize=requantize, untouched=untouched,
-                            show_progress=not as_json)
+    record = run(base, adapters, out, weights=parse_weights(weights), dtype=dtype,
+                 requantize=requantize, untouched=untouched, expert=expert, registry=db,
+                 show_progress=not as_json)
     if as_json:
         emit_json(record)
         return

@@ -9,7 +9,7 @@ import click
 
 from adapterhub.cli import cli
 from adapterhub.cli.output import emit_json, table
-from adapterhub.cli.registry import Duration, db_option, json_option
+from adapterhub.cli.common import Duration, db_option, json_option
 
 
 @cli.command()

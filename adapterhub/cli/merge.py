@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.apply import parse_weights
-from adapterhub.cli.common import db_option, expert_option, json_option, packages_to_fold
+from adapterhub.cli.common import db_option, expert_option, json_option, parse_weights
 from adapterhub.cli.output import emit_json, table
 
 
@@ -55,32 +54,26 @@ def merge(adapters: tuple[str, ...], strategy: str, weights: str | None,
     The new version records its parents (the inputs' digests) and its recipe (strategy,
     weights, parameters, seed), so 'adapterhub rebuild' can recompute and check it.
     """
-    from adapterhub.io.outdir import refuse_non_empty
-    from adapterhub.cli.files import summary
-    from adapterhub.engines.merging import merge_adapters
-    from adapterhub.registry import Registry
+    from adapterhub.api.files import summary
+    from adapterhub.api.merge import merge as run
 
     if to is None and out is None:
         raise click.UsageError("give --to NS/NAME (store in the registry), --out DIR, or both")
-    if out is not None:
-        refuse_non_empty(out)
-    packages = packages_to_fold(adapters, db, expert)
-    merged = merge_adapters(packages, strategy, weights=parse_weights(weights),
-                            density=density, rank=rank, seed=seed, **parse_params(params))
-    if out is not None:
-        merged.save(out)
+    result = run(adapters, strategy, weights=parse_weights(weights), density=density,
+                 rank=rank, seed=seed, params=parse_params(params), to=to, out=out,
+                 message=message, expert=expert, registry=db, progress=not as_json)
+    merged = result.package
     info = summary(merged.manifest)
-    if to is not None:
-        with Registry(db) as registry:
-            result = registry.push(merged, to, message=message or f"{strategy} merge of "
-                                   f"{len(packages)} adapters", progress=not as_json)
+    if result.version is not None:
         info["ref"] = result.version.ref
     if as_json:
         emit_json(info)
         return
     where = "  ".join(str(x) for x in (info.get("ref"), out) if x is not None)
-    click.echo(f"{where}  {merged.digest}  (lora, r={merged.config.r}, "
-               f"{len(merged.manifest.base_model['modules'])} modules)")
+    rank_text = merged.manifest.method["config"].get("r")
+    click.echo(f"{where}  {merged.digest}  ({merged.manifest.method_name}"
+               + (f", r={rank_text}" if rank_text is not None else "")
+               + f", {len(merged.manifest.base_model['modules'])} modules)")
 
 
 @cli.command()
@@ -92,34 +85,22 @@ def rebuild(ref: str, as_json: bool, db: str | None) -> None:
 
     Exits 1 when the rebuilt digest differs from the stored one.
     """
-    from adapterhub.errors import IntegrityError
-    from adapterhub.engines.merging import replay
-    from adapterhub.registry import Registry
-    from adapterhub.registry.sources import fetch_version
+    from adapterhub.api.merge import rebuild as run
+    from adapterhub.errors import NoRecipeError
 
-    with Registry(db) as registry:
-        version = registry.resolve(ref)
-        manifest = version.manifest
-        if manifest.recipe is None:
-            raise click.UsageError(f"{version.ref} has no merge recipe: it was not made by "
-                                   f"'adapterhub merge'")
-        parents = [fetch_version(digest, registry, what=f"parent {index + 1}")
-                   for index, digest in enumerate(manifest.parents)]
-        rebuilt = replay(parents, manifest.recipe)
-    same = rebuilt.digest == manifest.digest
+    try:
+        result = run(ref, registry=db)
+    except NoRecipeError as exc:  # not a merge: a usage error, as any wrong argument
+        raise click.UsageError(exc.message) from None
     if as_json:
-        emit_json({"ref": version.ref, "digest": manifest.digest,
-                   "rebuilt": rebuilt.digest, "ok": same})
-        if not same:
+        emit_json({"ref": result.ref, "digest": result.digest, "rebuilt": result.rebuilt,
+                   "ok": result.ok})
+        if not result.ok:
             raise SystemExit(1)
         return
-    if not same:
-        raise IntegrityError(f"rebuilding {version.ref} gave {rebuilt.digest}, not its stored "
-                             f"{manifest.digest}",
-                             hint="The parents, the strategy plugin or the numeric libraries "
-                                  "differ from those that built it; compare 'adapterhub diff'")
-    click.echo(f"ok: {version.ref} rebuilt from {len(parents)} parents by "
-               f"{manifest.recipe['strategy']}; digest {manifest.digest} matches")
+    result.raise_for_mismatch()
+    click.echo(f"ok: {result.ref} rebuilt from {result.parents} parents by "
+               f"{result.strategy}; digest {result.digest} matches")
 
 
 @cli.command()

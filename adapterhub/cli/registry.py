@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import (db_option, force_option, json_option, parse_labels,
-                                   quiet_option)
-from adapterhub.cli.output import emit_json, table
+from adapterhub.cli.common import (Duration, db_option, force_option, from_option,
+                                   json_option, parse_labels, quiet_option)
+from adapterhub.cli.output import emit_json, table, version_line, when
 from adapterhub.contracts.progress import human_size
-
-
-class Duration(click.ParamType):
-    """``90``, ``30s``, ``15m``, ``1h``, ``2d``."""
-
-    name = "duration"
-    _units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-    def convert(self, value: Any, param, ctx) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration such as 0, 30s, 15m, 1h or 2d", param, ctx)
-        return timedelta(seconds=float(match.group(1)) * self._units[match.group(2)])
-
-
-def when(version) -> str:
-    return version.created_at.strftime("%Y-%m-%d %H:%M")
-
-
-def version_line(version) -> str:
-    tags = f"  [{', '.join(version.tags)}]" if version.tags else ""
-    return f"{version.ref}  {version.digest}{tags}"
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -130,13 +104,14 @@ def pull(ref: str, source: str | None, out: Path | None, fmt: str, force: bool, 
 @click.option("--base", metavar="FINGERPRINT|NAME", help="Only adapters of this base model.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Only with this label.")
 @json_option
+@from_option
 @db_option
 def list_(prefix: str | None, method: str | None, base: str | None, labels: tuple[str, ...],
-          as_json: bool, db: str | None) -> None:
+          as_json: bool, where: str | None, db: str | None) -> None:
     """List versions (newest first per repository)."""
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         versions = reg.list(prefix, method=method, base=base, labels=parse_labels(labels))
     if as_json:
         emit_json([v.to_dict() for v in versions])
@@ -149,12 +124,13 @@ def list_(prefix: str | None, method: str | None, base: str | None, labels: tupl
 @cli.command()
 @click.argument("name")
 @json_option
+@from_option
 @db_option
-def log(name: str, as_json: bool, db: str | None) -> None:
+def log(name: str, as_json: bool, where: str | None, db: str | None) -> None:
     """Show the versions of one repository, newest first."""
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         versions = reg.log(name)
     if as_json:
         emit_json([v.to_dict() for v in versions])
@@ -200,15 +176,17 @@ def diff(a: str, b: str, as_json: bool, db: str | None) -> None:
 @click.argument("tag", required=False)
 @click.option("--delete", is_flag=True, help="Delete the tag in REF (ns/name:TAG).")
 @json_option
+@from_option
 @db_option
-def tag(ref: str, tag: str | None, delete: bool, as_json: bool, db: str | None) -> None:
+def tag(ref: str, tag: str | None, delete: bool, as_json: bool, where: str | None,
+        db: str | None) -> None:
     """Point TAG at REF, or delete a tag: tag --delete ns/name:TAG."""
     from adapterhub.errors import RefError
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
     if delete == (tag is not None):
         raise RefError("give either REF TAG, or --delete ns/name:TAG")
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         version = reg.untag(ref) if delete else reg.tag(ref, tag)
     if as_json:
         emit_json(version.to_dict())
@@ -221,12 +199,13 @@ def tag(ref: str, tag: str | None, delete: bool, as_json: bool, db: str | None) 
 @cli.command()
 @click.argument("ref")
 @json_option
+@from_option
 @db_option
-def rm(ref: str, as_json: bool, db: str | None) -> None:
+def rm(ref: str, as_json: bool, where: str | None, db: str | None) -> None:
     """Delete a version (soft: gc reclaims its bytes)."""
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         version = reg.rm(ref)
     if as_json:
         emit_json(version.to_dict())
@@ -245,16 +224,17 @@ def rm(ref: str, as_json: bool, db: str | None) -> None:
 @click.option("--grace", type=Duration(), default="1h", show_default=True,
               help="Keep unreferenced blobs touched this recently (pushes in flight).")
 @json_option
+@from_option
 @db_option
 def gc(prefix: str | None, keep_last: int | None, keep_tagged: bool, per_label: str | None,
-       dry_run: bool, grace: timedelta, as_json: bool, db: str | None) -> None:
+       dry_run: bool, grace: timedelta, as_json: bool, where: str | None, db: str | None) -> None:
     """Apply retention, then remove deleted versions and unreferenced blobs.
 
     PREFIX limits the retention policy to repositories whose name starts with it.
     """
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         report = reg.gc(keep_last=keep_last, keep_tagged=keep_tagged, per_label=per_label,
                         prefix=prefix, dry_run=dry_run, grace=grace)
     if as_json:
@@ -273,13 +253,14 @@ def gc(prefix: str | None, keep_last: int | None, keep_tagged: bool, per_label: 
 
 @cli.command()
 @json_option
+@from_option
 @db_option
-def verify(as_json: bool, db: str | None) -> None:
+def verify(as_json: bool, where: str | None, db: str | None) -> None:
     """Re-hash every blob and check every reference (exit 1 on any problem)."""
     from adapterhub.errors import IntegrityError
-    from adapterhub.registry import Registry
+    from adapterhub.registry import open_registry
 
-    with Registry(db) as reg:
+    with open_registry(where, db=db) as reg:
         report = reg.verify()
     if as_json:
         emit_json(report.to_dict())

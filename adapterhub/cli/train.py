@@ -9,7 +9,6 @@ import click
 from adapterhub.cli import cli
 from adapterhub.cli.common import db_option, json_option, parse_labels
 from adapterhub.cli.output import emit_json
-from adapterhub.registry.sources import resolve_source
 
 
 @cli.command()
@@ -49,46 +48,31 @@ def train(method: str, config_pairs: tuple[str, ...], base: Path, data: Path, ta
           message: str | None, labels: tuple[str, ...], quiet: bool, as_json: bool,
           db: str | None) -> None:
     """Train an adapter; save it as a package (--out) and/or push it (--push)."""
+    from adapterhub.api.train import train as run
     from adapterhub.contracts.plugins import get_method
     from adapterhub.contracts.progress import write
-    from adapterhub.registry import Registry
-    from adapterhub.engines.training import train as run
-    from adapterhub.engines.training import train_composite
 
     if out is None and push_to is None:
         raise click.UsageError("say where the trained adapter goes: --out DIR, --push NS/NAME "
                                "or both")
+    if experts and config_pairs:
+        raise click.UsageError("--config does not apply with --experts (the experts fix the "
+                               "adapted layers)")
+
+    def log(record: dict) -> None:
+        write(f"step {record['step']}/{record['steps']}  epoch {record['epoch']}  "
+              f"loss {record['loss']:.4f}")
+
     method_obj = get_method(method)
-    if experts:
-        if config_pairs:
-            raise click.UsageError("--config does not apply with --experts (the experts fix "
-                                   "the adapted layers)")
-        packages = [resolve_source(source.strip(), db=db).package()
-                    for source in experts.split(",") if source.strip()]
-        package = train_composite(base, data, task=task, method=method_obj, experts=packages,
-                                epochs=epochs, lr=lr, batch_size=batch_size,
-                                max_length=max_length, seed=seed,
-                                show_progress=not (quiet or as_json),
-                                labels=parse_labels(labels))
-    else:
-        config = method_obj.Config.from_strings(config_pairs)
-
-        def log(record: dict) -> None:
-            write(f"step {record['step']}/{record['steps']}  epoch {record['epoch']}  "
-                  f"loss {record['loss']:.4f}")
-
-        package = run(base, data, task=task, method=method_obj, config=config, epochs=epochs,
-                      lr=lr, batch_size=batch_size, max_length=max_length,
-                      eval_fraction=eval_fraction, seed=seed, on_log=None if quiet else log,
-                      show_progress=not (quiet or as_json), labels=parse_labels(labels))
-    if out is not None:
-        package.save(out)
-    ref = None
-    if push_to is not None:
-        with Registry(db) as registry:
-            ref = registry.push(package, push_to, message=message or
-                                f"adapterhub train --method {method_obj.name}",
-                                progress=False).version.ref
+    result = run(method, base, data, task=task,
+                 config=None if experts else method_obj.Config.from_strings(config_pairs),
+                 experts=[e.strip() for e in (experts or "").split(",") if e.strip()],
+                 epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                 eval_fraction=eval_fraction, seed=seed, labels=parse_labels(labels), out=out,
+                 push=push_to, message=message, registry=db, on_log=None if quiet else log,
+                 show_progress=not (quiet or as_json))
+    package = result.package
+    ref = result.version.ref if result.version else None
     metrics = package.manifest.metrics
     if as_json:
         emit_json({"out": str(out) if out else None, "ref": ref, "digest": package.digest,

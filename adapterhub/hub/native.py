@@ -24,7 +24,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -388,3 +388,31 @@ def delete_version(namespace: str, name: str, number: int,
     if not 0 < number < 2**62:
         raise InvalidRequestError(f"version numbers start at 1; got {number}")
     return json_response(reg.rm(f"{full_name(namespace, name)}@{number}").to_dict())
+
+
+# -- maintenance (admin on the whole hub; the store checks) ---------------------------------
+
+
+@router.post("/api/v1/gc")
+def gc(body: dict = Depends(json_object), reg: Registry = Depends(registry)) -> Response:
+    """Retention, then mark and sweep (``adapterhub gc --from URL``)."""
+    keep_last, grace = body.get("keep_last"), body.get("grace_s", 3600)
+    flags = (body.get("keep_tagged", False), body.get("dry_run", False))
+    if (keep_last is not None and (type(keep_last) is not int or keep_last < 0)) \
+            or not all(isinstance(f, bool) for f in flags) \
+            or not isinstance(grace, (int, float)) or isinstance(grace, bool) \
+            or not 0 <= grace <= 10 * 365 * 86400:
+        raise InvalidRequestError("gc takes keep_last (an integer ≥ 0), keep_tagged and "
+                                  "dry_run (booleans), per_label and prefix (strings) and "
+                                  "grace_s (seconds)")
+    report = reg.gc(keep_last=keep_last, keep_tagged=flags[0],
+                    per_label=string_field(body, "per_label", limit=64),
+                    prefix=string_field(body, "prefix", limit=129), dry_run=flags[1],
+                    grace=timedelta(seconds=grace))
+    return json_response(report.to_dict())
+
+
+@router.post("/api/v1/verify")
+def verify(reg: Registry = Depends(registry)) -> Response:
+    """Re-hash every blob and check every reference (``adapterhub verify --from URL``)."""
+    return json_response(reg.verify().to_dict())

@@ -25,11 +25,14 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.registry.ci import default_author
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
-from adapterhub.registry.remotes import (DatabaseRemote, ancestors_to_copy, canonical_url, copy_version, is_path_like, open_remote, remote_class, send_version)
 from adapterhub.contracts.remote import Remote
+from adapterhub.registry.remotes import (DatabaseRemote, ancestors_to_copy, canonical_url,
+                                         copy_version, is_path_like, open_remote, remote_class,
+                                         scheme_of, send_version)
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry.http_registry import HttpRegistry
     from adapterhub.registry.sources import Source
     from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
                              VerifyReport, VersionInfo)
@@ -329,3 +332,32 @@ class Registry:
             raise AdapterNotFoundError(f"no remote named {name_or_url!r} (remotes: {names})",
                                        hint="Add one with: adapterhub remote add NAME URL")
         return open_remote(name_or_url)
+
+
+def open_registry(where: str | None = None, *, db: str | os.PathLike[str] | None = None
+                  ) -> Registry | HttpRegistry:
+    """The registry a command works on: the local one (``db``), or, with ``where`` (a remote
+    name, a hub URL, or another registry's path or URL), that one. A hub answers over HTTP
+    (:class:`~adapterhub.registry.http_registry.HttpRegistry`); a database is opened
+    directly."""
+    from adapterhub.registry.http_registry import HttpRegistry
+
+    if where is None:
+        return Registry(db)
+    url = where
+    if "://" not in where and not is_path_like(where):
+        with Registry(db) as local:
+            known = local.service.remotes.get(where)
+            if known is None:
+                names = ", ".join(r.name for r in local.remotes()) or "none"
+                raise AdapterNotFoundError(f"no remote named {where!r} (remotes: {names})",
+                                           hint="Add one with: adapterhub remote add NAME URL")
+        url = known.url
+    scheme = scheme_of(url)
+    if scheme in ("http", "https"):
+        return HttpRegistry(url)
+    if scheme in ("sqlite", "postgresql"):
+        return Registry(url)
+    raise RefError(f"{url} is a {scheme}:// remote; list, log, show, tag, rm, gc and verify "
+                   f"work on a registry database or an adapterhub hub",
+                   hint="Use the remote's own tools, or pull from it first")
