@@ -307,7 +307,6 @@ def test_metric_plots_over_versions_with_tags(hub, page, tmp_path):
         marks = {m.get_attribute("data-version"): m.text_content()
                  for m in plot.locator("g.tagmark").all()}
         assert marks == {"1": "baseline", "3": "prod"}
-    shot(page.locator(".plots"), "metrics", tmp_path)
     shot(page, "repository", tmp_path)
     # a point is a link to its version
     page.locator("svg.metric[data-metric='accuracy'] circle[data-version='2']").click()
