@@ -8,19 +8,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError,
-                               ExportError, FormatError, IncompatibleBaseModelError,
-                               IntegrityError, MergeError, MissingBlobsError, PluginLoadError,
-                               PromotionError, QuantizationError, RefError, RegistrationError,
-                               RegistryError, TargetError, UnknownMethodError,
-                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
-                               UnknownStrategyError,
-                               UnsafeFormatError)
-from adapterhub.hookspecs import hookimpl
+from adapterhub.contracts.config import ConfigBase, MethodConfig, QuantizerConfig
 from adapterhub.contracts.lazy import lazy_exports
 from adapterhub.contracts.method import AdapterMethod
-from adapterhub.contracts.config import ConfigBase, MethodConfig, QuantizerConfig
 from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
+from adapterhub.errors import (
+    AdapterHubError,
+    AdapterNotFoundError,
+    ConfigError,
+    ExportError,
+    FormatError,
+    IncompatibleBaseModelError,
+    IntegrityError,
+    MergeError,
+    MissingBlobsError,
+    PluginLoadError,
+    PromotionError,
+    QuantizationError,
+    RefError,
+    RegistrationError,
+    RegistryError,
+    TargetError,
+    UnknownMethodError,
+    UnknownPluginError,
+    UnknownQuantizerError,
+    UnknownRemoteError,
+    UnknownStrategyError,
+    UnsafeFormatError,
+)
+from adapterhub.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -42,12 +58,12 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from adapterhub.api.adapters import load
-    from adapterhub.engines.adapters import attach, attached, extract, param_groups, unload
     from adapterhub.contracts.layers import AdaptedLayer
-    from adapterhub.io.package import AdapterPackage
     from adapterhub.contracts.plugins import get_method, get_plugin_manager, get_quantizer
-    from adapterhub.registry import Registry
+    from adapterhub.engines.adapters import attach, attached, extract, param_groups, unload
     from adapterhub.engines.quantization import quantize_model
+    from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry import Registry
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 

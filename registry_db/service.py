@@ -29,14 +29,37 @@ from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
 from registry_db.database import Database, batched, utcnow
 from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
-                                InvalidRequestError, LimitExceededError, MissingBlobsError,
-                                MissingParentsError, PermissionDeniedError, RefError)
+from registry_db.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    IntegrityError,
+    InvalidRequestError,
+    LimitExceededError,
+    MissingBlobsError,
+    MissingParentsError,
+    PermissionDeniedError,
+    RefError,
+)
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version,
-                                VersionLabel, VersionTensor)
-from registry_db.records import (CommitResult, EventInfo, GcReport, Usage, VerifyReport,
-                                 VersionInfo, version_infos)
+from registry_db.models import (
+    Blob,
+    Event,
+    Lineage,
+    Repository,
+    Tag,
+    Version,
+    VersionLabel,
+    VersionTensor,
+)
+from registry_db.records import (
+    CommitResult,
+    EventInfo,
+    GcReport,
+    Usage,
+    VerifyReport,
+    VersionInfo,
+    version_infos,
+)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.tokens import TokenStore

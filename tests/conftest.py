@@ -19,7 +19,7 @@ def _no_registry_env(monkeypatch):
 def postgres():
     """A real PostgreSQL server for the session (see tests/pg_server.py); fails loudly when
     the binaries are missing."""
-    from pg_server import PostgresServer
+    from helpers.pg_server import PostgresServer
 
     server = PostgresServer()
     server.start()

@@ -18,9 +18,9 @@ import time
 
 import httpx
 import pytest
-from hub_server import HubProcess
-from registry_helpers import LOCAL, push_raw
-from wire import bearer, bundle, digest, manifest_for, manifest_with
+from helpers.hub_server import HubProcess
+from helpers.registry_helpers import LOCAL, push_raw
+from helpers.wire import bearer, bundle, digest, manifest_for, manifest_with
 
 from registry_db import RegistryService
 

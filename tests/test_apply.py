@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers.dense_delta_method import dense_method  # noqa: F401 (a fixture)
 from safetensors.torch import load_file, save_file
 
 from adapterhub import AdapterPackage, IncompatibleBaseModelError
-from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
-from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.cli import cli
+from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
 from adapterhub.errors import OutputExistsError
+from adapterhub.io.checkpoint import INDEX_FILE, Checkpoint
 from adapterhub.io.safetensors import read_header
-from dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
 
 def load_dir(directory: Path) -> dict[str, torch.Tensor]:

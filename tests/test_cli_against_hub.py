@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry

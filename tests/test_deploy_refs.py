@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from adapterhub_ttlora_moe import load_moe, train_router
 from click.testing import CliRunner
 
 import adapterhub
 from adapterhub.cli import cli
 from adapterhub.registry import Registry
-from adapterhub_ttlora_moe import load_moe, train_router
 
 TASKS = ["alpha", "beta", "gamma"]
 

@@ -3,20 +3,19 @@ forward (both paths), gradients, merge, PEFT files both ways, apply, merges and 
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
+import transformers
+from peft.tuners.lora import variants
 from safetensors.torch import load_file
 
 import adapterhub
+from adapterhub.contracts.layers import adapted_layers
 from adapterhub.engines.apply import apply_adapters
+from adapterhub.engines.merging import merge_adapters
 from adapterhub.io.formats.lint import check_target
 from adapterhub.io.formats.peft import read_peft, write_peft
-from adapterhub.engines.merging import merge_adapters
-from adapterhub.contracts.layers import adapted_layers
-
-import peft
-import transformers
-from peft.tuners.lora import variants
 
 TARGETS = ["query", "value", "dense"]
 CONFIG = dict(r=8, lora_alpha=16, target_modules=TARGETS)

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from adapterhub import AdapterPackage, ExportError
 from adapterhub.cli import cli
+from adapterhub.engines.merging import merge_adapters
 from adapterhub.io.formats.peft import read_peft
 from adapterhub.io.formats.vllm import vllm_layout
-from adapterhub.engines.merging import merge_adapters
 
 
 def tiny_llama():

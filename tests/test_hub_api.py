@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 import torch
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 from adapterhub.errors import AuthenticationError, PermissionDeniedError
 from adapterhub.io.package import AdapterPackage

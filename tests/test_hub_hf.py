@@ -15,7 +15,7 @@ import textwrap
 import httpx
 import pytest
 import torch
-from hub_server import HubServer
+from helpers.hub_server import HubServer
 
 import adapterhub
 from adapterhub.registry import Registry

@@ -1,6 +1,6 @@
 """The hub's pages as a person sees them: real headless Chromium (Debian's, driven by
 Playwright; no browser is downloaded) against a real uvicorn hub over a registry seeded
-through the Python API and ``adapterhub merge`` (see ``pages_seed.py``).
+through the Python API and ``adapterhub merge`` (see ``helpers/pages_seed.py``).
 
 Each test opens pages, reads what is rendered (text, links, SVG nodes and points), follows
 links and forms as a person would, and saves a screenshot: to ``$ADAPTERHUB_SCREENSHOTS``
@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from hub_server import HubServer
-from pages_seed import BOT_VERSIONS, seed_hub
+from helpers.hub_server import HubServer
+from helpers.pages_seed import BOT_VERSIONS, seed_hub
 from playwright.sync_api import Page, sync_playwright
 
 from adapterhub.cli import cli

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from hub_server import HubProcess
-from registry_helpers import LOCAL, digest_of, manifest_for
+from helpers.hub_server import HubProcess
+from helpers.registry_helpers import LOCAL, digest_of, manifest_for
 
 from adapterhub.registry.remotes import open_remote, send_version
 from registry_db import RegistryService

@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from hub_server import HubServer
+from helpers.hub_server import HubServer
+from helpers.registry_helpers import LOCAL
+from helpers.wire import bearer, bundle, digest, manifest_for
 
 from registry_db.codec import CHUNK_SIZE
 from registry_db.database import utcnow
-from registry_helpers import LOCAL
-from wire import bearer, bundle, digest, manifest_for
 
 
 @pytest.fixture

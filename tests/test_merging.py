@@ -8,14 +8,14 @@ import json
 
 import pytest
 import torch
+from adapterhub_merging import functions
 from click.testing import CliRunner
+from helpers.dense_delta_method import dense_method  # noqa: F401 (a fixture)
 
 from adapterhub import AdapterPackage, MergeError
 from adapterhub.cli import cli
-from adapterhub.engines.merging import merge_adapters, replay
 from adapterhub.contracts.strategy import refactor, truncated_svd
-from adapterhub_merging import functions
-from dense_delta_method import dense_method  # noqa: F401 (a fixture)
+from adapterhub.engines.merging import merge_adapters, replay
 
 SHAPES = {"enc.a": (12, 8), "enc.b": (8, 12)}
 

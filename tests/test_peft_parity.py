@@ -1,13 +1,12 @@
 """LoRA parity with PEFT on the real MiniLM model and on a GPT-2-style Conv1D model."""
 
+import peft
 import pytest
 import torch
+import transformers
 
 import adapterhub
 from adapterhub.io.formats.peft import write_peft
-
-import peft
-import transformers
 
 TARGETS = ["query", "value", "word_embeddings"]
 
@@ -134,8 +133,8 @@ def test_peft_saved_adapter_imports(pair, inputs, minilm_path, tmp_path):
 
 
 def test_adapter_checks_against_minilm_headers(pair, minilm_path, tmp_path):
-    from adapterhub.io.checkpoint import Checkpoint
     from adapterhub.engines.compat import check_base
+    from adapterhub.io.checkpoint import Checkpoint
 
     ours, _ = pair
     package = adapterhub.extract(ours)

@@ -12,10 +12,9 @@ import itertools
 
 import pytest
 import torch
+from bitsandbytes import functional as bnb_functional
 
 import adapterhub
-
-from bitsandbytes import functional as bnb_functional
 
 SHAPES = [(1,), (7,), (63,), (64,), (65,), (3, 5), (33, 17), (130, 70), (127, 129), (64, 64),
           (300, 257), (4097,), (64 * 256 + 1, 1), (1000, 70), (96, 128)]

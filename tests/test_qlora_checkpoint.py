@@ -6,15 +6,13 @@ import json
 
 import pytest
 import torch
+import transformers
 from click.testing import CliRunner
 
 import adapterhub
-from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.cli import cli
-from adapterhub.io.checkpoint import load_quantized, read_quantized, stored_quantized
 from adapterhub.engines.quantize_checkpoint import quantize_checkpoint
-
-import transformers
+from adapterhub.io.checkpoint import Checkpoint, load_quantized, read_quantized, stored_quantized
 
 CONFIG = dict(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers.registry_helpers import LOCAL
 from sqlalchemy import select, update
 
 from adapterhub.io.package import AdapterPackage
 from registry_db.models import Blob, Chunk
-from registry_helpers import LOCAL
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0", "lin1"]}
 

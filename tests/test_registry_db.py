@@ -3,14 +3,20 @@
 from datetime import timedelta
 
 import pytest
+from helpers.registry_helpers import LOCAL, digest_of, manifest_for, push_raw, tensor_bytes
 from sqlalchemy import select, update
 
-from registry_db import (ConflictError, IntegrityError, MissingBlobsError,
-                         MissingParentsError, AdapterNotFoundError, RegistryService)
+from registry_db import (
+    AdapterNotFoundError,
+    ConflictError,
+    IntegrityError,
+    MissingBlobsError,
+    MissingParentsError,
+    RegistryService,
+)
 from registry_db import codec as codec_module
 from registry_db.errors import InvalidRequestError, LimitExceededError, RefError
 from registry_db.models import Blob, Chunk
-from registry_helpers import LOCAL, digest_of, manifest_for, push_raw, tensor_bytes
 
 NOW = timedelta(0)
 

@@ -5,7 +5,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from registry_db import RegistryService, RegistryError
+from registry_db import RegistryError, RegistryService
 from registry_db.engine import SCHEMA_REVISION, alembic_config, normalize_url
 
 

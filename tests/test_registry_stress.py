@@ -11,9 +11,10 @@ import signal
 import time
 from datetime import timedelta
 
+from helpers.registry_helpers import LOCAL, digest_of, push_raw, tensor_bytes
+
 from registry_db import RegistryService
 from registry_db import codec as codec_module
-from registry_helpers import LOCAL, digest_of, push_raw, tensor_bytes
 
 FORK = multiprocessing.get_context("fork")
 SHARED = tensor_bytes(0, 4096)  # every concurrent pusher stores this blob too

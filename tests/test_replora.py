@@ -3,18 +3,17 @@ LoRA its generators produced (PEFT loads it, vLLM's check passes), and bad confi
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
-
-import adapterhub
-from adapterhub.io.formats.lint import check_target
-from adapterhub.io.formats.peft import write_peft
-from adapterhub.contracts.layers import adapted_layers
+import transformers
 from adapterhub_lora import LoraLinear
 from adapterhub_replora import ReploraLinear
 
-import peft
-import transformers
+import adapterhub
+from adapterhub.contracts.layers import adapted_layers
+from adapterhub.io.formats.lint import check_target
+from adapterhub.io.formats.peft import write_peft
 
 TARGETS = ["query", "value"]
 

@@ -89,8 +89,8 @@ def test_train_ttlora_experts_then_their_mixture(minilm, data, tmp_path):
 
 
 def test_routing_rows_must_name_their_expert(tmp_path):
-    from adapterhub.errors import FormatError
     from adapterhub.engines.training import read_routing_jsonl
+    from adapterhub.errors import FormatError
 
     path = tmp_path / "routing.jsonl"
     path.write_text('{"text": "the soup was great", "task": "cooking"}\n'

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 import adapterhub
 from adapterhub.cli import cli
-from adapterhub.errors import FormatError
 from adapterhub.engines.training import evaluate, load_base, read_jsonl, train
+from adapterhub.errors import FormatError
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,19 @@ import math
 
 import pytest
 import torch
+from adapterhub_ttlora_moe.layers import TTLoraLinear
+from adapterhub_ttlora_moe.method import split_cores
+from adapterhub_ttlora_moe.tensor_train import (
+    balanced_factors,
+    contract,
+    core_shapes,
+    dense_delta,
+    sequential_contract,
+)
 from torch import nn
 
 import adapterhub
 from adapterhub.contracts.layers import adapted_layers
-from adapterhub_ttlora_moe.layers import TTLoraLinear
-from adapterhub_ttlora_moe.method import split_cores
-from adapterhub_ttlora_moe.tensor_train import (balanced_factors, contract, core_shapes,
-                                                dense_delta, sequential_contract)
 
 # (d_in, d_out, explicit [m_factors, n_factors] or None for the automatic factorisation)
 SHAPES = [

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-import adapterhub
-from adapterhub.contracts.layers import adapted_layers
 from adapterhub_ttlora_moe import load_moe, route, train_router
 from adapterhub_ttlora_moe.moe import router_of
 from adapterhub_ttlora_moe.router import Router
 from test_ttlora_moe import TASKS, _bert, _expert, _rows
+
+import adapterhub
+from adapterhub.contracts.layers import adapted_layers
 
 
 def _mse(output, target):

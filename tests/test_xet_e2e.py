@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from xet_hub import XetTestHub
+from helpers.xet_hub import XetTestHub
 
 from adapterhub.xet.hashes import chunk_hash, hash_to_hex
 from adapterhub.xet.pack import pack_file

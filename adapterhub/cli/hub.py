@@ -8,8 +8,8 @@ from datetime import timedelta
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.output import emit_json, table
 from adapterhub.cli.common import Duration, db_option, json_option
+from adapterhub.cli.output import emit_json, table
 
 
 @cli.command()

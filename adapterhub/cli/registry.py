@@ -8,11 +8,17 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import (Duration, db_option, force_option, from_option,
-                                   json_option, parse_labels, quiet_option)
+from adapterhub.cli.common import (
+    Duration,
+    db_option,
+    force_option,
+    from_option,
+    json_option,
+    parse_labels,
+    quiet_option,
+)
 from adapterhub.cli.output import emit_json, table, version_line, when
 from adapterhub.contracts.progress import human_size
-
 
 # -- commands ------------------------------------------------------------------------------------
 
@@ -53,8 +59,8 @@ def push(source: str, name: str, to: str | None, message: str | None, tags: tupl
     SOURCE is a native package directory, a PEFT directory, or a ref in the local registry.
     Only blobs the registry lacks are sent; pushing identical content changes nothing.
     """
-    from adapterhub.registry.ci import ci_labels
     from adapterhub.registry import Registry
+    from adapterhub.registry.ci import ci_labels
 
     extra = {**(ci_labels() if ci else {}), **parse_labels(labels)}
     with Registry(db) as reg:

@@ -7,8 +7,8 @@ import re
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.output import emit_json, table
 from adapterhub.cli.common import db_option, json_option
+from adapterhub.cli.output import emit_json, table
 
 
 @cli.group()

@@ -19,13 +19,19 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 from adapterhub import hookspecs
-from adapterhub.errors import (PluginLoadError, RegistrationError, UnknownMethodError,
-                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
-                               UnknownStrategyError)
 from adapterhub.contracts.config import NAME_RE
 from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.quantizer import Quantizer
 from adapterhub.contracts.strategy import MergeStrategy
+from adapterhub.errors import (
+    PluginLoadError,
+    RegistrationError,
+    UnknownMethodError,
+    UnknownPluginError,
+    UnknownQuantizerError,
+    UnknownRemoteError,
+    UnknownStrategyError,
+)
 
 if TYPE_CHECKING:
     import click

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import AdapterHubError, ConfigError
-from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.config import MethodConfig, QuantizerConfig
-from adapterhub.contracts.quantizer import Quantizer
 from adapterhub.contracts.layers import adapted_layers
-from adapterhub.contracts.plugins import get_quantizer, get_method
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.contracts.plugins import get_method, get_quantizer
+from adapterhub.contracts.quantizer import Quantizer
+from adapterhub.errors import AdapterHubError, ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,8 +41,8 @@ def attach(model: nn.Module, method: str | AdapterMethod = "lora",
 
     Returns the adapted layers by module path.
     """
-    from adapterhub.engines.quantization import quantize_model
     from adapterhub.contracts.layers import find_targets
+    from adapterhub.engines.quantization import quantize_model
 
     method_obj = get_method(method) if isinstance(method, str) else method
     config_obj = method_obj.make_config(config, **config_fields)

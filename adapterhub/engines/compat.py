@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.errors import IncompatibleBaseModelError
+from adapterhub.io.checkpoint import Checkpoint
 from registry_db.manifest import Manifest
 
 

@@ -26,8 +26,8 @@ from adapterhub.errors import MergeError
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.contracts.config import MethodConfig
+    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.io.package import AdapterPackage
 
 # -- the engine ----------------------------------------------------------------------------
@@ -54,8 +54,8 @@ def merge_adapters(packages: Sequence[AdapterPackage], strategy: str, *,
     strategy-specific (``majority_sign_method`` for TIES). Modules are merged one at a time.
     The result's manifest has ``parents`` (the inputs' digests) and ``recipe``.
     """
-    from adapterhub.io.package import AdapterPackage
     from adapterhub.contracts.plugins import get_strategy, low_rank_method
+    from adapterhub.io.package import AdapterPackage
 
     strat = get_strategy(strategy)
     recipe_params = _check_common(strat, density, rank, seed)

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import ConfigError, MergeError
-from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
 from adapterhub.contracts.config import QuantizerConfig
 from adapterhub.contracts.numerics import check_finite, fold_delta
 from adapterhub.contracts.plugins import get_quantizer
+from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
+from adapterhub.errors import ConfigError, MergeError
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +49,7 @@ def quantize_model(model: nn.Module, quantizer: str | Quantizer = "nf4",
     """
     from torch import nn
 
-    from adapterhub.contracts.layers import adapted_layers
-    from adapterhub.contracts.layers import output_head
+    from adapterhub.contracts.layers import adapted_layers, output_head
 
     if adapted_layers(model):
         raise ConfigError("the model already has an adapter attached",

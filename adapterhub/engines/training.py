@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from adapterhub.io.checkpoint import Checkpoint
-from adapterhub.errors import ConfigError, FormatError
-from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.config import MethodConfig
+from adapterhub.contracts.method import AdapterMethod
+from adapterhub.errors import ConfigError, FormatError
+from adapterhub.io.checkpoint import Checkpoint
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
@@ -196,9 +196,9 @@ def train(base: str | os.PathLike[str], data: str | os.PathLike[str] | Dataset, 
     """
     import torch
 
-    from adapterhub.engines.adapters import attach, extract, param_groups
     from adapterhub.contracts.plugins import get_method
     from adapterhub.contracts.progress import progress
+    from adapterhub.engines.adapters import attach, extract, param_groups
 
     dataset = data if isinstance(data, Dataset) else read_jsonl(data, task)
     if dataset.task != task:

@@ -27,17 +27,24 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
-                               IntegrityError, InvalidRequestError, PermissionDeniedError,
-                               PreconditionFailedError, RevisionNotFoundError)
-from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
-from adapterhub.io.formats.repo import ADAPTER_FILES, package_from_files
+from adapterhub.errors import (
+    AdapterNotFoundError,
+    AuthenticationError,
+    ConflictError,
+    IntegrityError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    RevisionNotFoundError,
+)
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
 from adapterhub.hub.hf_read import NUMBER_RE, commit_id, repository, resolve_revision
 from adapterhub.hub.native import full_name
 from adapterhub.hub.render import RenderedFile
+from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.io.formats.repo import ADAPTER_FILES, package_from_files
 from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE
 from adapterhub.registry import Registry
 from registry_db import Caller

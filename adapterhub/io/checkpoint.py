@@ -15,8 +15,7 @@ from adapterhub.contracts.config import QuantizerConfig
 from adapterhub.contracts.plugins import get_quantizer, plugin_manager
 from adapterhub.contracts.quantizer import QuantizedTensor
 from adapterhub.errors import AdapterNotFoundError, FormatError, UnsafeFormatError
-from adapterhub.io.safetensors import (PICKLE_SUFFIXES, Header, TensorInfo, dtype_name,
-                                       read_header)
+from adapterhub.io.safetensors import PICKLE_SUFFIXES, Header, TensorInfo, dtype_name, read_header
 from registry_db.digests import canonical_json, parse_json, sha256_digest
 
 if TYPE_CHECKING:

@@ -8,22 +8,27 @@ load).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
-from adapterhub.io.safetensors import (dtype_name, load_tensors, save_tensors, tensor_digest,
-                                       write_bytes_atomic)
-from registry_db.manifest import Manifest, TensorEntry
+from adapterhub.io.safetensors import (
+    dtype_name,
+    load_tensors,
+    save_tensors,
+    tensor_digest,
+    write_bytes_atomic,
+)
 from registry_db.digests import parse_json
+from registry_db.manifest import Manifest, TensorEntry
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.contracts.config import MethodConfig
+    from adapterhub.contracts.method import AdapterMethod
 
 MANIFEST_FILE = "adapter.json"
 TENSORS_FILE = "adapter.safetensors"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnsafeFormatError
-from registry_db.manifest import DTYPE_SIZES
 from registry_db.digests import parse_json
+from registry_db.manifest import DTYPE_SIZES
 
 if TYPE_CHECKING:
     import torch

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.errors import FormatError
 from adapterhub.contracts.numerics import check_finite
+from adapterhub.errors import FormatError
 from adapterhub.io.safetensors import DTYPE_SIZES, TensorInfo
 
 if TYPE_CHECKING:

@@ -15,8 +15,14 @@ from typing import Any
 import httpx
 
 from adapterhub import __version__
-from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
-                               PermissionDeniedError, RegistryError, error_class)
+from adapterhub.errors import (
+    AdapterHubError,
+    AdapterNotFoundError,
+    AuthenticationError,
+    PermissionDeniedError,
+    RegistryError,
+    error_class,
+)
 
 RETRY_STATUS = {500, 502, 503, 504}
 #: for answers without an adapterhub error code (a proxy in front of the hub)

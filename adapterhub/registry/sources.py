@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from adapterhub.errors import AdapterNotFoundError, FormatError, MergeError
 
 if TYPE_CHECKING:
-    from adapterhub.io.package import AdapterPackage
-    from adapterhub.registry import Registry
     from adapterhub.contracts.remote import Buffer
+    from adapterhub.io.package import AdapterPackage
     from adapterhub.io.safetensors import Header
+    from adapterhub.registry import Registry
     from registry_db import Manifest, VersionInfo
 
 

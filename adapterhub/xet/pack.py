@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adapterhub.xet.chunking import chunk_bytes
-from adapterhub.xet.hashes import chunk_hash, file_hash, hash_to_hex, verification_hash, \
-    xorb_hash
+from adapterhub.xet.hashes import chunk_hash, file_hash, hash_to_hex, verification_hash, xorb_hash
 from adapterhub.xet.shard import ChunkEntry, FileEntry, Term, XorbEntry, build_shard
 from adapterhub.xet.xorb import MAX_XORB_BYTES, MAX_XORB_CHUNKS, build_xorb
 

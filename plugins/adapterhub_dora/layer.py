@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from adapterhub_lora import LoraLinear
 from torch import nn
 
 from adapterhub.plugin_api import check_finite
 from adapterhub_dora.kernels import WeightNorm, direct_norm, merged_weight, unmerged_weight
-from adapterhub_lora import LoraLinear
 
 
 class DoraLinear(LoraLinear):

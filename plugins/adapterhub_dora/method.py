@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from adapterhub_lora import LoraMethod
 
 from adapterhub import ConfigError, FormatError, MergeError
-from adapterhub.plugin_api import check_finite
-from adapterhub.plugin_api import layer_kind
+from adapterhub.plugin_api import check_finite, layer_kind
 from adapterhub_dora.kernels import merged_weight
 from adapterhub_dora.layer import DoraLinear
-from adapterhub_lora import LoraMethod
 
 MAGNITUDE = "lora_magnitude_vector"
 FACTORS = ("lora_A", "lora_B")

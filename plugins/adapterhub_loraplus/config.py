@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapterhub import ConfigError
 from adapterhub_lora import LoraConfig
+
+from adapterhub import ConfigError
 
 
 @dataclass

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapterhub_lora import LoraMethod
+
 from adapterhub import ConfigError
 from adapterhub.plugin_api import adapted_layers
-from adapterhub_lora import LoraMethod
 from adapterhub_loraplus.config import LoraPlusConfig
 
 if TYPE_CHECKING:

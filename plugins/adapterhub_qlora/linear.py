@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.errors import QuantizationError
-from adapterhub.plugin_api import QuantizedTensor
-from adapterhub.plugin_api import fold_delta
+from adapterhub.plugin_api import QuantizedTensor, fold_delta
 
 if TYPE_CHECKING:
     from adapterhub_qlora.quantizer import Bnb4bitQuantizer

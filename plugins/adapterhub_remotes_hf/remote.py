@@ -21,13 +21,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from adapterhub.errors import (AdapterNotFoundError, MissingBlobsError, RefError,
-                               RegistryError)
+from adapterhub.errors import AdapterNotFoundError, MissingBlobsError, RefError, RegistryError
 from adapterhub.plugin_api import Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
-    from adapterhub.plugin_api import AdapterPackage
-    from adapterhub.plugin_api import CommitResult, Manifest, VersionInfo
+    from adapterhub.plugin_api import AdapterPackage, CommitResult, Manifest, VersionInfo
 
 NUMBER_TAG = re.compile(r"^v([1-9][0-9]*)$")
 XET_HINT = ("The endpoint does not speak Xet (adapterhub serve does not): set "
@@ -53,8 +51,12 @@ class HfRemote(Remote):
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
         """Run a huggingface_hub call; its errors become adapterhub errors."""
-        from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             return fn(*args, **kwargs)
@@ -93,12 +95,13 @@ class HfRemote(Remote):
     def _package(self, commit: str) -> AdapterPackage:
         if commit not in self._packages:
             from huggingface_hub import snapshot_download
+            from huggingface_hub.utils import (
+                are_progress_bars_disabled,
+                disable_progress_bars,
+                enable_progress_bars,
+            )
 
-            from adapterhub.plugin_api import read_adapter
-            from adapterhub.plugin_api import ADAPTER_FILES
-
-            from huggingface_hub.utils import (are_progress_bars_disabled,
-                                               disable_progress_bars, enable_progress_bars)
+            from adapterhub.plugin_api import ADAPTER_FILES, read_adapter
 
             quiet = are_progress_bars_disabled()
             disable_progress_bars()  # a few small files: adapterhub's own bar is enough
@@ -191,9 +194,7 @@ class HfRemote(Remote):
                created_at: datetime | None = None) -> CommitResult:
         from huggingface_hub import CommitOperationAdd
 
-        from adapterhub.plugin_api import repo_files
-        from adapterhub.plugin_api import AdapterPackage
-        from adapterhub.plugin_api import CommitResult
+        from adapterhub.plugin_api import AdapterPackage, CommitResult, repo_files
 
         self._check(name)
         existing = self.find(manifest.digest)

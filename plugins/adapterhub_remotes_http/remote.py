@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from adapterhub.errors import (AdapterNotFoundError, IntegrityError, RegistryError,
-                               error_class)
-from adapterhub.plugin_api import HubClient
-from adapterhub.plugin_api import Buffer, ProgressCallback, Remote
+from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryError, error_class
+from adapterhub.plugin_api import Buffer, HubClient, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from adapterhub.plugin_api import CommitResult, Manifest, VersionInfo

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from adapterhub import ConfigError
 from adapterhub_lora import LoraConfig
+
+from adapterhub import ConfigError
 
 ACTIVATIONS = ("gelu", "relu", "tanh", "identity")
 SHARING = ("block", "model", "none")

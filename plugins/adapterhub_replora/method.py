@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from adapterhub.plugin_api import adapter_dtype
-from adapterhub.plugin_api import adapted_layers
-from adapterhub.plugin_api import find_targets
 from adapterhub_lora import LoraMethod
+
+from adapterhub.plugin_api import adapted_layers, adapter_dtype, find_targets
 from adapterhub_replora.config import ReploraConfig
 from adapterhub_replora.layer import Generator, ReploraLinear
 

@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from adapterhub import ConfigError, MethodConfig
-from adapterhub.plugin_api import pattern_key
-from adapterhub.plugin_api import is_digest
+from adapterhub.plugin_api import is_digest, pattern_key
 
 INITS = ("direct", "zero")
 POOLINGS = ("last", "mean")

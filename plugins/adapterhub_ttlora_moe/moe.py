@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from adapterhub import AdapterHubError, AdapterPackage, ConfigError, FormatError
-from adapterhub.plugin_api import get_method
-from adapterhub.plugin_api import find_targets
+from adapterhub.plugin_api import find_targets, get_method
 from adapterhub_ttlora_moe.experts import ExpertSource, stack_experts
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear
 from adapterhub_ttlora_moe.router import Router, base_hidden

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapterhub.engines.apply.plan import BUILD_RECORD, CONFIG_DTYPES, WEIGHT_SUFFIXES, BuildPlan
 from adapterhub.io.checkpoint import INDEX_FILE
 from registry_db.digests import parse_json
-from adapterhub.engines.apply.plan import BUILD_RECORD, CONFIG_DTYPES, WEIGHT_SUFFIXES, BuildPlan
 
 if TYPE_CHECKING:
 

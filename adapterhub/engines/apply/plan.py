@@ -9,19 +9,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.io.checkpoint import Checkpoint
 from adapterhub.engines.compat import check_base
-from adapterhub.errors import (FormatError, IncompatibleBaseModelError,
-                               MergeError)
-from adapterhub.io.safetensors import (PICKLE_SUFFIXES, TensorInfo)
+from adapterhub.errors import FormatError, IncompatibleBaseModelError, MergeError
+from adapterhub.io.checkpoint import Checkpoint
+from adapterhub.io.safetensors import PICKLE_SUFFIXES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
 
-    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.contracts.config import MethodConfig
-    from adapterhub.io.package import AdapterPackage
+    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.io.checkpoint import QuantizedWeightInfo
+    from adapterhub.io.package import AdapterPackage
 
 BUILD_RECORD = "adapterhub-build.json"
 BUILD_FORMAT = "adapterhub-build/1"
@@ -107,8 +106,8 @@ def plan_build(base: str | os.PathLike[str] | Checkpoint,
     full-precision base and an adapter trained on a quantized one) writes every Linear weight
     the quantizer would have quantized as ``deq(Q(W))``, not just the adapted ones.
     """
-    from adapterhub.io.formats import read_adapter
     from adapterhub.engines.merging import adapter_weights
+    from adapterhub.io.formats import read_adapter
     from adapterhub.io.package import AdapterPackage
 
     checkpoint = base if isinstance(base, Checkpoint) else Checkpoint(base)

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub.errors import ExportError, UnknownMethodError
-from adapterhub.io.formats.peft import (CONFIG_FILE, WEIGHTS_FILE, layout_files,
-                                     peft_layout)
+from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE, layout_files, peft_layout
 from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage
-from adapterhub.io.safetensors import (safetensors_bytes, tensor_bytes,
-                                       write_bytes_atomic)
+from adapterhub.io.safetensors import safetensors_bytes, tensor_bytes, write_bytes_atomic
 
 if TYPE_CHECKING:
     from registry_db import Manifest

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.contracts.config import MethodConfig
+    from adapterhub.contracts.method import AdapterMethod
     from adapterhub.io.package import AdapterPackage
 
 WEIGHTS_FILE = "model.lora_weights.npy"

@@ -32,9 +32,9 @@ def vllm_layout(package: AdapterPackage) -> tuple[dict[str, Any], dict[str, torc
     """``(adapter_config, tensors with PEFT keys)`` that vLLM loads with the same outputs."""
     import torch
 
+    from adapterhub.contracts.plugins import low_rank_method
     from adapterhub.io.formats.peft import peft_layout
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.contracts.plugins import low_rank_method
 
     method, config = package.method, package.config
     if method.base_dependence:
