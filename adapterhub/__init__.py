@@ -12,30 +12,13 @@ from adapterhub.contracts.config import ConfigBase, MethodConfig, QuantizerConfi
 from adapterhub.contracts.lazy import lazy_exports
 from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    ConfigError,
-    ExportError,
-    FormatError,
-    IncompatibleBaseModelError,
-    IntegrityError,
-    MergeError,
-    MissingBlobsError,
-    PluginLoadError,
-    PromotionError,
-    QuantizationError,
-    RefError,
-    RegistrationError,
-    RegistryError,
-    TargetError,
-    UnknownMethodError,
-    UnknownPluginError,
-    UnknownQuantizerError,
-    UnknownRemoteError,
-    UnknownStrategyError,
-    UnsafeFormatError,
-)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, ConfigError, ExportError,
+                               FormatError, IncompatibleBaseModelError, IntegrityError, MergeError,
+                               MissingBlobsError, PluginLoadError, PromotionError,
+                               QuantizationError, RefError, RegistrationError, RegistryError,
+                               TargetError, UnknownMethodError, UnknownPluginError,
+                               UnknownQuantizerError, UnknownRemoteError, UnknownStrategyError,
+                               UnsafeFormatError)
 from adapterhub.hookspecs import hookimpl
 
 __version__ = "0.1.0"

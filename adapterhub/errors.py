@@ -14,24 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry_db.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    AuthenticationError,
-    ConflictError,
-    FormatError,
-    IntegrityError,
-    InvalidRequestError,
-    LimitExceededError,
-    ManifestError,
-    MissingBlobsError,
-    MissingParentsError,
-    PermissionDeniedError,
-    RangeNotSatisfiableError,
-    RefError,
-    RegistryError,
-    error_class,
-)
+from registry_db.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
+                                ConflictError, FormatError, IntegrityError, InvalidRequestError,
+                                LimitExceededError, ManifestError, MissingBlobsError,
+                                MissingParentsError, PermissionDeniedError,
+                                RangeNotSatisfiableError, RefError, RegistryError, error_class)
 
 __all__ = [
     "AdapterHubError", "AdapterNotFoundError", "AuthenticationError", "ConfigError",

@@ -17,13 +17,8 @@ from adapterhub.contracts.plugins import get_method, get_quantizer, get_strategy
 from adapterhub.contracts.progress import human_size, progress
 from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
 from adapterhub.contracts.remote import Buffer, ProgressCallback, Remote
-from adapterhub.contracts.strategy import (
-    MergeStrategy,
-    ModuleInput,
-    ModuleMerge,
-    refactor,
-    truncated_svd,
-)
+from adapterhub.contracts.strategy import (MergeStrategy, ModuleInput, ModuleMerge, refactor,
+                                           truncated_svd)
 from adapterhub.hookspecs import hookimpl
 
 _LAZY = {
@@ -53,14 +48,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from adapterhub.contracts.layers import (
-        AdaptedLayer,
-        adapted_layers,
-        adapter_dtype,
-        find_targets,
-        layer_kind,
-        pattern_key,
-    )
+    from adapterhub.contracts.layers import (AdaptedLayer, adapted_layers, adapter_dtype,
+                                             find_targets, layer_kind, pattern_key)
     from adapterhub.io.formats import read_adapter
     from adapterhub.io.formats.repo import ADAPTER_FILES, repo_files
     from adapterhub.io.package import AdapterPackage

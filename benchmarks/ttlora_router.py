@@ -31,17 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import machine
-from benchmarks.ttlora_moe import (
-    HELD_OUT_ROWS,
-    SEQ,
-    TASKS,
-    TRAIN_ROWS,
-    _mse_rows,
-    _per_task_loss,
-    _rows,
-    _teacher,
-    _teacher_targets,
-)
+from benchmarks.ttlora_moe import (HELD_OUT_ROWS, SEQ, TASKS, TRAIN_ROWS, _mse_rows,
+                                   _per_task_loss, _rows, _teacher, _teacher_targets)
 
 RESULT = Path(__file__).parent / "results" / "ttlora_router.json"
 PLOT = Path(__file__).parent.parent / "docs" / "methods" / "ttlora_router.png"

@@ -6,35 +6,14 @@ records of :mod:`registry_db.records` and raises the errors of :mod:`registry_db
 """
 
 from registry_db.access import Caller, Scope, TokenInfo, parse_scope
-from registry_db.errors import (
-                                AdapterHubError,
-                                AdapterNotFoundError,
-                                AuthenticationError,
-                                ConflictError,
-                                FormatError,
-                                IntegrityError,
-                                InvalidRequestError,
-                                LimitExceededError,
-                                ManifestError,
-                                MissingBlobsError,
-                                MissingParentsError,
-                                PermissionDeniedError,
-                                RefError,
-                                RegistryError,
-)
+from registry_db.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
+                                ConflictError, FormatError, IntegrityError, InvalidRequestError,
+                                LimitExceededError, ManifestError, MissingBlobsError,
+                                MissingParentsError, PermissionDeniedError, RefError,
+                                RegistryError)
 from registry_db.manifest import Manifest, TensorEntry
-from registry_db.records import (
-                                BlobInfo,
-                                CommitResult,
-                                EventInfo,
-                                GcReport,
-                                Problem,
-                                RemoteInfo,
-                                UploadInfo,
-                                Usage,
-                                VerifyReport,
-                                VersionInfo,
-)
+from registry_db.records import (BlobInfo, CommitResult, EventInfo, GcReport, Problem, RemoteInfo,
+                                 UploadInfo, Usage, VerifyReport, VersionInfo)
 from registry_db.refs import Ref, parse_ref, validate_name, validate_tag
 from registry_db.service import RegistryService
 

@@ -25,12 +25,8 @@ from sqlalchemy.orm import Session
 from registry_db import codec
 from registry_db.database import Database, batched, utcnow
 from registry_db.digests import is_digest
-from registry_db.errors import (
-    AdapterNotFoundError,
-    ConflictError,
-    IntegrityError,
-    InvalidRequestError,
-)
+from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+                                InvalidRequestError)
 from registry_db.models import Blob, Chunk
 from registry_db.records import BlobInfo, UploadInfo
 

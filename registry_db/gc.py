@@ -23,16 +23,8 @@ from sqlalchemy import delete, select
 
 from registry_db.database import batched, utcnow
 from registry_db.errors import InvalidRequestError
-from registry_db.models import (
-    Blob,
-    Event,
-    Lineage,
-    Repository,
-    Tag,
-    Version,
-    VersionLabel,
-    VersionTensor,
-)
+from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
+                                VersionTensor)
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
 

@@ -29,37 +29,14 @@ from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
 from registry_db.database import Database, batched, utcnow
 from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (
-    AdapterNotFoundError,
-    ConflictError,
-    IntegrityError,
-    InvalidRequestError,
-    LimitExceededError,
-    MissingBlobsError,
-    MissingParentsError,
-    PermissionDeniedError,
-    RefError,
-)
+from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+                                InvalidRequestError, LimitExceededError, MissingBlobsError,
+                                MissingParentsError, PermissionDeniedError, RefError)
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (
-    Blob,
-    Event,
-    Lineage,
-    Repository,
-    Tag,
-    Version,
-    VersionLabel,
-    VersionTensor,
-)
-from registry_db.records import (
-    CommitResult,
-    EventInfo,
-    GcReport,
-    Usage,
-    VerifyReport,
-    VersionInfo,
-    version_infos,
-)
+from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
+                                VersionTensor)
+from registry_db.records import (CommitResult, EventInfo, GcReport, Usage, VerifyReport,
+                                 VersionInfo, version_infos)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.tokens import TokenStore
@@ -480,7 +457,8 @@ class RegistryService:
             matches = list(s.scalars(base.where(live, Version.digest.startswith(
                 ref.digest_prefix, autoescape=True)).limit(2)))
             if not matches:
-                raise AdapterNotFoundError(f"{ref.name} has no version with digest {ref.digest_prefix}")
+                raise AdapterNotFoundError(f"{ref.name} has no version with digest "
+                                           f"{ref.digest_prefix}")
             if len(matches) > 1:
                 raise ConflictError(f"digest prefix {ref.digest_prefix} matches several "
                                     f"versions of {ref.name}", hint="Give more hex digits")

@@ -17,12 +17,8 @@ from sqlalchemy import select
 
 from registry_db.access import TokenInfo, parse_scope
 from registry_db.database import Database, utcnow
-from registry_db.errors import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    ConflictError,
-    InvalidRequestError,
-)
+from registry_db.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
+                                InvalidRequestError)
 from registry_db.models import Token
 
 __all__ = ["PREFIX", "TokenStore", "hash_secret", "parse_scope"]

@@ -5,7 +5,8 @@ Problems found (each names the blob and the versions it affects):
 references a blob that is not stored), ``size`` (a tensor's dtype and shape do not need exactly
 the bytes its blob holds), ``manifest`` (a stored manifest does not hash to its version digest,
 is not a valid manifest, or disagrees with the version's tensor rows), ``lineage`` (a parent
-version is not in the registry). Unreferenced blobs and partial uploads are counted, not reported: gc
+version is not in the registry). Unreferenced blobs and partial uploads are counted, not
+reported: gc
 reclaims them.
 """
 

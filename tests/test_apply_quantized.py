@@ -18,13 +18,8 @@ from adapterhub import IncompatibleBaseModelError, MergeError, QuantizationError
 from adapterhub.cli import cli
 from adapterhub.engines.apply import BUILD_RECORD, apply_adapters
 from adapterhub.engines.quantization import merge_dequantized, merge_requantized
-from adapterhub.io.checkpoint import (
-    INDEX_FILE,
-    Checkpoint,
-    load_quantized,
-    read_quantized,
-    stored_quantized,
-)
+from adapterhub.io.checkpoint import (INDEX_FILE, Checkpoint, load_quantized, read_quantized,
+                                      stored_quantized)
 
 # down_proj has 352 inputs: its blocks of 64 straddle rows
 CONFIG = dict(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2,

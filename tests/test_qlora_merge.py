@@ -6,12 +6,8 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.engines.quantization import (
-    RequantizationReport,
-    merge_dequantized,
-    merge_requantized,
-    roundtrip_quantized,
-)
+from adapterhub.engines.quantization import (RequantizationReport, merge_dequantized,
+                                             merge_requantized, roundtrip_quantized)
 
 
 def _weight(shape=(96, 160), seed=0):

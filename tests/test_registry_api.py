@@ -7,27 +7,15 @@ import torch
 from helpers.registry_helpers import LOCAL
 from sqlalchemy import select, update
 
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    ConfigError,
-    FormatError,
-    IntegrityError,
-    MissingBlobsError,
-    PromotionError,
-    RefError,
-    UnknownRemoteError,
-    UnsafeFormatError,
-)
+from adapterhub.errors import (AdapterNotFoundError, ConfigError, FormatError, IntegrityError,
+                               MissingBlobsError, PromotionError, RefError, UnknownRemoteError,
+                               UnsafeFormatError)
 from adapterhub.io.formats.peft import write_peft
 from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 from adapterhub.registry.ci import ci_labels
-from adapterhub.registry.sources import (
-    NativeDirSource,
-    PackageSource,
-    RegistrySource,
-    resolve_source,
-)
+from adapterhub.registry.sources import (NativeDirSource, PackageSource, RegistrySource,
+                                         resolve_source)
 from registry_db.models import Blob, Chunk
 
 CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0", "lin1"]}

@@ -6,14 +6,8 @@ import pytest
 from helpers.registry_helpers import LOCAL, digest_of, manifest_for, push_raw, tensor_bytes
 from sqlalchemy import select, update
 
-from registry_db import (
-    AdapterNotFoundError,
-    ConflictError,
-    IntegrityError,
-    MissingBlobsError,
-    MissingParentsError,
-    RegistryService,
-)
+from registry_db import (AdapterNotFoundError, ConflictError, IntegrityError, MissingBlobsError,
+                         MissingParentsError, RegistryService)
 from registry_db import codec as codec_module
 from registry_db.errors import InvalidRequestError, LimitExceededError, RefError
 from registry_db.models import Blob, Chunk
@@ -143,7 +137,8 @@ def test_gc_sweeps_only_what_nothing_references_after_grace(svc):
     push_raw(svc, "team/bot", three(0))
     orphan = tensor_bytes(42, 4096)
     svc.blobs.write(digest_of(orphan), orphan, caller=LOCAL)  # uploaded, never committed
-    assert svc.gc(caller=LOCAL).blobs_removed == 0  # younger than the 1 h grace: a push may be in flight
+    # younger than the 1 h grace: a push may be in flight
+    assert svc.gc(caller=LOCAL).blobs_removed == 0
     report = svc.gc(grace=NOW, caller=LOCAL)
     assert report.blobs_removed == 1 and report.bytes_freed > 0
     assert svc.usage().blobs == 3 and svc.verify(caller=LOCAL).ok
@@ -180,8 +175,8 @@ def test_retention_keep_last_tagged_per_label_and_dry_run(svc):
     # newest per branch (@5 main, @6 dev) plus the tagged @1; other/bot is out of scope
     assert report.retired == ("team/bot@2", "team/bot@3", "team/bot@4")
     assert report.blobs_removed == 9
-    assert [v.ref for v in svc.list_versions(caller=LOCAL)] == ["other/bot@1", "team/bot@6", "team/bot@5",
-                                                    "team/bot@1"]
+    assert [v.ref for v in svc.list_versions(caller=LOCAL)] == [
+        "other/bot@1", "team/bot@6", "team/bot@5", "team/bot@1"]
     assert svc.gc(keep_last=0, prefix="team/", grace=NOW, caller=LOCAL).retired == (
         "team/bot@1", "team/bot@5", "team/bot@6")
     with pytest.raises(InvalidRequestError, match="--keep-last"):
@@ -193,8 +188,10 @@ def test_list_filters(svc):
     push_raw(svc, "team/bot", three(1), labels={"dataset": "v2"})
     push_raw(svc, "team_x/bot", three(2))
     assert [v.ref for v in svc.list_versions("team/", caller=LOCAL)] == ["team/bot@2", "team/bot@1"]
-    assert [v.ref for v in svc.list_versions("team_", caller=LOCAL)] == ["team_x/bot@1"]  # '_' is literal
-    assert [v.ref for v in svc.list_versions(labels={"dataset": "v1"}, caller=LOCAL)] == ["team/bot@1"]
+    # '_' is literal
+    assert [v.ref for v in svc.list_versions("team_", caller=LOCAL)] == ["team_x/bot@1"]
+    assert [v.ref for v in svc.list_versions(labels={"dataset": "v1"},
+                                             caller=LOCAL)] == ["team/bot@1"]
     assert len(svc.list_versions(method="lora", base="tiny", caller=LOCAL)) == 3
     assert svc.list_versions(method="loha", caller=LOCAL) == []
     assert svc.list_versions(base="sha256:" + "0" * 64, caller=LOCAL) == []
@@ -317,6 +314,7 @@ def test_read_many_in_groups_and_streaming_large_blobs(svc, monkeypatch):
     blobs = [tensor_bytes(i, 3000) for i in range(5)] + [tensor_bytes(99, 25_000)]  # large
     svc.blobs.write_many([(digest_of(b), b, 2) for b in blobs], caller=LOCAL)
     order = [digest_of(b) for b in reversed(blobs)]
-    assert list(svc.blobs.read_many(order, caller=LOCAL)) == [(digest_of(b), b) for b in reversed(blobs)]
+    assert list(svc.blobs.read_many(order, caller=LOCAL)) == [(digest_of(b), b)
+                                                            for b in reversed(blobs)]
     with pytest.raises(AdapterNotFoundError):
         list(svc.blobs.read_many([digest_of(b"absent")], caller=LOCAL))

@@ -69,7 +69,8 @@ def _crashing_pusher(url: str, seed: int) -> None:
             if upload is not None:
                 for index in upload.missing:
                     service.blobs.upload_chunk(upload.upload_id, index,
-                                               data[index * 16384:(index + 1) * 16384], caller=LOCAL)
+                                               data[index * 16384:(index + 1) * 16384],
+                                               caller=LOCAL)
                 service.blobs.finish_upload(upload.upload_id, caller=LOCAL)
         push_raw(service, "team/crash", tensors, labels={"seed": str(seed), "i": str(i)})
 
@@ -103,5 +104,6 @@ def test_sigkill_during_pushes_leaves_no_partial_version(registry_url):
         assert after.ok and after.unreferenced_blobs == 0 and after.partial_uploads == 0
         usage = service.usage()
         assert usage.versions == len(versions)
-        assert usage.blobs == len({e.digest for v in versions
-                                   for e in service.resolve(v.ref, caller=LOCAL).manifest.tensors.values()})
+        assert usage.blobs == len({
+            e.digest for v in versions
+            for e in service.resolve(v.ref, caller=LOCAL).manifest.tensors.values()})

@@ -6,13 +6,8 @@ import pytest
 import torch
 from adapterhub_ttlora_moe.layers import TTLoraLinear
 from adapterhub_ttlora_moe.method import split_cores
-from adapterhub_ttlora_moe.tensor_train import (
-    balanced_factors,
-    contract,
-    core_shapes,
-    dense_delta,
-    sequential_contract,
-)
+from adapterhub_ttlora_moe.tensor_train import (balanced_factors, contract, core_shapes,
+                                                dense_delta, sequential_contract)
 from torch import nn
 
 import adapterhub

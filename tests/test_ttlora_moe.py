@@ -5,14 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from adapterhub_ttlora_moe import (
-    load_experts,
-    load_moe,
-    route,
-    select_expert,
-    train_expert,
-    train_router,
-)
+from adapterhub_ttlora_moe import (load_experts, load_moe, route, select_expert, train_expert,
+                                   train_router)
 from adapterhub_ttlora_moe.layers import TTLoraMoeLinear
 from adapterhub_ttlora_moe.router import Router, pool
 

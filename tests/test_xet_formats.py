@@ -18,22 +18,10 @@ import pytest
 
 from adapterhub.errors import FormatError, IntegrityError
 from adapterhub.xet import compression
-from adapterhub.xet.chunking import (
-    MAX_CHUNK,
-    MIN_CHUNK,
-    Chunker,
-    boundaries,
-    chunk_bytes,
-    hash_stream,
-)
-from adapterhub.xet.hashes import (
-    chunk_hash,
-    file_hash,
-    hash_to_hex,
-    hex_to_hash,
-    verification_hash,
-    xorb_hash,
-)
+from adapterhub.xet.chunking import (MAX_CHUNK, MIN_CHUNK, Chunker, boundaries, chunk_bytes,
+                                     hash_stream)
+from adapterhub.xet.hashes import (chunk_hash, file_hash, hash_to_hex, hex_to_hash,
+                                   verification_hash, xorb_hash)
 from adapterhub.xet.xorb import build_xorb, parse_xorb, read_footer, xorb_footer
 
 VECTORS = Path(__file__).parent / "xet_vectors"

@@ -8,12 +8,8 @@ import os
 
 import pytest
 
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    FormatError,
-    IntegrityError,
-)
+from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, FormatError,
+                               IntegrityError)
 from adapterhub.xet.hashes import chunk_hash, hash_to_hex, is_global_dedup_eligible, keyed
 from adapterhub.xet.pack import pack_file
 from adapterhub.xet.service import XetLimits, XetService

@@ -8,15 +8,8 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import cli
-from adapterhub.cli.common import (
-    Duration,
-    db_option,
-    force_option,
-    from_option,
-    json_option,
-    parse_labels,
-    quiet_option,
-)
+from adapterhub.cli.common import (Duration, db_option, force_option, from_option, json_option,
+                                   parse_labels, quiet_option)
 from adapterhub.cli.output import emit_json, table, version_line, when
 from adapterhub.contracts.progress import human_size
 

@@ -23,15 +23,9 @@ from adapterhub.contracts.config import NAME_RE
 from adapterhub.contracts.method import AdapterMethod
 from adapterhub.contracts.quantizer import Quantizer
 from adapterhub.contracts.strategy import MergeStrategy
-from adapterhub.errors import (
-    PluginLoadError,
-    RegistrationError,
-    UnknownMethodError,
-    UnknownPluginError,
-    UnknownQuantizerError,
-    UnknownRemoteError,
-    UnknownStrategyError,
-)
+from adapterhub.errors import (PluginLoadError, RegistrationError, UnknownMethodError,
+                               UnknownPluginError, UnknownQuantizerError, UnknownRemoteError,
+                               UnknownStrategyError)
 
 if TYPE_CHECKING:
     import click

@@ -1,6 +1,7 @@
 """Quantized bases: quantize a model for QLoRA, and merge adapters into quantized weights.
 
-Everything here goes through a registered :class:`~adapterhub.contracts.quantizer.Quantizer`, so it works
+Everything here goes through a registered
+:class:`~adapterhub.contracts.quantizer.Quantizer`, so it works
 the same for every quantizer plugin (NF4, FP4, ...).
 
 Merging an adapter trained on a quantized base ``Q(W)`` (the adapter learned to correct

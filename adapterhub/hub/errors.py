@@ -18,13 +18,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    InternalError,
-    InvalidRequestError,
-    MethodNotAllowedError,
-)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, InternalError,
+                               InvalidRequestError, MethodNotAllowedError)
 
 log = logging.getLogger("adapterhub.hub")
 HEADER_MAX = 300

@@ -20,12 +20,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from adapterhub.errors import (
-    AdapterHubError,
-    InvalidRequestError,
-    LimitExceededError,
-    RequestTimeoutError,
-)
+from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceededError,
+                               RequestTimeoutError)
 from adapterhub.hub.auth import CALLER_KEY, authenticate
 from adapterhub.hub.context import Hub
 from adapterhub.hub.errors import error_response

@@ -25,14 +25,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    EntryNotFoundError,
-    InvalidRequestError,
-    RefError,
-    RepoNotFoundError,
-    RevisionNotFoundError,
-)
+from adapterhub.errors import (AdapterNotFoundError, EntryNotFoundError, InvalidRequestError,
+                               RefError, RepoNotFoundError, RevisionNotFoundError)
 from adapterhub.hub.auth import registry
 from adapterhub.hub.context import hub_of
 from adapterhub.hub.native import byte_range, full_name

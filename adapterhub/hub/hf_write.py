@@ -27,16 +27,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    ConflictError,
-    IntegrityError,
-    InvalidRequestError,
-    PermissionDeniedError,
-    PreconditionFailedError,
-    RevisionNotFoundError,
-)
+from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
+                               IntegrityError, InvalidRequestError, PermissionDeniedError,
+                               PreconditionFailedError, RevisionNotFoundError)
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of

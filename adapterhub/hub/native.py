@@ -31,13 +31,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    IntegrityError,
-    InvalidRequestError,
-    RangeNotSatisfiableError,
-)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityError,
+                               InvalidRequestError, RangeNotSatisfiableError)
 from adapterhub.hub.auth import caller, registry
 from adapterhub.hub.bodies import digest_list, json_object, json_response, string_field
 from adapterhub.hub.context import hub_of

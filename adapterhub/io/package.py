@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
-from adapterhub.io.safetensors import (
-    dtype_name,
-    load_tensors,
-    save_tensors,
-    tensor_digest,
-    write_bytes_atomic,
-)
+from adapterhub.io.safetensors import (dtype_name, load_tensors, save_tensors, tensor_digest,
+                                       write_bytes_atomic)
 from registry_db.digests import parse_json
 from registry_db.manifest import Manifest, TensorEntry
 

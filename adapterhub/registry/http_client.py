@@ -15,14 +15,8 @@ from typing import Any
 import httpx
 
 from adapterhub import __version__
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    AuthenticationError,
-    PermissionDeniedError,
-    RegistryError,
-    error_class,
-)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
+                               PermissionDeniedError, RegistryError, error_class)
 
 RETRY_STATUS = {500, 502, 503, 504}
 #: for answers without an adapterhub error code (a proxy in front of the hub)
@@ -30,7 +24,8 @@ _BY_STATUS = {401: AuthenticationError, 403: PermissionDeniedError, 404: Adapter
 
 
 class HubClient:
-    """One hub at ``url``; ``token`` defaults to :func:`adapterhub.registry.credentials.token_for`."""
+    """One hub at ``url``; ``token`` defaults to
+    :func:`adapterhub.registry.credentials.token_for`."""
 
     def __init__(self, url: str, *, token: str | None = None, retries: int = 6,
                  backoff: float = 0.25, timeout: float = 120.0) -> None:

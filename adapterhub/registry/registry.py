@@ -26,32 +26,16 @@ from adapterhub.contracts.remote import Remote
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
 from adapterhub.registry.ci import default_author
-from adapterhub.registry.remotes import (
-    DatabaseRemote,
-    ancestors_to_copy,
-    canonical_url,
-    copy_version,
-    is_path_like,
-    open_remote,
-    remote_class,
-    scheme_of,
-    send_version,
-)
+from adapterhub.registry.remotes import (DatabaseRemote, ancestors_to_copy, canonical_url,
+                                         copy_version, is_path_like, open_remote, remote_class,
+                                         scheme_of, send_version)
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
     from adapterhub.registry.http_registry import HttpRegistry
     from adapterhub.registry.sources import Source
-    from registry_db import (
-        Caller,
-        CommitResult,
-        EventInfo,
-        GcReport,
-        RemoteInfo,
-        Usage,
-        VerifyReport,
-        VersionInfo,
-    )
+    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
+                             VerifyReport, VersionInfo)
 
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"

@@ -2,7 +2,8 @@
 
 Commands that take an adapter (``push``, ``show``, ``export``, ``apply``, ``merge``) resolve
 their argument with :func:`resolve_source`, the one resolver: an existing path is read as a
-directory (native or PEFT, detected), anything else as a ref in the registry. A :class:`Source` gives the
+directory (native or PEFT, detected), anything else as a ref in the registry. A
+:class:`Source` gives the
 manifest at once and the tensors on demand, either as raw blob bytes (what ``push`` sends,
 without loading torch for native directories) or as an :class:`AdapterPackage`.
 """

@@ -36,14 +36,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    AuthenticationError,
-    FormatError,
-    IntegrityError,
-    PermissionDeniedError,
-)
+from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
+                               FormatError, IntegrityError, PermissionDeniedError)
 from adapterhub.xet.hashes import is_hex_hash
 from adapterhub.xet.service import XetService
 from adapterhub.xet.tokens import Grant, TokenSigner

@@ -25,34 +25,13 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from adapterhub.errors import AdapterNotFoundError, FormatError, IntegrityError
-from adapterhub.xet.hashes import (
-    ZERO_HASH,
-    chunk_hash,
-    file_hash,
-    hash_to_hex,
-    hex_to_hash,
-    is_global_dedup_eligible,
-    verification_hash,
-)
-from adapterhub.xet.shard import (
-    CHUNK_FLAG_GLOBAL_DEDUP,
-    ChunkEntry,
-    FileEntry,
-    Term,
-    XorbEntry,
-    build_shard,
-    parse_shard,
-)
+from adapterhub.xet.hashes import (ZERO_HASH, chunk_hash, file_hash, hash_to_hex, hex_to_hash,
+                                   is_global_dedup_eligible, verification_hash)
+from adapterhub.xet.shard import (CHUNK_FLAG_GLOBAL_DEDUP, ChunkEntry, FileEntry, Term, XorbEntry,
+                                  build_shard, parse_shard)
 from adapterhub.xet.storage import XetStorage
-from adapterhub.xet.xorb import (
-    CHUNK_HEADER_LEN,
-    MAX_XORB_BYTES,
-    MAX_XORB_CHUNKS,
-    XorbInfo,
-    decode_chunk,
-    parse_xorb,
-    xorb_footer,
-)
+from adapterhub.xet.xorb import (CHUNK_HEADER_LEN, MAX_XORB_BYTES, MAX_XORB_CHUNKS, XorbInfo,
+                                 decode_chunk, parse_xorb, xorb_footer)
 
 #: a serialized xorb: its data, a header per chunk, and a footer of 40 bytes per chunk + 100
 MAX_XORB_UPLOAD = MAX_XORB_BYTES + MAX_XORB_CHUNKS * (CHUNK_HEADER_LEN + 48) + 1024

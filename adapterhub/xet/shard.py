@@ -31,15 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adapterhub.errors import FormatError
-from adapterhub.xet.hashes import (
-    HASH_LEN,
-    MARKER_HASH,
-    ZERO_HASH,
-    hash_to_hex,
-    hex_to_hash,
-    keyed,
-    truncated,
-)
+from adapterhub.xet.hashes import (HASH_LEN, MARKER_HASH, ZERO_HASH, hash_to_hex, hex_to_hash,
+                                   keyed, truncated)
 
 HEADER_TAG = b"HFRepoMetaData\0" + bytes([85, 105, 103, 69, 106, 123, 129, 87, 131, 165, 189,
                                            217, 92, 205, 209, 74, 169])

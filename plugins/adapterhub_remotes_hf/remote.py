@@ -51,12 +51,8 @@ class HfRemote(Remote):
 
     def _call(self, what: str, fn: Callable, *args, **kwargs):
         """Run a huggingface_hub call; its errors become adapterhub errors."""
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
+        from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
 
         try:
             return fn(*args, **kwargs)
@@ -95,11 +91,8 @@ class HfRemote(Remote):
     def _package(self, commit: str) -> AdapterPackage:
         if commit not in self._packages:
             from huggingface_hub import snapshot_download
-            from huggingface_hub.utils import (
-                are_progress_bars_disabled,
-                disable_progress_bars,
-                enable_progress_bars,
-            )
+            from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                               enable_progress_bars)
 
             from adapterhub.plugin_api import ADAPTER_FILES, read_adapter
 

@@ -10,13 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Iterable, Union
 
-from adapterhub import (
-    AdapterNotFoundError,
-    AdapterPackage,
-    ConfigError,
-    IncompatibleBaseModelError,
-    MergeError,
-)
+from adapterhub import (AdapterNotFoundError, AdapterPackage, ConfigError,
+                        IncompatibleBaseModelError, MergeError)
 
 if TYPE_CHECKING:
     import torch

@@ -19,27 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.contracts.plugins import get_quantizer
 from adapterhub.engines.apply.files import copy_other_files
-from adapterhub.engines.apply.plan import (
-    BUILD_FORMAT,
-    BUILD_RECORD,
-    DTYPES,
-    WHOLE_TENSOR_BUDGET,
-    WHOLE_TENSOR_BYTES_PER_ELEMENT,
-    BuildPlan,
-    plan_build,
-)
+from adapterhub.engines.apply.plan import (BUILD_FORMAT, BUILD_RECORD, DTYPES, WHOLE_TENSOR_BUDGET,
+                                           WHOLE_TENSOR_BYTES_PER_ELEMENT, BuildPlan, plan_build)
 from adapterhub.errors import AdapterHubError, MergeError, WriteError
 from adapterhub.io.checkpoint import fingerprint_of
 from adapterhub.io.outdir import refuse_non_empty
 from adapterhub.io.safetensors import DTYPE_SIZES, Header, TensorInfo, encode_header
-from adapterhub.io.tensor_stream import (
-    MemoryBudget,
-    Streamer,
-    Term,
-    copy_range,
-    pwrite_all,
-    rows_cols,
-)
+from adapterhub.io.tensor_stream import (MemoryBudget, Streamer, Term, copy_range, pwrite_all,
+                                         rows_cols)
 
 if TYPE_CHECKING:
     import torch

@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
-from adapterhub.io.safetensors import (
-    dtype_name,
-    load_tensors,
-    safetensors_bytes,
-    tensor_bytes,
-    write_bytes_atomic,
-)
+from adapterhub.io.safetensors import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
+                                       write_bytes_atomic)
 from registry_db.digests import parse_json
 
 if TYPE_CHECKING:
