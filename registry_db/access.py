@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from registry_db.database import utcnow
+from registry_db.clock import utcnow
 from registry_db.errors import AuthenticationError, PermissionDeniedError, RefError
 
 LEVELS = {"read": 1, "write": 2, "admin": 3}

@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from registry_db import codec
-from registry_db.database import Database, batched, utcnow
+from registry_db.clock import utcnow
+from registry_db.database import Database, batched
 from registry_db.digests import is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)

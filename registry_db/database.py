@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
 from typing import TypeVar
 
 from sqlalchemy import func, select, text
@@ -20,10 +19,6 @@ T = TypeVar("T")
 #: needs none because its write transactions already run one at a time
 _GC_LOCK_KEY = 0x61646763  # "adgc"
 _BATCH = 500  # values per IN (...) list
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def batched(items: Iterable[T], size: int = _BATCH) -> Iterator[list[T]]:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 
-from registry_db.database import batched, utcnow
+from registry_db.clock import utcnow
+from registry_db.database import batched
 from registry_db.errors import InvalidRequestError
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from registry_db.database import Database, utcnow
+from registry_db.clock import utcnow
+from registry_db.database import Database
 from registry_db.errors import AdapterNotFoundError, ConflictError
 from registry_db.models import RemoteRow
 from registry_db.records import RemoteInfo

@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
-from registry_db.database import Database, batched, utcnow
+from registry_db.clock import utcnow
+from registry_db.database import Database, batched
 from registry_db.digests import canonical_json, is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
@@ -35,8 +36,8 @@ from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityEr
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
-from registry_db.records import (CommitResult, EventInfo, GcReport, Usage, VerifyReport,
-                                 VersionInfo, version_infos)
+from registry_db.records import CommitResult, EventInfo, GcReport, Usage, VerifyReport, VersionInfo
+from registry_db.rows import version_infos
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.tokens import TokenStore

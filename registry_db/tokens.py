@@ -16,7 +16,8 @@ from datetime import datetime
 from sqlalchemy import select
 
 from registry_db.access import TokenInfo, parse_scope
-from registry_db.database import Database, utcnow
+from registry_db.clock import utcnow
+from registry_db.database import Database
 from registry_db.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
                                 InvalidRequestError)
 from registry_db.models import Token

@@ -11,8 +11,8 @@ from helpers.hub_server import HubServer
 from helpers.registry_helpers import LOCAL
 from helpers.wire import bearer, bundle, digest, manifest_for
 
+from registry_db.clock import utcnow
 from registry_db.codec import CHUNK_SIZE
-from registry_db.database import utcnow
 
 
 @pytest.fixture

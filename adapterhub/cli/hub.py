@@ -64,7 +64,7 @@ def token_create(scopes: tuple[str, ...], expires: timedelta | None, name: str |
                  as_json: bool, db: str | None) -> None:
     """Create a token and print it (once: only its hash is stored)."""
     from adapterhub.registry import Registry
-    from registry_db.database import utcnow
+    from registry_db.clock import utcnow
 
     with Registry(db) as reg:
         secret, info = reg.service.tokens.create(

@@ -86,7 +86,9 @@ class PluginManager(pluggy.PluginManager):
         super().__init__("adapterhub")
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self._registries: dict[str, dict[str, Registration]] | None = None
+        #: each kind is collected on its first lookup only, so that looking up a remote (push,
+        #: pull) does not import every method's kernels (and torch with them)
+        self._registries: dict[str, dict[str, Registration]] = {}
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -115,28 +117,28 @@ class PluginManager(pluggy.PluginManager):
         self.infos[name] = PluginInfo(name, getattr(plugin, "__name__", repr(plugin)), dist,
                                       version)
         self.register(plugin, name=name)
-        self._registries = None
+        self._registries = {}
 
     # -- registries -------------------------------------------------------------------------
 
-    def _collect(self) -> dict[str, dict[str, Registration]]:
-        if self._registries is not None:
-            return self._registries
-        registries: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
-        for kind, (hook_name, base) in KINDS.items():
-            hook = getattr(self.hook, hook_name)
-            for impl in hook.get_hookimpls():  # in load order: the first registration wins
-                info = self.infos.setdefault(impl.plugin_name,
-                                             PluginInfo(impl.plugin_name, repr(impl.plugin)))
-                register = self._registrar(kind, base, registries[kind], info)
-                try:
-                    impl.function(*[{"register": register}[arg] for arg in impl.argnames])
-                except Exception as exc:
-                    info.errors.append(f"{hook_name} failed: {type(exc).__name__}: {exc}")
-                    if os.environ.get("ADAPTERHUB_DEBUG"):
-                        traceback.print_exc()
-        self._registries = registries
-        return registries
+    def _collect(self, kind: str) -> dict[str, Registration]:
+        """Run every plugin's registration hook of one ``kind`` (once; then cached)."""
+        if kind in self._registries:
+            return self._registries[kind]
+        hook_name, base = KINDS[kind]
+        registry: dict[str, Registration] = {}
+        for impl in getattr(self.hook, hook_name).get_hookimpls():  # first registration wins
+            info = self.infos.setdefault(impl.plugin_name,
+                                         PluginInfo(impl.plugin_name, repr(impl.plugin)))
+            register = self._registrar(kind, base, registry, info)
+            try:
+                impl.function(*[{"register": register}[arg] for arg in impl.argnames])
+            except Exception as exc:
+                info.errors.append(f"{hook_name} failed: {type(exc).__name__}: {exc}")
+                if os.environ.get("ADAPTERHUB_DEBUG"):
+                    traceback.print_exc()
+        self._registries[kind] = registry
+        return registry
 
     @staticmethod
     def _registrar(kind: str, base: type | None, registry: dict[str, Registration],
@@ -163,7 +165,7 @@ class PluginManager(pluggy.PluginManager):
 
     def registered(self, kind: str) -> dict[str, Registration]:
         """Everything of one kind (``method``, ``quantizer``, ``strategy``, ``remote``)."""
-        return self._collect()[kind]
+        return self._collect(kind)
 
     def lookup(self, kind: str, name: str) -> Any:
         """The registered object of ``kind`` called ``name``; an :class:`UnknownPluginError`
@@ -189,7 +191,8 @@ class PluginManager(pluggy.PluginManager):
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin, after running all registrations (so errors and contents are known)."""
-        self._collect()
+        for kind in KINDS:
+            self._collect(kind)
         return sorted(self.infos.values(), key=lambda info: info.name)
 
     def failures(self) -> list[PluginLoadError]:
