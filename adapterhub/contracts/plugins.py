@@ -119,6 +119,13 @@ class PluginManager(pluggy.PluginManager):
         self.register(plugin, name=name)
         self._registries = {}
 
+    def remove_plugin(self, name: str) -> None:
+        """Unregister a plugin added with :meth:`add_plugin` (tests) and forget what it
+        registered."""
+        self.unregister(name=name)
+        self.infos.pop(name, None)
+        self._registries = {}
+
     # -- registries -------------------------------------------------------------------------
 
     def _collect(self, kind: str) -> dict[str, Registration]:

@@ -33,6 +33,4 @@ def dense_method():
     pm = plugin_manager()
     pm.add_plugin(DensePlugin, "dense_delta_test")
     yield DenseDelta.name
-    pm.unregister(name="dense_delta_test")
-    pm.infos.pop("dense_delta_test")
-    pm._registries = None
+    pm.remove_plugin("dense_delta_test")
