@@ -128,8 +128,12 @@ class RenderCache:
 
     def _render(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
         from adapterhub.io.formats.repo import repo_files
+        from adapterhub.io.package import AdapterPackage
 
-        files = repo_files(registry.get(version))
+        digests = [entry.digest for entry in version.manifest.tensors.values()]
+        package = AdapterPackage.from_blobs(version.manifest,
+                                            dict(registry.read_blobs(digests)), raw=True)
+        files = repo_files(package)
         rendered = {path: RenderedFile.of(path, data, self._spool)
                     for path, data in sorted(files.items())}
         del files

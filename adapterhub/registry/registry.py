@@ -16,6 +16,7 @@ The registry is any SQLAlchemy URL or a path (SQLite). Errors are
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
     from adapterhub.registry.http_registry import HttpRegistry
     from adapterhub.registry.sources import Source
-    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
-                             VerifyReport, VersionInfo)
+    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RegistryService,
+                             RemoteInfo, Usage, VerifyReport, VersionInfo)
+    from registry_db.reads import SqliteReader
 
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"
@@ -62,25 +64,54 @@ class Registry:
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *,
                  caller: Caller | None = None) -> None:
-        from registry_db import Caller, RegistryService
+        from registry_db import Caller
+        from registry_db.reads import open_sqlite
 
-        self.service = RegistryService(default_url() if url is None else url)
-        self.url = self.service.url
+        self._target = default_url() if url is None else url
+        # a SQLite file at this code's schema is read without SQLAlchemy until a call writes
+        # or needs more than resolve/list/log (which keeps those commands quick to start)
+        self._reader = open_sqlite(self._target)
+        self._service: RegistryService | None = None
         self.caller = caller or Caller.local_user(default_author())
-        self._local = DatabaseRemote(self.url, service=self.service, caller=self.caller)
         self._owned = True
+
+    @property
+    def service(self) -> RegistryService:
+        """The registry database, opened (and migrated) on first use."""
+        if self._service is None:
+            from registry_db import RegistryService
+
+            self._service = RegistryService(self._target)
+        return self._service
+
+    @property
+    def url(self) -> str:
+        if self._service is None and self._reader is not None:
+            return self._reader.url
+        return self.service.url
+
+    @functools.cached_property
+    def _local(self) -> DatabaseRemote:
+        return DatabaseRemote(self.url, service=self.service, caller=self.caller)
+
+    def _reads(self) -> RegistryService | SqliteReader:
+        return self._reader if self._service is None and self._reader is not None \
+            else self.service
 
     def as_caller(self, caller: Caller) -> Registry:
         """The same registry seen by ``caller`` (what a hub does for each request): every
         call is authorized for it. Sharing the database connection; closing it is a no-op."""
         view = object.__new__(Registry)
-        view.service, view.url, view.caller, view._owned = self.service, self.url, caller, False
-        view._local = DatabaseRemote(self.url, service=self.service, caller=caller)
+        view._target, view._reader, view._service = self._target, None, self.service
+        view.caller, view._owned = caller, False
         return view
 
     def close(self) -> None:
         if self._owned:
-            self.service.close()
+            if self._reader is not None:
+                self._reader.close()
+            if self._service is not None:
+                self._service.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -180,7 +211,7 @@ class Registry:
     def resolve(self, ref: str) -> VersionInfo:
         """The version a ref names (``ns/name``, ``@N``, ``:tag``, ``@sha256:…``), with its
         manifest."""
-        return self.service.resolve(ref, caller=self.caller)
+        return self._reads().resolve(ref, caller=self.caller)
 
     def find(self, digest: str) -> VersionInfo | None:
         """A version whose manifest digest is ``digest`` (in a repository the caller may
@@ -212,8 +243,8 @@ class Registry:
 
         ``base`` is a base-model fingerprint (``sha256:…``) or name.
         """
-        return self.service.list_versions(prefix, caller=self.caller, method=method, base=base,
-                                          labels=labels)
+        return self._reads().list_versions(prefix, caller=self.caller, method=method,
+                                           base=base, labels=labels)
 
     def repositories(self, prefix: str | None = None) -> list[str]:
         """Names of repositories (with or without live versions), sorted."""
@@ -221,7 +252,7 @@ class Registry:
 
     def log(self, name: str) -> list[VersionInfo]:
         """All versions of one repository, newest first (soft-deleted ones flagged)."""
-        return self.service.log(name, caller=self.caller)
+        return self._reads().log(name, caller=self.caller)
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
         """Settings that differ and the norm of each tensor's change, from ``a`` to ``b``."""
@@ -339,8 +370,6 @@ def open_registry(where: str | None = None, *, db: str | os.PathLike[str] | None
     name, a hub URL, or another registry's path or URL), that one. A hub answers over HTTP
     (:class:`~adapterhub.registry.http_registry.HttpRegistry`); a database is opened
     directly."""
-    from adapterhub.registry.http_registry import HttpRegistry
-
     if where is None:
         return Registry(db)
     url = where
@@ -354,6 +383,8 @@ def open_registry(where: str | None = None, *, db: str | os.PathLike[str] | None
         url = known.url
     scheme = scheme_of(url)
     if scheme in ("http", "https"):
+        from adapterhub.registry.http_registry import HttpRegistry
+
         return HttpRegistry(url)
     if scheme in ("sqlite", "postgresql"):
         return Registry(url)
