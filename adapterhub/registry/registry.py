@@ -82,21 +82,21 @@ class Registry:
             from registry_db import RegistryService
 
             self._service = RegistryService(self._target)
+            if self._reader is not None:  # from now on every call goes through the service
+                self._reader.close()
+                self._reader = None
         return self._service
 
     @property
     def url(self) -> str:
-        if self._service is None and self._reader is not None:
-            return self._reader.url
-        return self.service.url
+        return self._reader.url if self._reader is not None else self.service.url
 
     @functools.cached_property
     def _local(self) -> DatabaseRemote:
         return DatabaseRemote(self.url, service=self.service, caller=self.caller)
 
     def _reads(self) -> RegistryService | SqliteReader:
-        return self._reader if self._service is None and self._reader is not None \
-            else self.service
+        return self._reader if self._reader is not None else self.service
 
     def as_caller(self, caller: Caller) -> Registry:
         """The same registry seen by ``caller`` (what a hub does for each request): every
