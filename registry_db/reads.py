@@ -46,6 +46,13 @@ def resolve(rows: Rows, ref: str | Ref, *, caller: Caller) -> VersionInfo:
 
 def resolve_id(rows: Rows, ref: Ref) -> int:
     """The row id of the version ``ref`` names (no access check: callers make it)."""
+    if ref.number is None and ref.tag is None and ref.digest_prefix is None:  # in one query
+        found = rows(f"SELECT v.id{_FROM} WHERE r.name = :name AND v.deleted_at IS NULL "
+                     f"ORDER BY v.number DESC LIMIT 1", {"name": ref.name})
+        if found:
+            return found[0][0]
+        repository_id(rows, ref.name)  # says which is missing: the repository or versions
+        raise AdapterNotFoundError(f"{ref.name} has no versions")
     repo = repository_id(rows, ref.name)
     live = "deleted_at IS NULL"
     base = "SELECT id, deleted_at FROM versions WHERE repository_id = :repo"
@@ -76,10 +83,7 @@ def resolve_id(rows: Rows, ref: Ref) -> int:
             raise ConflictError(f"digest prefix {prefix} matches several versions of "
                                 f"{ref.name}", hint="Give more hex digits")
         return found[0][0]
-    found = rows(f"{base} AND {live} ORDER BY number DESC LIMIT 1", {"repo": repo})
-    if not found:
-        raise AdapterNotFoundError(f"{ref.name} has no versions")
-    return found[0][0]
+    raise AssertionError(f"unhandled ref {ref}")
 
 
 def repository_id(rows: Rows, name: str) -> int:
@@ -126,6 +130,16 @@ def list_versions(rows: Rows, prefix: str | None = None, *, caller: Caller,
     return _records(rows, found, with_manifest=False)
 
 
+def repositories(rows: Rows, prefix: str | None = None, *, caller: Caller) -> list[str]:
+    """Names of the repositories the caller may read (with or without live versions) that
+    start with ``prefix``, sorted."""
+    caller.require("read")
+    where = " WHERE substr(name, 1, :n) = :prefix" if prefix else ""
+    found = rows(f"SELECT name FROM repositories{where} ORDER BY name",
+                 {"n": len(prefix), "prefix": prefix} if prefix else {})
+    return [name for (name,) in found if caller.can("read", name)]
+
+
 def log(rows: Rows, name: str, *, caller: Caller) -> list[VersionInfo]:
     """Every version of a repository, newest first, soft-deleted ones included (flagged)."""
     validate_name(name)
@@ -141,9 +155,10 @@ def version_infos(rows: Rows, ids: Sequence[int], *, with_manifest: bool = False
     """Records for the versions with these row ids, in that order, in a fixed number of
     queries (not one per version)."""
     by_id: dict[int, Sequence[Any]] = {}
+    columns = f"{_COLUMNS}, v.manifest" if with_manifest else _COLUMNS
     for batch in _batched(ids):
         marks, params = _in_list(batch)
-        for row in rows(f"SELECT {_COLUMNS}{_FROM} WHERE v.id IN ({marks})", params):
+        for row in rows(f"SELECT {columns}{_FROM} WHERE v.id IN ({marks})", params):
             by_id[row[0]] = row
     return _records(rows, [by_id[i] for i in ids], with_manifest=with_manifest)
 
@@ -154,7 +169,6 @@ def _records(rows: Rows, found: Sequence[Sequence[Any]], *, with_manifest: bool
     tags: dict[int, list[str]] = defaultdict(list)
     labels: dict[int, dict[str, str]] = defaultdict(dict)
     parents: dict[int, list[str]] = defaultdict(list)
-    manifests: dict[int, str] = {}
     # with thousands of versions, one pass over each small table beats IN lists
     whole = len(ids) > _BATCH
     for batch in [ids] if whole else _batched(ids):
@@ -170,18 +184,18 @@ def _records(rows: Rows, found: Sequence[Sequence[Any]], *, with_manifest: bool
                 f"SELECT version_id, parent_digest FROM lineage{where} ORDER BY position",
                 {} if whole else params):
             parents[version_id].append(parent)
-        if with_manifest:
-            manifests.update(rows(f"SELECT id, manifest FROM versions WHERE id IN ({marks})",
-                                  params))
-    return [VersionInfo(
-        name=name, number=number, digest=digest, method=method, base_name=base_name,
-        base_fingerprint=base_fingerprint, size=size, created_at=_utc(created_at),
-        author=author, message=message, tags=tuple(tags.get(id_, ())),
-        labels=dict(labels.get(id_, ())), parents=tuple(parents.get(id_, ())),
-        deleted=deleted_at is not None,
-        manifest=Manifest.from_dict(json.loads(manifests[id_])) if with_manifest else None)
-        for (id_, name, number, digest, method, base_name, base_fingerprint, size, created_at,
-             author, message, deleted_at) in found]
+    records = []
+    for row in found:
+        (id_, name, number, digest, method, base_name, base_fingerprint, size, created_at,
+         author, message, deleted_at) = row[:12]
+        records.append(VersionInfo(
+            name=name, number=number, digest=digest, method=method, base_name=base_name,
+            base_fingerprint=base_fingerprint, size=size, created_at=_utc(created_at),
+            author=author, message=message, tags=tuple(tags.get(id_, ())),
+            labels=dict(labels.get(id_, ())), parents=tuple(parents.get(id_, ())),
+            deleted=deleted_at is not None,
+            manifest=Manifest.from_dict(json.loads(row[12])) if with_manifest else None))
+    return records
 
 
 def _utc(value: datetime | str) -> datetime:
@@ -213,8 +227,10 @@ def open_sqlite(url: str | os.PathLike[str]) -> SqliteReader | None:
     if not path.is_file():
         return None
     try:
+        # one caller at a time, but maybe not the thread that opened it (a hub opens its
+        # registry in one thread and serves from others)
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
-                               isolation_level=None)
+                               isolation_level=None, check_same_thread=False)
     except sqlite3.Error:
         return None
     try:

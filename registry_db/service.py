@@ -88,8 +88,8 @@ class RegistryService:
 
     def resolve(self, ref: str | Ref, *, caller: Caller) -> VersionInfo:
         """The live version a ref names, with its manifest."""
-        with self.db.read() as s:
-            return reads.resolve(session_rows(s), ref, caller=caller)
+        with self.db.rows() as rows:
+            return reads.resolve(rows, ref, caller=caller)
 
     def find(self, digest: str, *, caller: Caller) -> VersionInfo | None:
         """A version with this manifest digest in a repository the caller may read (live ones
@@ -117,25 +117,20 @@ class RegistryService:
         """Versions the caller may read whose repository name starts with ``prefix``, newest
         first per repository. ``base`` matches the base model's fingerprint (a ``sha256:``
         digest) or its name; ``labels`` must all match."""
-        with self.db.read() as s:
-            return reads.list_versions(session_rows(s), prefix, caller=caller, method=method,
-                                       base=base, labels=labels,
-                                       include_deleted=include_deleted)
+        with self.db.rows() as rows:
+            return reads.list_versions(rows, prefix, caller=caller, method=method, base=base,
+                                       labels=labels, include_deleted=include_deleted)
 
     def log(self, name: str, *, caller: Caller) -> list[VersionInfo]:
         """Every version of a repository, newest first, soft-deleted ones included (flagged)."""
-        with self.db.read() as s:
-            return reads.log(session_rows(s), name, caller=caller)
+        with self.db.rows() as rows:
+            return reads.log(rows, name, caller=caller)
 
     def repositories(self, prefix: str | None = None, *, caller: Caller) -> list[str]:
         """Names of the repositories the caller may read (with or without live versions),
         sorted."""
-        caller.require("read")
-        query = select(Repository.name).order_by(Repository.name)
-        if prefix:
-            query = query.where(Repository.name.startswith(prefix, autoescape=True))
-        with self.db.read() as s:
-            return [name for name in s.scalars(query) if caller.can("read", name)]
+        with self.db.rows() as rows:
+            return reads.repositories(rows, prefix, caller=caller)
 
     def children(self, digest: str, *, caller: Caller) -> list[VersionInfo]:
         """Live versions the caller may read that name ``digest`` among their parents."""
@@ -337,6 +332,11 @@ class RegistryService:
 
         caller.require_all("admin")
         return check(self)
+
+    def ping(self) -> None:
+        """One round trip to the database (raises :class:`RegistryError` if it is down)."""
+        with self.db.read() as s:
+            s.execute(select(1))
 
     def usage(self) -> Usage:
         """How much the registry holds, in aggregate (counts and bytes, no names)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -15,6 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from adapterhub.errors import RegistryError
 from adapterhub.hub import errors
+from adapterhub.hub.auth import TokenCache
 from adapterhub.hub.context import AUTH_MODES, Hub, Settings
 from adapterhub.hub.guard import Guard
 from adapterhub.hub.observe import Metrics, Observe
@@ -35,11 +38,13 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
         raise RegistryError(f"unknown auth mode {settings.auth!r}; use one of "
                             f"{', '.join(AUTH_MODES)}")
     registry = Registry(db)
+    service = registry.service  # open (and migrate) the database now: a bad URL fails here
     metrics = Metrics()
     app = FastAPI(title="adapterhub", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
-    hub = Hub(registry=registry, settings=settings,
-              renders=RenderCache(render_cache_bytes), metrics=metrics, started=time.time())
+    hub = Hub(registry=registry, settings=settings, renders=RenderCache(render_cache_bytes),
+              metrics=metrics, tokens=TokenCache(settings.token_cache),
+              inline_reads=service.db.dialect == "sqlite", started=time.time())
     app.state.hub = hub
     errors.install(app)
     # the broad paths go last: hf_read's /{ns}/{name}/resolve/…, then the pages' /{ns}/{name}
@@ -93,16 +98,34 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def server_config(app, *, host: str, port: int, settings: Settings,
-                  workers: int = 1) -> uvicorn.Config:
-    """The uvicorn configuration every hub runs with (``serve`` and the tests alike)."""
+def server_options(settings: Settings) -> dict:
+    """The uvicorn options every hub runs with (``serve`` and the tests alike), but the
+    application and the HTTP protocol class."""
+    return {"log_level": "warning", "access_log": False, "lifespan": "on",
+            "timeout_keep_alive": settings.keep_alive,
+            "limit_concurrency": settings.max_concurrency,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+
+
+def server_config(app, *, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """The configuration of a one-process hub serving ``app``."""
     protocol = type("HubProtocol", (GuardedH11Protocol,),
                     {"header_timeout": settings.header_timeout})
-    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
-                          access_log=False, lifespan="on",
-                          timeout_keep_alive=settings.keep_alive,
-                          limit_concurrency=settings.max_concurrency,
-                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, workers=workers)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, **server_options(settings))
+
+
+#: what ``serve --workers`` hands each worker process: the registry and the settings (JSON)
+SERVE_ENV = "ADAPTERHUB_SERVE"
+
+
+def app_from_env():
+    """uvicorn's application factory for ``serve --workers N``: each worker process builds
+    its own application, with its own database engine, from :data:`SERVE_ENV`."""
+    spec = json.loads(os.environ[SERVE_ENV])
+    settings = Settings(**spec["settings"])
+    GuardedH11Protocol.header_timeout = settings.header_timeout
+    configure_logging()
+    return create_app(spec["db"], settings=settings)
 
 
 def configure_logging() -> None:
@@ -116,8 +139,18 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
-def serve(db: str | None, *, host: str, port: int, settings: Settings) -> None:
-    """Run the hub with uvicorn until interrupted."""
+def serve(db: str | None, *, host: str, port: int, settings: Settings,
+          workers: int = 1) -> None:
+    """Run the hub with uvicorn until interrupted: one process, or ``workers`` processes
+    sharing the listening socket (each with its own engine; the database is the only state
+    they share)."""
     configure_logging()
-    app = create_app(db, settings=settings)
-    uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+    if workers == 1:
+        app = create_app(db, settings=settings)
+        uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+        return
+    os.environ[SERVE_ENV] = json.dumps({"db": None if db is None else os.fspath(db),
+                                        "settings": dataclasses.asdict(settings)})
+    uvicorn.run("adapterhub.hub.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, http="adapterhub.hub.app:GuardedH11Protocol",
+                **server_options(settings))

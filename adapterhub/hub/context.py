@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
+    from adapterhub.hub.auth import TokenCache
     from adapterhub.hub.observe import Metrics
     from adapterhub.hub.render import RenderCache
     from adapterhub.registry import Registry
 
 AUTH_MODES = ("required", "read-public")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,9 @@ class Settings:
     (anyone may read; writing needs a token). ``header_timeout``: a client must send its
     request headers this fast; ``body_timeout``: the longest pause while a body arrives;
     ``keep_alive``: how long an idle connection stays open; ``max_concurrency``: connections
-    and requests in flight per process before new ones get 503.
+    and requests in flight per process before new ones get 503; ``token_cache``: how long a
+    process trusts a token it has looked up (a revoked token stops working within this time;
+    0 looks every request up).
     """
 
     auth: str = "required"
@@ -31,6 +37,7 @@ class Settings:
     body_timeout: float = 20.0
     keep_alive: float = 5.0
     max_concurrency: int = 256
+    token_cache: float = 5.0
 
 
 @dataclass
@@ -39,7 +46,13 @@ class Hub:
     settings: Settings
     renders: RenderCache
     metrics: Metrics
+    tokens: TokenCache
+    #: small reads run on the event loop (SQLite: microseconds, less than a thread hop);
+    #: on PostgreSQL, a network round trip, they go to worker threads
+    inline_reads: bool = False
     started: float = field(default=0.0)
+    #: until when (monotonic seconds) /health may answer without asking the database again
+    healthy_until: float = field(default=0.0)
 
     @property
     def auth(self) -> str:
@@ -48,3 +61,11 @@ class Hub:
 
 def hub_of(request: Request) -> Hub:
     return request.app.state.hub
+
+
+async def small_read(request: Request, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)``, a bounded read of the store (a ref, a repository's name), on the
+    event loop or in a worker thread as :attr:`Hub.inline_reads` says."""
+    if hub_of(request).inline_reads:
+        return read(*args)
+    return await run_in_threadpool(read, *args)

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceededError,
                                RequestTimeoutError)
-from adapterhub.hub.auth import CALLER_KEY, authenticate
+from adapterhub.hub.auth import CALLER_KEY, authenticate, cached_caller
 from adapterhub.hub.context import Hub
 from adapterhub.hub.errors import error_response
 from registry_db.codec import CHUNK_SIZE
@@ -51,7 +51,9 @@ _LIMITS = [
      NEGOTIATE_LIMIT),
 ]
 #: routes that need no token (the signed LFS upload URL authenticates itself)
-_OPEN = re.compile(r"^/health$|^/api/hub/lfs/")
+_OPEN = re.compile(r"^/api/hub/lfs/")
+#: routes that do not look at the token at all
+_ANONYMOUS = re.compile(r"^/health$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
 _READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/read$")
 _READ_METHODS = ("GET", "HEAD")
@@ -130,15 +132,23 @@ class Guard:
 
     async def _admit(self, scope: dict, method: str, path: str):
         """The caller, or an error that refuses the request before its body is read."""
+        if _ANONYMOUS.match(path):
+            return cached_caller(self.hub, None)
         if _OPEN.match(path):
             try:
-                return await run_in_threadpool(authenticate, self.hub, _authorization(scope))
+                return await self._authenticate(_authorization(scope))
             except AdapterHubError:  # these routes do not depend on who asks
-                return await run_in_threadpool(authenticate, self.hub, None)
-        caller = await run_in_threadpool(authenticate, self.hub, _authorization(scope))
+                return cached_caller(self.hub, None)
+        caller = await self._authenticate(_authorization(scope))
         reads = method in _READ_METHODS or (method == "POST" and _READ_POSTS.match(path))
         if reads:
             caller.require("read")
         else:
             caller.require("write")
         return caller
+
+    async def _authenticate(self, header: str | None):
+        """On the event loop when the token is cached; a database lookup in a worker
+        thread otherwise."""
+        return cached_caller(self.hub, header) or await run_in_threadpool(
+            authenticate, self.hub, header)

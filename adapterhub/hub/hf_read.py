@@ -24,11 +24,13 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterNotFoundError, EntryNotFoundError, InvalidRequestError,
                                RefError, RepoNotFoundError, RevisionNotFoundError)
 from adapterhub.hub.auth import registry
-from adapterhub.hub.context import hub_of
+from adapterhub.hub.bodies import json_response
+from adapterhub.hub.context import hub_of, small_read
 from adapterhub.hub.native import byte_range, full_name
 from adapterhub.hub.render import LFS_POINTER_SIZE, RenderedFile
 from adapterhub.registry import Registry
@@ -109,22 +111,42 @@ def model_info(request: Request, reg: Registry, repo: str,
     return info
 
 
-@router.get("/api/models/{namespace}/{name}")
-def repo_info(request: Request, namespace: str, name: str,
-              reg: Registry = Depends(registry)) -> dict[str, Any]:
+def latest(reg: Registry, namespace: str, name: str) -> tuple[str, VersionInfo | None]:
+    """The repository and its newest version (None: an empty repository has no commit)."""
     repo = repository(reg, namespace, name)
     try:
-        version = reg.resolve(repo)
-    except AdapterNotFoundError:  # an empty repository has no commit yet
-        version = None
-    return model_info(request, reg, repo, version)
+        return repo, reg.resolve(repo)
+    except AdapterNotFoundError:
+        return repo, None
+
+
+def at_revision(reg: Registry, namespace: str, name: str, revision: str
+                ) -> tuple[str, VersionInfo]:
+    repo = repository(reg, namespace, name)
+    return repo, resolve_revision(reg, repo, revision)
+
+
+async def info_response(request: Request, reg: Registry, repo: str,
+                        version: VersionInfo | None) -> Response:
+    """``model_info`` as JSON; a version whose files are not rendered yet is rendered in a
+    worker thread."""
+    if version is not None and hub_of(request).renders.cached(version) is None:
+        await run_in_threadpool(files_of, request, reg, version)
+    return json_response(model_info(request, reg, repo, version))
+
+
+@router.get("/api/models/{namespace}/{name}")
+async def repo_info(request: Request, namespace: str, name: str,
+                    reg: Registry = Depends(registry)) -> Response:
+    repo, version = await small_read(request, latest, reg, namespace, name)
+    return await info_response(request, reg, repo, version)
 
 
 @router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
-def revision_info(request: Request, namespace: str, name: str, revision: str,
-                  reg: Registry = Depends(registry)) -> dict[str, Any]:
-    repo = repository(reg, namespace, name)
-    return model_info(request, reg, repo, resolve_revision(reg, repo, revision))
+async def revision_info(request: Request, namespace: str, name: str, revision: str,
+                        reg: Registry = Depends(registry)) -> Response:
+    repo, version = await small_read(request, at_revision, reg, namespace, name, revision)
+    return await info_response(request, reg, repo, version)
 
 
 @router.get("/api/models/{namespace}/{name}/tree/{revision}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityE
                                InvalidRequestError, RangeNotSatisfiableError)
 from adapterhub.hub.auth import caller, registry
 from adapterhub.hub.bodies import digest_list, json_object, json_response, string_field
-from adapterhub.hub.context import hub_of
+from adapterhub.hub.context import hub_of, small_read
 from adapterhub.registry import Registry
 from registry_db import Caller, Manifest, parse_ref, validate_name
 from registry_db.digests import is_digest
@@ -54,11 +55,18 @@ def full_name(namespace: str, name: str) -> str:
 # -- service ------------------------------------------------------------------------------
 
 
+#: how long a good answer from the database keeps /health from asking again
+HEALTH_CHECK_EVERY = 1.0
+
+
 @router.get("/health")
-def health(request: Request) -> dict[str, Any]:
-    """Liveness and readiness: the registry answers a query."""
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness and readiness: the registry answered a query within the last second (load
+    balancers poll this; it must not cost a database round trip each time)."""
     hub = hub_of(request)
-    hub.registry.service.usage()  # one cheap round trip
+    if time.monotonic() >= hub.healthy_until:
+        await run_in_threadpool(hub.registry.service.ping)
+        hub.healthy_until = time.monotonic() + HEALTH_CHECK_EVERY
     return {"status": "ok", "auth": hub.auth}
 
 
@@ -81,10 +89,11 @@ def whoami(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/api/v1/resolve")
-def resolve(ref: str = Query(..., max_length=300),
-            reg: Registry = Depends(registry)) -> Response:
+async def resolve(request: Request, ref: str = Query(..., max_length=300),
+                  reg: Registry = Depends(registry)) -> Response:
     """The version a ref names, with its manifest."""
-    return json_response(reg.resolve(ref).to_dict(with_manifest=True))
+    version = await small_read(request, reg.resolve, ref)
+    return json_response(version.to_dict(with_manifest=True))
 
 
 @router.get("/api/v1/find/{digest}")

@@ -101,6 +101,11 @@ class RenderCache:
         self._rendering: dict[str, threading.Lock] = {}
         self._spool = Path(tempfile.mkdtemp(prefix="adapterhub-render-"))
 
+    def cached(self, version: VersionInfo) -> dict[str, RenderedFile] | None:
+        """The files of ``version`` if they are rendered already, else None."""
+        with self._lock:
+            return self._files.get(version.digest)
+
     def files(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
         """``{path: file}`` of ``version`` (its manifest must be loaded), read through
         ``registry`` (the caller's view: it may read the version)."""
