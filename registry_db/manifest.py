@@ -64,6 +64,8 @@ class Manifest:
     ``method`` is ``{name, version, config}``; ``base_model`` is ``{name, revision,
     fingerprint, modules}`` where ``modules`` maps each adapted module path to the shape of
     its base weight; ``parents`` are version digests (merge inputs, experts, fine-tuned-from).
+    Treat one as read-only (build another with :meth:`replace`): its canonical bytes are
+    encoded once, and registries share parsed manifests by digest.
     """
 
     method: dict[str, Any]
@@ -90,8 +92,13 @@ class Manifest:
         }
 
     def canonical(self) -> bytes:
-        """The bytes that are stored, hashed and compared."""
-        return canonical_json(self.to_dict())
+        """The bytes that are stored, hashed and compared (encoded once: a manifest is
+        immutable, and a large one takes a millisecond to encode)."""
+        encoded = self.__dict__.get("_canonical")
+        if encoded is None:
+            encoded = canonical_json(self.to_dict())
+            object.__setattr__(self, "_canonical", encoded)
+        return encoded
 
     @property
     def digest(self) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,8 +195,30 @@ def _records(rows: Rows, found: Sequence[Sequence[Any]], *, with_manifest: bool
             author=author, message=message, tags=tuple(tags.get(id_, ())),
             labels=dict(labels.get(id_, ())), parents=tuple(parents.get(id_, ())),
             deleted=deleted_at is not None,
-            manifest=Manifest.from_dict(json.loads(row[12])) if with_manifest else None))
+            manifest=_manifest(digest, row[12]) if with_manifest else None))
     return records
+
+
+_MANIFESTS: OrderedDict[str, Manifest] = OrderedDict()
+_MANIFESTS_LOCK = threading.Lock()
+MANIFEST_CACHE = 512  # parsed manifests kept per process
+
+
+def _manifest(digest: str, text: str | bytes) -> Manifest:
+    """The parsed manifest of version ``digest``. A digest names one manifest for ever (it
+    is the hash of the canonical bytes), so parsed manifests are kept by digest: parsing a
+    few hundred tensors' entries costs milliseconds, per request on a busy hub."""
+    with _MANIFESTS_LOCK:
+        found = _MANIFESTS.get(digest)
+        if found is not None:
+            _MANIFESTS.move_to_end(digest)
+            return found
+    manifest = Manifest.from_dict(json.loads(text))
+    with _MANIFESTS_LOCK:
+        _MANIFESTS[digest] = manifest
+        while len(_MANIFESTS) > MANIFEST_CACHE:
+            _MANIFESTS.popitem(last=False)
+    return manifest
 
 
 def _utc(value: datetime | str) -> datetime:

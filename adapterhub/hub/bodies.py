@@ -42,6 +42,16 @@ def json_response(data: Any, status_code: int = 200) -> Response:
                     media_type="application/json")
 
 
+def json_response_with(data: dict[str, Any], **encoded: bytes) -> Response:
+    """JSON of ``data`` plus fields whose values are JSON bytes already (a version's stored
+    canonical manifest), spliced in rather than parsed and encoded again."""
+    head = json.dumps(data, separators=(",", ":")).encode()
+    fields = b",".join(json.dumps(key).encode() + b":" + value
+                       for key, value in encoded.items())
+    body = head[:-1] + (b"," if data and fields else b"") + fields + b"}"
+    return Response(body, media_type="application/json")
+
+
 def digest_list(body: dict[str, Any], key: str = "digests", limit: int = 100_000) -> list[str]:
     digests = body.get(key)
     if not isinstance(digests, list) or len(digests) > limit or not all(

@@ -35,7 +35,8 @@ from starlette.concurrency import run_in_threadpool
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityError,
                                InvalidRequestError, RangeNotSatisfiableError)
 from adapterhub.hub.auth import caller, registry
-from adapterhub.hub.bodies import digest_list, json_object, json_response, string_field
+from adapterhub.hub.bodies import (digest_list, json_object, json_response, json_response_with,
+                                   string_field)
 from adapterhub.hub.context import hub_of, small_read
 from adapterhub.registry import Registry
 from registry_db import Caller, Manifest, parse_ref, validate_name
@@ -93,7 +94,7 @@ async def resolve(request: Request, ref: str = Query(..., max_length=300),
                   reg: Registry = Depends(registry)) -> Response:
     """The version a ref names, with its manifest."""
     version = await small_read(request, reg.resolve, ref)
-    return json_response(version.to_dict(with_manifest=True))
+    return json_response_with(version.to_dict(), manifest=version.manifest.canonical())
 
 
 @router.get("/api/v1/find/{digest}")
