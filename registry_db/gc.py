@@ -28,6 +28,7 @@ from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, 
                                 VersionTensor)
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
+from registry_db.xet import XetStore
 
 if TYPE_CHECKING:
     from registry_db.access import Caller
@@ -85,6 +86,7 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
             s.execute(delete(Version).where(Version.id.in_(batch)))
 
         referenced = set(s.scalars(select(VersionTensor.blob_digest).distinct()))
+        referenced |= XetStore.kept_blobs(s)  # Xet's xorbs and shards (see registry_db.xet)
         cutoff = now - grace
         stale = s.execute(select(Blob.id, Blob.digest, Blob.complete, Blob.stored_size)
                           .where(Blob.touched_at < cutoff)).all()

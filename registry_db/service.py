@@ -41,6 +41,7 @@ from registry_db.rows import version_infos
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.tokens import TokenStore
+from registry_db.xet import XetStore
 
 MAX_LABEL_VALUE = 1024
 MAX_AUTHOR = 256
@@ -72,6 +73,7 @@ class RegistryService:
         self.blobs = BlobService(self.db, BlobStore(self.db))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
+        self.xet = XetStore(self.db, self.blobs.store)
         self.url = self.db.url
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from adapterhub.hub.observe import Metrics
     from adapterhub.hub.render import RenderCache
     from adapterhub.registry import Registry
+    from adapterhub.xet import XetService, XetStats
 
 AUTH_MODES = ("required", "read-public")
 
@@ -39,6 +40,8 @@ class Hub:
     settings: Settings
     renders: RenderCache
     metrics: Metrics
+    xet: XetService
+    xet_stats: XetStats
     started: float = field(default=0.0)
 
     @property

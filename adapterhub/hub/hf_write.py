@@ -8,7 +8,8 @@ NDJSON commit on ``main``: the files of the newest version, changed by the commi
 as an adapter (:func:`adapterhub.io.formats.read_adapter`) and pushed as the next version.
 ``create_tag``/``delete_tag`` manage tags; ``v<N>`` tags are the version numbers themselves.
 
-Clients of ``huggingface_hub`` ≥ 1.0 need ``HF_HUB_DISABLE_XET=1``: the hub does not speak Xet.
+Clients with ``hf_xet`` (the default since ``huggingface_hub`` 1.0) upload LFS files through
+Xet instead (:mod:`adapterhub.hub.hf_xet`); a commit's ``lfsFile`` is read from Xet first.
 
 An ``lfsFile`` names bytes by their sha256; the store lets a commit use only bytes the caller
 may see (see :mod:`registry_db.blobs`), so knowing a digest never reads another namespace's
@@ -34,6 +35,7 @@ from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
 from adapterhub.hub.hf_read import NUMBER_RE, commit_id, repository, resolve_revision
+from adapterhub.hub.hf_xet import xet_file
 from adapterhub.hub.native import full_name
 from adapterhub.hub.render import RenderedFile
 from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
@@ -307,19 +309,28 @@ def _apply(request: Request, reg: Registry, repo: str, header: dict[str, Any],
     for path, (oid, size) in lfs.items():
         if path not in ADAPTER_FILES:
             continue
-        try:  # only bytes the caller may see: an uploaded object, or one of its versions'
-            data = reg.read_blob(f"sha256:{oid}")
-        except AdapterNotFoundError:
-            raise IntegrityError(f"{path}: LFS object {oid} was not uploaded",
-                                 hint="Upload it through the LFS batch API first") from None
-        if len(data) != size:
-            raise IntegrityError(f"{path}: LFS object {oid} has {len(data)} bytes, not {size}")
-        files[path] = bytes(data)
+        files[path] = _lfs_bytes(request, reg, path, oid, size)
     package = package_from_files(files)
     message = header.get("summary") if isinstance(header.get("summary"), str) else None
     result = reg.push(package, repo, message=message and message[:64 * 1024],
                       author=reg.caller.actor, progress=False)
     return result.version
+
+
+def _lfs_bytes(request: Request, reg: Registry, path: str, oid: str, size: int) -> bytes:
+    """An ``lfsFile``'s bytes, only from what the caller may see: a file it uploaded through
+    Xet, then an LFS object it uploaded, or a blob of one of the versions it may read."""
+    pieces = xet_file(hub_of(request).xet, oid, size, reg.caller)
+    if pieces is not None:
+        return b"".join(pieces)
+    try:
+        data = reg.read_blob(f"sha256:{oid}")
+    except AdapterNotFoundError:
+        raise IntegrityError(f"{path}: LFS object {oid} was not uploaded",
+                             hint="Upload it (through Xet or the LFS batch API) first") from None
+    if len(data) != size:
+        raise IntegrityError(f"{path}: LFS object {oid} has {len(data)} bytes, not {size}")
+    return bytes(data)
 
 
 @router.post("/api/models/{namespace}/{name}/tag/{revision}")

@@ -1,0 +1,73 @@
+"""The Xet upload store's tables (see :mod:`registry_db.xet`); same rules as
+:mod:`registry_db.models`: change only together with a migration.
+
+Xorb and shard bytes are blobs of the ordinary blob store (``blob_digest``); these rows say
+what they hold and who may use them. Hashes are Xet's 64-hex text form.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from registry_db.models import DIGEST, Base
+
+XET_HASH = String(64)
+
+
+class XetXorb(Base):
+    """A verified xorb: its bytes (chunks + footer) are the blob ``blob_digest``; ``info``
+    is its chunk list, packed by the hub (the store keeps it opaque)."""
+
+    __tablename__ = "xet_xorbs"
+
+    hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+    blob_digest: Mapped[str] = mapped_column(DIGEST, index=True)
+    info: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class XetChunk(Base):
+    """The global-dedup index: a chunk hash → a xorb that holds it."""
+
+    __tablename__ = "xet_chunks"
+
+    chunk_hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+    xorb_hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+
+
+class XetFile(Base):
+    """A verified file reconstruction (``entry``: its terms, packed by the hub)."""
+
+    __tablename__ = "xet_files"
+    __table_args__ = (Index("ix_xet_files_sha256", "sha256"),)
+
+    file_hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class XetShard(Base):
+    """An uploaded shard, kept as the blob ``blob_digest``."""
+
+    __tablename__ = "xet_shards"
+
+    shard_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    blob_digest: Mapped[str] = mapped_column(DIGEST, index=True)
+    created_at: Mapped[datetime]
+
+
+class XetGrant(Base):
+    """``owner`` (a caller's :attr:`~registry_db.access.Caller.owner`) uploaded this xorb
+    (``kind`` "xorb") or file ("file"), so it may reference it; nobody else may."""
+
+    __tablename__ = "xet_grants"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+    granted_at: Mapped[datetime]
