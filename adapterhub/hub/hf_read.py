@@ -164,7 +164,12 @@ def resolve_file(request: Request, namespace: str, name: str, revision: str, pat
                  reg: Registry = Depends(registry)) -> Response:
     """A file's bytes (GET, with ``Range``) or only its headers (HEAD)."""
     repo = repository(reg, namespace, name)
-    version = resolve_revision(reg, repo, revision)
+    try:
+        version = resolve_revision(reg, repo, revision)
+    except RevisionNotFoundError:
+        if revision == "main" and not reg.log(repo):  # a new repository has no file yet
+            raise EntryNotFoundError(f"{repo} is empty; it has no {path[:200]!r}") from None
+        raise
     commit = commit_id(version)
     found = files_of(request, reg, version).get(path)
     if found is None:
