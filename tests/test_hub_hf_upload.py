@@ -101,9 +101,11 @@ def test_150mb_upload_file_then_again_sends_almost_nothing(hub, capsys):
         else:
             tensors = load_file(path)
         api = HfApi()
-        if not api.list_repo_files("team/big"):
-            api.upload_file(path_or_fileobj=d + "/adapter_config.json",
-                            path_in_repo="adapter_config.json", repo_id="team/big")
+        if not api.list_repo_files("team/big"):  # a first version with small weights
+            lora(d + "-small", 4, 2)
+            config = json.load(open(d + "/adapter_config.json"))
+            json.dump(config, open(d + "-small/adapter_config.json", "w"))
+            api.upload_folder(repo_id="team/big", folder_path=d + "-small")
         api.upload_file(path_or_fileobj=path, path_in_repo="adapter_model.safetensors",
                         repo_id="team/big", commit_message="weights")
         got = snapshot_download("team/big", local_dir="{hub.root}/big-out-" + os.environ["HF_HOME"][-1])

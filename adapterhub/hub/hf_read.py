@@ -133,6 +133,8 @@ def tree(request: Request, namespace: str, name: str, revision: str, path: str =
          reg: Registry = Depends(registry)) -> JSONResponse:
     """The files at a revision (a flat repository: no folders), paged with ``Link``."""
     repo = repository(reg, namespace, name)
+    if revision == "main" and not reg.log(repo):  # a new repository: no files yet
+        return JSONResponse([])
     version = resolve_revision(reg, repo, revision)
     if path.strip("/"):
         raise EntryNotFoundError(f"{repo} has no folder {path[:200]!r} at {revision[:80]}",
