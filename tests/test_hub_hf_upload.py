@@ -90,6 +90,13 @@ def test_upload_folder_through_xet_reads_back(hub):
     assert out["config"]["r"] == 4 and out["config"]["peft_type"] == "LORA"
     assert hub.hub.xet_stats.xorb_uploads > before  # the bytes came through Xet
     assert hub.hub.registry.resolve("team/up").number == 1
+    # downloads never advertise Xet, so clients keep using /resolve
+    auth = {"authorization": f"Bearer {hub.write_token}"}
+    head = httpx.head(f"{hub.url}/team/up/resolve/main/adapter_model.safetensors",
+                      headers=auth)
+    assert head.status_code == 200 and not [h for h in head.headers if h.startswith("x-xet")]
+    tree = httpx.get(f"{hub.url}/api/models/team/up/tree/main", headers=auth).text
+    assert "adapter_model.safetensors" in tree and "xet" not in tree.lower()
 
 
 def test_150mb_upload_file_then_again_sends_almost_nothing(hub, capsys):
