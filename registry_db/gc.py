@@ -24,6 +24,7 @@ from sqlalchemy import delete, select
 from registry_db.clock import utcnow
 from registry_db.database import batched
 from registry_db.errors import InvalidRequestError
+from registry_db.files import forget_versions, part_blobs
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
 from registry_db.records import GcReport
@@ -83,10 +84,11 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
         for batch in batched(purged):
             for table in (VersionTensor, Lineage, VersionLabel, Tag):
                 s.execute(delete(table).where(table.version_id.in_(batch)))
+            forget_versions(s, batch)
             s.execute(delete(Version).where(Version.id.in_(batch)))
 
         referenced = set(s.scalars(select(VersionTensor.blob_digest).distinct()))
-        referenced |= XetStore.kept_blobs(s)  # Xet's xorbs and shards (see registry_db.xet)
+        referenced |= XetStore.kept_blobs(s) | part_blobs(s)  # Xet's; kept files' parts
         cutoff = now - grace
         stale = s.execute(select(Blob.id, Blob.digest, Blob.complete, Blob.stored_size)
                           .where(Blob.touched_at < cutoff)).all()

@@ -1,4 +1,5 @@
-"""The Xet upload store's tables (see :mod:`registry_db.xet`); same rules as
+"""The hub's tables: the Xet upload store (see :mod:`registry_db.xet`) and the files kept
+byte for byte for Hugging Face commits (see :mod:`registry_db.files`); same rules as
 :mod:`registry_db.models`: change only together with a migration.
 
 Xorb and shard bytes are blobs of the ordinary blob store (``blob_digest``); these rows say
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, LargeBinary, String
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry_db.models import DIGEST, Base
@@ -71,3 +72,31 @@ class XetGrant(Base):
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
     granted_at: Mapped[datetime]
+
+
+class VersionFile(Base):
+    """A file of a version committed through the Hugging Face API, kept byte for byte (see
+    :mod:`registry_db.files`); a version with such rows has exactly these files."""
+
+    __tablename__ = "version_files"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    #: the hub renders this file itself (its bytes are what it would render); no parts
+    rendered: Mapped[bool]
+
+
+class VersionFilePart(Base):
+    """The blobs a kept file's bytes are, in order (a safetensors file: its header, then one
+    blob per tensor, the version's own tensor blobs)."""
+
+    __tablename__ = "version_file_parts"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    index: Mapped[int] = mapped_column(primary_key=True)
+    blob_digest: Mapped[str] = mapped_column(DIGEST, index=True)

@@ -69,6 +69,11 @@ LORA = """
                     "task_type": None}, open(f"{folder}/adapter_config.json", "w"))
         return tensors
 
+    def digests(folder):
+        return {os.path.relpath(os.path.join(root, f), folder):
+                hashlib.sha256(open(os.path.join(root, f), "rb").read()).hexdigest()
+                for root, _, names in os.walk(folder) if ".cache" not in root for f in names}
+
     def same_tensors(expected, path):
         got = load_file(path)
         return sorted(got) == sorted(expected) and all(
@@ -81,15 +86,24 @@ def test_upload_folder_through_xet_reads_back(hub):
     out = run_client(hub, f"""
         d = "{hub.root}/small"
         tensors = lora(d, 4, 0)
+        with open(d + "/README.md", "w") as fh:
+            fh.write("---\\nlicense: mit\\nbase_model: minilm\\n---\\n# A small adapter\\n")
         HfApi().upload_folder(repo_id="team/up", folder_path=d)
         got = snapshot_download("team/up", local_dir="{hub.root}/small-out")
         print(json.dumps({{"same": same_tensors(tensors, got + "/adapter_model.safetensors"),
-                          "config": json.load(open(got + "/adapter_config.json"))}}))
+                          "sent": digests(d), "back": digests(got)}}))
     """, "home-small", prelude=LORA)
     assert out["same"]
-    assert out["config"]["r"] == 4 and out["config"]["peft_type"] == "LORA"
+    assert out["back"] == out["sent"]  # byte for byte, and nothing added
+    assert set(out["sent"]) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     assert hub.hub.xet_stats.xorb_uploads > before  # the bytes came through Xet
-    assert hub.hub.registry.resolve("team/up").number == 1
+    version = hub.hub.registry.resolve("team/up")
+    assert version.number == 1
+    # the safetensors file is kept as its header plus the version's own tensor blobs
+    kept = {f.path: f for f in hub.hub.registry.service.kept_files("team/up", caller=LOCAL)}
+    weights = kept["adapter_model.safetensors"].parts
+    assert set(weights[1:]) == {e.digest for e in version.manifest.tensors.values()}
+    assert len(kept["README.md"].parts) == 1
     # downloads never advertise Xet, so clients keep using /resolve
     auth = {"authorization": f"Bearer {hub.write_token}"}
     head = httpx.head(f"{hub.url}/team/up/resolve/main/adapter_model.safetensors",

@@ -1,4 +1,5 @@
-"""xet: the hub's persistent Xet upload store (xorbs, dedup index, files, shards, grants)
+"""xet: the hub's persistent Xet upload store (xorbs, dedup index, files, shards, grants) and
+the files of versions committed through the Hugging Face API, kept byte for byte
 
 Revision ID: 0004
 Revises: 0003
@@ -65,8 +66,33 @@ def upgrade() -> None:
         sa.Column("granted_at", registry_db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("owner", "kind", "hash", name=op.f("pk_xet_grants")),
     )
+    op.create_table(
+        "version_files",
+        sa.Column("version_id", sa.Integer(), nullable=False),
+        sa.Column("path", sa.String(length=1024), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("rendered", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(["version_id"], ["versions.id"], ondelete="CASCADE",
+                                name=op.f("fk_version_files_version_id_versions")),
+        sa.PrimaryKeyConstraint("version_id", "path", name=op.f("pk_version_files")),
+    )
+    op.create_table(
+        "version_file_parts",
+        sa.Column("version_id", sa.Integer(), nullable=False),
+        sa.Column("path", sa.String(length=1024), nullable=False),
+        sa.Column("index", sa.Integer(), nullable=False),
+        sa.Column("blob_digest", sa.String(length=71), nullable=False),
+        sa.ForeignKeyConstraint(["version_id"], ["versions.id"], ondelete="CASCADE",
+                                name=op.f("fk_version_file_parts_version_id_versions")),
+        sa.PrimaryKeyConstraint("version_id", "path", "index",
+                                name=op.f("pk_version_file_parts")),
+    )
+    op.create_index(op.f("ix_version_file_parts_blob_digest"), "version_file_parts",
+                    ["blob_digest"])
 
 
 def downgrade() -> None:
-    for table in ("xet_grants", "xet_shards", "xet_files", "xet_chunks", "xet_xorbs"):
+    for table in ("version_file_parts", "version_files", "xet_grants", "xet_shards",
+                  "xet_files", "xet_chunks", "xet_xorbs"):
         op.drop_table(table)
