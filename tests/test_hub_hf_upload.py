@@ -130,22 +130,60 @@ def test_150mb_upload_file_then_again_sends_almost_nothing(hub, capsys):
         api.upload_file(path_or_fileobj=path, path_in_repo="adapter_model.safetensors",
                         repo_id="team/big", commit_message="weights")
         got = snapshot_download("team/big", local_dir="{hub.root}/big-out-" + os.environ["HF_HOME"][-1])
-        print(json.dumps({{"same": same_tensors(tensors, got + "/adapter_model.safetensors"),
-                          "size": os.path.getsize(path)}}))
+        name = "adapter_model.safetensors"
+        print(json.dumps({{"same": same_tensors(tensors, got + "/" + name),
+                          "size": os.path.getsize(path),
+                          "bytes": digests(d)[name] == digests(got)[name]}}))
     """
     first = sent(hub)
     out = run_client(hub, code, "home-big1", prelude=LORA)
     first = sent(hub) - first
-    assert out["same"] and out["size"] > 150_000_000
+    assert out["same"] and out["bytes"] and out["size"] > 150_000_000
     again = sent(hub)
     out = run_client(hub, code, "home-big2", prelude=LORA)  # a fresh HF_HOME: only the hub's dedup helps
     again = sent(hub) - again
-    assert out["same"]
+    assert out["same"] and out["bytes"]
     with capsys.disabled():
         print(f"\nXET HUB UPLOAD {out['size']}-byte file: first {first} bytes sent, "
               f"again {again}")
     assert first > 0.5 * out["size"]
     assert again < 100_000
+
+
+def test_create_commit_with_a_deletion_makes_a_version_without_the_file(hub):
+    out = run_client(hub, f"""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        d = "{hub.root}/del"
+        tensors = lora(d, 4, 5)
+        os.makedirs(d + "/notes", exist_ok=True)
+        for name in ("notes/a.txt", "notes/b.txt", "extra.bin"):
+            with open(d + "/" + name, "wb") as fh:
+                fh.write(name.encode() * 10 + (bytes(1) if name.endswith(".bin") else b""))
+        api = HfApi()
+        api.create_repo("team/del")
+        api.upload_folder(repo_id="team/del", folder_path=d)
+        before = digests(snapshot_download("team/del", local_dir="{hub.root}/del-1"))
+        api.create_commit("team/del", operations=[
+            CommitOperationDelete("extra.bin"), CommitOperationDelete("notes/"),
+            CommitOperationAdd("notes.txt", b"kept")], commit_message="tidy")
+        after = snapshot_download("team/del", local_dir="{hub.root}/del-2")
+        errors = []
+        for path in ("missing.txt", "notes/"):
+            try:
+                api.create_commit("team/del", operations=[CommitOperationDelete(path)],
+                                  commit_message="no")
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+        print(json.dumps({{"before": before, "after": digests(after), "sent": digests(d),
+                          "errors": errors}}))
+    """, "home-del", prelude=LORA)
+    assert out["before"] == out["sent"]
+    kept = {"adapter_config.json", "adapter_model.safetensors", "notes.txt"}
+    assert set(out["after"]) == kept
+    assert all(out["after"][p] == out["sent"][p] for p in kept - {"notes.txt"})
+    assert out["errors"] == ["RemoteEntryNotFoundError"] * 2  # 404 EntryNotFound
+    log = hub.hub.registry.log("team/del")
+    assert [v.number for v in log] == [2, 1] and log[0].message == "tidy"
 
 
 def test_peft_push_to_hub_through_xet(hub):
