@@ -28,7 +28,7 @@ MAX_HEADER_BYTES = 16 * 1024
 def create_app(db: str | os.PathLike[str] | None = None, *,
                settings: Settings | None = None, render_cache_bytes: int = 1 << 30):
     """An ASGI application serving the registry at ``db`` (default: the user's registry)."""
-    from adapterhub.hub import hf_commit, hf_read, hf_write, hf_xet, native, pages, view
+    from adapterhub.hub import hf_api, hf_commit, hf_read, hf_write, hf_xet, native, pages, view
     from adapterhub.xet import XetStats
 
     settings = settings or Settings()
@@ -47,7 +47,7 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
     errors.install(app)
     app.include_router(hf_xet.xet_routes(registry.service, xet, hub.xet_stats))
     # the broad paths go last: hf_read's /{ns}/{name}/resolve/…, then the pages' /{ns}/{name}
-    for module in (native, hf_write, hf_commit, hf_read, view, pages):
+    for module in (native, hf_api, hf_write, hf_commit, hf_read, view, pages):
         app.include_router(module.router)
     app.router.add_event_handler("shutdown", registry.close)
     app.router.add_event_handler("shutdown", hub.renders.close)

@@ -54,8 +54,9 @@ _LIMITS = [
     ("POST", re.compile(r"^/xet-cas/v[12]/shards$"), XetLimits.max_shard_bytes),
 ]
 #: routes that need no hub token (the signed LFS upload URL authenticates itself; the Xet CAS
-#: routes check their own CAS token before reading a body)
-_OPEN = re.compile(r"^/health$|^/api/hub/lfs/|^/xet-cas/")
+#: routes check their own CAS token before reading a body; validating a model card reads
+#: nothing of the registry)
+_OPEN = re.compile(r"^/health$|^/api/hub/lfs/|^/xet-cas/|^/api/validate-yaml$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
 _READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/read$")
 _READ_METHODS = ("GET", "HEAD")

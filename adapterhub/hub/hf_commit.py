@@ -3,7 +3,8 @@
 ``POST /api/models/{ns}/{name}/commit/main`` carries a header, ``file`` (inline, base64),
 ``lfsFile`` (by sha256: read from what the caller uploaded through Xet, then from an LFS
 object it uploaded or a blob of a version it may read, then from a file already in the
-repository), ``deletedFile`` and ``deletedFolder`` operations. They apply to the newest
+repository), ``deletedFile`` and ``deletedFolder`` operations. A committed ``README.md`` must
+have metadata the Hub accepts (:mod:`adapterhub.hub.model_card`). They apply to the newest
 version's files; the adapter files among the result are read as an adapter
 (:func:`adapterhub.io.formats.read_adapter`) and pushed as the next version, keeping every
 committed file byte for byte (:mod:`adapterhub.hub.hf_files`).
@@ -26,6 +27,7 @@ from adapterhub.hub.hf_files import check_path, kept_files
 from adapterhub.hub.hf_read import commit_id, repository
 from adapterhub.hub.hf_write import MAX_COMMIT_LINES, OID_RE, base_url, head_files, main_only
 from adapterhub.hub.hf_xet import xet_file
+from adapterhub.hub.model_card import CARD_FILE, validate_card_bytes
 from adapterhub.hub.render import RenderedFile
 from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.io.formats.repo import ADAPTER_FILES, package_from_files, repo_files
@@ -129,6 +131,8 @@ def _apply(request: Request, reg: Registry, repo: str, ops: Operations):
     for path in files:
         if any(other.startswith(path + "/") for other in files):
             raise InvalidRequestError(f"{path[:200]!r} would be both a file and a folder")
+    if CARD_FILE in ops.inline or CARD_FILE in ops.lfs:
+        validate_card_bytes(files[CARD_FILE])
     package = package_from_files(files)
     kept, blobs, labels = kept_files(files, repo_files(package), package)
     if blobs:

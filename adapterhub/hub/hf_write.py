@@ -90,14 +90,6 @@ def create_repo(request: Request, body: dict = Depends(json_object),
     return JSONResponse({"url": url, "name": repo, "id": repo})
 
 
-@router.post("/api/validate-yaml")
-def validate_yaml(body: dict = Depends(json_object)) -> dict[str, Any]:
-    """Clients check a model card before uploading it; the hub does not keep model cards
-    (preupload answers ``shouldIgnore`` for them), so any card is fine."""
-    return {"warnings": [{"message": "adapterhub serve keeps no model cards; README.md is "
-                                     "not stored"}]}
-
-
 def upload_mode(path: str, described: dict[str, Any]) -> str:
     """``lfs`` (through Xet, or the LFS batch API) for tensors, binary files and files of
     10 MiB or more, as the Hub answers; ``regular`` (inline in the commit) for the rest."""
