@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from adapterhub.errors import InvalidRequestError
+from adapterhub.errors import InvalidModelCardError, InvalidRequestError
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
@@ -104,10 +104,16 @@ async def paths_info(request: Request, namespace: str, name: str, revision: str,
 
 
 @router.post("/api/validate-yaml")
-def validate_yaml(body: dict = Depends(json_object)) -> dict[str, Any]:
-    """A model card, checked as the Hub checks it (400 InvalidModelCard when it fails)."""
-    validate_card(string_field(body, "content", required=True, limit=1 << 20))
-    return {"warnings": []}
+def validate_yaml(body: dict = Depends(json_object)) -> JSONResponse:
+    """A model card, checked as the Hub checks it: 400 InvalidModelCard with ``errors`` (what
+    the client shows) when it fails."""
+    try:
+        validate_card(string_field(body, "content", required=True, limit=1 << 20))
+    except InvalidModelCardError as exc:
+        return JSONResponse({"error": exc.message, "code": exc.code, "warnings": [],
+                             "errors": [{"message": exc.message}]}, status_code=exc.status,
+                            headers={"X-Error-Code": exc.code})
+    return JSONResponse({"warnings": []})
 
 
 @router.get("/api/whoami-v2")
