@@ -10,6 +10,8 @@
    its commit references them, and renews ``touched_at`` of every blob it relies on, so a
    sweep never takes a blob from under a push in flight. (On PostgreSQL the sweep also takes
    an exclusive advisory lock that commits share.)
+   Xet uploads (:mod:`registry_db.xet`) older than ``grace`` that no version uses are
+   forgotten first, so their xorbs and shards are swept with the other blobs.
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
             forget_versions(s, batch)
             s.execute(delete(Version).where(Version.id.in_(batch)))
 
+        cutoff = now - grace
+        XetStore.collect(s, cutoff)  # Xet uploads no version uses, once past the grace period
         referenced = set(s.scalars(select(VersionTensor.blob_digest).distinct()))
         referenced |= XetStore.kept_blobs(s) | part_blobs(s)  # Xet's; kept files' parts
-        cutoff = now - grace
         stale = s.execute(select(Blob.id, Blob.digest, Blob.complete, Blob.stored_size)
                           .where(Blob.touched_at < cutoff)).all()
         blobs = [b for b in stale if b.complete and b.digest not in referenced]

@@ -52,6 +52,15 @@ class XetFile(Base):
     created_at: Mapped[datetime]
 
 
+class XetFileXorb(Base):
+    """The xorbs a file's reconstruction reads (what gc must keep for a kept file)."""
+
+    __tablename__ = "xet_file_xorbs"
+
+    file_hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+    xorb_hash: Mapped[str] = mapped_column(XET_HASH, primary_key=True)
+
+
 class XetShard(Base):
     """An uploaded shard, kept as the blob ``blob_digest``."""
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,7 +27,8 @@ from registry_db.blobstore import BlobStore
 from registry_db.clock import utcnow
 from registry_db.database import Database, batched
 from registry_db.errors import AdapterNotFoundError
-from registry_db.models_hub import XetChunk, XetFile, XetGrant, XetShard, XetXorb
+from registry_db.models_hub import (VersionFile, XetChunk, XetFile, XetFileXorb, XetGrant,
+                                    XetShard, XetXorb)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class StoredFile:
     sha256: str | None
     size: int
     entry: bytes
+    xorbs: tuple[str, ...] = ()  # the xorbs its reconstruction reads
 
 
 class XetStore:
@@ -124,6 +127,9 @@ class XetStore:
             self._insert(s, XetFile, [{"file_hash": f.file_hash, "sha256": f.sha256,
                                        "size": f.size, "entry": f.entry, "created_at": now}
                                       for f in files])
+            self._insert(s, XetFileXorb, sorted(({"file_hash": f.file_hash, "xorb_hash": x}
+                                                 for f in files for x in set(f.xorbs)),
+                                                key=lambda r: (r["file_hash"], r["xorb_hash"])))
             self._insert(s, XetChunk, [{"chunk_hash": c, "xorb_hash": x}
                                        for c, x in sorted(set(dedup))])
             self._insert(s, XetGrant, self._grants(owner, "file", [f.file_hash for f in files]))
@@ -146,6 +152,29 @@ class XetStore:
         return self._file(owner, XetFile.sha256 == sha256)
 
     # -- maintenance ------------------------------------------------------------------------
+
+    @staticmethod
+    def collect(s: Session, cutoff: datetime) -> None:
+        """Forget Xet data older than ``cutoff`` that no version uses: shards, files no
+        version keeps (by sha256) and xorbs no kept file reads, with their dedup entries and
+        grants. Their blobs are then unreferenced, and gc's sweep removes them."""
+        kept = select(VersionFile.sha256).distinct()
+        used_files = set(s.scalars(select(XetFile.file_hash).where(XetFile.sha256.in_(kept))))
+        used_xorbs = set(s.scalars(select(XetFileXorb.xorb_hash).where(
+            XetFileXorb.file_hash.in_(used_files)))) if used_files else set()
+        old_files = set(s.scalars(select(XetFile.file_hash).where(
+            XetFile.created_at < cutoff))) - used_files
+        old_xorbs = set(s.scalars(select(XetXorb.hash).where(
+            XetXorb.created_at < cutoff))) - used_xorbs
+        for batch in batched(sorted(old_files)):
+            s.execute(delete(XetFile).where(XetFile.file_hash.in_(batch)))
+            s.execute(delete(XetFileXorb).where(XetFileXorb.file_hash.in_(batch)))
+            s.execute(delete(XetGrant).where(XetGrant.kind == "file", XetGrant.hash.in_(batch)))
+        for batch in batched(sorted(old_xorbs)):
+            s.execute(delete(XetXorb).where(XetXorb.hash.in_(batch)))
+            s.execute(delete(XetChunk).where(XetChunk.xorb_hash.in_(batch)))
+            s.execute(delete(XetGrant).where(XetGrant.kind == "xorb", XetGrant.hash.in_(batch)))
+        s.execute(delete(XetShard).where(XetShard.created_at < cutoff))
 
     @staticmethod
     def kept_blobs(s: Session) -> set[str]:

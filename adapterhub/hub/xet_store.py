@@ -107,7 +107,8 @@ class RegistryXetStorage:
 
     def put_shard(self, shard_id: str, data: bytes, files: Sequence[FileEntry], scope: str,
                   dedup: Sequence[tuple[bytes, bytes]]) -> bool:
-        stored = [StoredFile(hash_to_hex(f.file_hash), f.sha256, f.size, pack_file(f))
+        stored = [StoredFile(hash_to_hex(f.file_hash), f.sha256, f.size, pack_file(f),
+                             tuple(hash_to_hex(t.xorb_hash) for t in f.terms))
                   for f in files]
         return self.store.put_shard(shard_id, data, stored, scope,
                                     [(hash_to_hex(c), hash_to_hex(x)) for c, x in dedup])

@@ -51,6 +51,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_xet_files_sha256", "xet_files", ["sha256"])
     op.create_table(
+        "xet_file_xorbs",
+        sa.Column("file_hash", sa.String(length=64), nullable=False),
+        sa.Column("xorb_hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("file_hash", "xorb_hash", name=op.f("pk_xet_file_xorbs")),
+    )
+    op.create_table(
         "xet_shards",
         sa.Column("shard_id", sa.String(length=64), nullable=False),
         sa.Column("blob_digest", sa.String(length=71), nullable=False),
@@ -94,5 +100,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in ("version_file_parts", "version_files", "xet_grants", "xet_shards",
-                  "xet_files", "xet_chunks", "xet_xorbs"):
+                  "xet_file_xorbs", "xet_files", "xet_chunks", "xet_xorbs"):
         op.drop_table(table)
