@@ -34,6 +34,7 @@ from registry_db.digests import canonical_json, is_digest
 from registry_db.errors import (AdapterNotFoundError, IntegrityError,
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
                                 MissingParentsError, PermissionDeniedError, RefError)
+from registry_db.files import KeptFile, check_parts, files_of, insert_files
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
@@ -42,6 +43,7 @@ from registry_db.refs import Ref, parse_ref, validate_key, validate_name, valida
 from registry_db.remotes import RemoteStore
 from registry_db.rows import session_rows, version_infos
 from registry_db.tokens import TokenStore
+from registry_db.xet import XetStore
 
 MAX_LABEL_VALUE = 1024
 MAX_AUTHOR = 256
@@ -73,6 +75,7 @@ class RegistryService:
         self.blobs = BlobService(self.db, BlobStore(self.db))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
+        self.xet = XetStore(self.db, self.blobs.store)
         self.url = self.db.url
 
     def close(self) -> None:
@@ -90,6 +93,14 @@ class RegistryService:
         """The live version a ref names, with its manifest."""
         with self.db.rows() as rows:
             return reads.resolve(rows, ref, caller=caller)
+
+    def kept_files(self, ref: str | Ref, *, caller: Caller) -> list[KeptFile]:
+        """The files a version keeps byte for byte (see :mod:`registry_db.files`); empty
+        when all of its files are rendered from the manifest."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        caller.require("read", ref.name)
+        with self.db.read() as s:
+            return files_of(s, self._resolve(s, ref).id)
 
     def find(self, digest: str, *, caller: Caller) -> VersionInfo | None:
         """A version with this manifest digest in a repository the caller may read (live ones
@@ -157,9 +168,11 @@ class RegistryService:
 
     def commit(self, name: str, manifest: Manifest, *, caller: Caller,
                message: str | None = None, author: str | None = None,
-               tags: Sequence[str] = (), created_at: datetime | None = None) -> CommitResult:
+               tags: Sequence[str] = (), created_at: datetime | None = None,
+               files: Sequence[KeptFile] = ()) -> CommitResult:
         """Record ``manifest`` as the next version of ``name`` and move ``tags`` to it, in one
-        transaction.
+        transaction. ``files``: the version's files kept byte for byte (see
+        :mod:`registry_db.files`; their blobs must be ones the caller may use).
 
         The manifest is checked first: every blob must be one the caller may use (see
         :mod:`registry_db.blobs`) whose stored size is exactly what its tensor's dtype and
@@ -195,9 +208,12 @@ class RegistryService:
             created = version is None
             if version is None:
                 self._check_references(s, manifest, caller)
+                parts = {d for f in files for d in f.parts or ()}
+                check_parts(s, files, self.blobs.visible_in(s, parts, caller))
                 version = self._insert_version(s, repo, manifest, labels, now,
                                                message=message, author=author,
                                                created_at=created_at or now)
+                insert_files(s, version.id, files)
                 self._event(s, "push", name, version, caller,
                             {"message": message, "author": author})
             elif version.deleted_at is not None:

@@ -31,7 +31,8 @@ MAX_HEADER_BYTES = 16 * 1024
 def create_app(db: str | os.PathLike[str] | None = None, *,
                settings: Settings | None = None, render_cache_bytes: int = 1 << 30):
     """An ASGI application serving the registry at ``db`` (default: the user's registry)."""
-    from adapterhub.hub import hf_read, hf_write, native, pages, view
+    from adapterhub.hub import hf_api, hf_commit, hf_read, hf_write, hf_xet, native, pages, view
+    from adapterhub.xet import XetStats
 
     settings = settings or Settings()
     if settings.auth not in AUTH_MODES:
@@ -42,13 +43,16 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
     metrics = Metrics()
     app = FastAPI(title="adapterhub", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
+    xet = hf_xet.xet_service(service)
     hub = Hub(registry=registry, settings=settings, renders=RenderCache(render_cache_bytes),
               metrics=metrics, tokens=TokenCache(settings.token_cache),
-              inline_reads=service.db.dialect == "sqlite", started=time.time())
+              inline_reads=service.db.dialect == "sqlite", xet=xet, xet_stats=XetStats(),
+              started=time.time())
     app.state.hub = hub
     errors.install(app)
+    app.include_router(hf_xet.xet_routes(registry.service, xet, hub.xet_stats))
     # the broad paths go last: hf_read's /{ns}/{name}/resolve/…, then the pages' /{ns}/{name}
-    for module in (native, hf_write, hf_read, view, pages):
+    for module in (native, hf_api, hf_write, hf_commit, hf_read, view, pages):
         app.include_router(module.router)
     app.router.add_event_handler("shutdown", registry.close)
     app.router.add_event_handler("shutdown", hub.renders.close)

@@ -89,15 +89,27 @@ def authenticate(hub: Hub, header: str | None) -> Caller:
     return _caller(hub, token)
 
 
-async def caller(request: Request) -> Caller:
-    """FastAPI dependency: the caller the guard authenticated for this request (``async``:
-    it does no I/O, and a sync dependency would cost a thread hop per request)."""
+def request_caller(request: Request) -> Caller:
+    """The caller the guard authenticated for this request."""
     found = request.scope.get("state", {}).get(CALLER_KEY)
     if found is None:  # a route the guard lets through unauthenticated
         found = Caller.anonymous(public_read=hub_of(request).auth == "read-public")
     return found
 
 
+def request_registry(request: Request) -> Registry:
+    """The hub's registry as this request's caller sees it."""
+    return hub_of(request).registry.as_caller(request_caller(request))
+
+
+# FastAPI dependencies, ``async`` because they do no I/O: a plain ``def`` dependency costs a
+# thread hop per request
+
+async def caller(request: Request) -> Caller:
+    """FastAPI dependency: :func:`request_caller`."""
+    return request_caller(request)
+
+
 async def registry(request: Request) -> Registry:
-    """FastAPI dependency: the hub's registry as the caller sees it."""
-    return hub_of(request).registry.as_caller(await caller(request))
+    """FastAPI dependency: :func:`request_registry`."""
+    return request_registry(request)

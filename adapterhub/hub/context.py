@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from adapterhub.hub.observe import Metrics
     from adapterhub.hub.render import RenderCache
     from adapterhub.registry import Registry
+    from adapterhub.xet import XetService, XetStats
 
 AUTH_MODES = ("required", "read-public")
 T = TypeVar("T")
@@ -47,6 +48,8 @@ class Hub:
     renders: RenderCache
     metrics: Metrics
     tokens: TokenCache
+    xet: XetService
+    xet_stats: XetStats
     #: small reads run on the event loop (SQLite: microseconds, less than a thread hop);
     #: on PostgreSQL, a network round trip, they go to worker threads
     inline_reads: bool = False

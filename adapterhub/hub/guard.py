@@ -25,6 +25,7 @@ from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceed
 from adapterhub.hub.auth import CALLER_KEY, authenticate, cached_caller
 from adapterhub.hub.context import Hub
 from adapterhub.hub.errors import error_response
+from adapterhub.xet import XetLimits
 from registry_db.codec import CHUNK_SIZE
 from registry_db.manifest import MAX_MANIFEST_BYTES
 
@@ -49,9 +50,13 @@ _LIMITS = [
     ("POST", re.compile(r"^/api/models/[^/]+/[^/]+/commit/"), HF_COMMIT_LIMIT),
     ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/read)$"),
      NEGOTIATE_LIMIT),
+    ("POST", re.compile(r"^/xet-cas/v1/xorbs/"), XetLimits.max_xorb_bytes),
+    ("POST", re.compile(r"^/xet-cas/v[12]/shards$"), XetLimits.max_shard_bytes),
 ]
-#: routes that need no token (the signed LFS upload URL authenticates itself)
-_OPEN = re.compile(r"^/api/hub/lfs/")
+#: routes that need no hub token (the signed LFS upload URL authenticates itself; the Xet CAS
+#: routes check their own CAS token before reading a body; validating a model card reads
+#: nothing of the registry)
+_OPEN = re.compile(r"^/api/hub/lfs/|^/xet-cas/|^/api/validate-yaml$")
 #: routes that do not look at the token at all
 _ANONYMOUS = re.compile(r"^/health$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
@@ -113,10 +118,13 @@ class Guard:
             return
         scope.setdefault("state", {})[CALLER_KEY] = caller
         received = 0
+        complete = False
         timeout = self.hub.settings.body_timeout
 
         async def guarded_receive() -> dict:
-            nonlocal received
+            nonlocal received, complete
+            if complete:  # only the disconnect is left to wait for: a streamed response
+                return await receive()  # (Xet's /v2/shards) may take longer than the timeout
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
@@ -126,6 +134,7 @@ class Guard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _too_large(limit)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, guarded_receive, send)

@@ -1,7 +1,8 @@
 """A version's files as Hugging Face clients see them, rendered once and cached by digest.
 
-Rendering (:func:`adapterhub.io.formats.repo.repo_files`) is deterministic, so the cache is
-only a speed-up: another replica, or this one after eviction, produces the same bytes and
+Rendering (:func:`adapterhub.io.formats.repo.repo_files`, or the files a Hugging Face commit
+kept byte for byte: :mod:`adapterhub.hub.hf_files`) is deterministic, so the cache is only a
+speed-up: another replica, or this one after eviction, produces the same bytes and
 therefore the same ETags. Small files stay in memory; larger ones are spooled to a private
 temporary directory, so what the hub keeps between requests does not grow with the size of
 the adapters it serves.
@@ -132,6 +133,7 @@ class RenderCache:
         return rendered
 
     def _render(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
+        from adapterhub.hub.hf_files import read_kept
         from adapterhub.io.formats.repo import repo_files
         from adapterhub.io.package import AdapterPackage
 
@@ -139,6 +141,9 @@ class RenderCache:
         package = AdapterPackage.from_blobs(version.manifest,
                                             dict(registry.read_blobs(digests)), raw=True)
         files = repo_files(package)
+        kept = registry.service.kept_files(version.ref, caller=registry.caller)
+        if kept:  # committed through the Hugging Face API: its files as they were committed
+            files = read_kept(kept, files, registry.read_blob)
         rendered = {path: RenderedFile.of(path, data, self._spool)
                     for path, data in sorted(files.items())}
         del files

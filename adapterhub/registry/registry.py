@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from adapterhub.registry.sources import Source
     from registry_db import (Caller, CommitResult, EventInfo, GcReport, RegistryService,
                              RemoteInfo, Usage, VerifyReport, VersionInfo)
+    from registry_db.files import KeptFile
     from registry_db.reads import SqliteReader
 
 DB_ENV = "ADAPTERHUB_DB"
@@ -127,8 +128,11 @@ class Registry:
     def push(self, source: str | os.PathLike[str] | AdapterPackage | Source, name: str, *,
              message: str | None = None, tags: Sequence[str] = (),
              labels: dict[str, str] | None = None, author: str | None = None,
-             to: str | None = None, progress: bool = True) -> CommitResult:
+             to: str | None = None, progress: bool = True,
+             files: Sequence[KeptFile] = ()) -> CommitResult:
         """Store an adapter as the next version of ``name`` (here, or in registry ``to``).
+        ``files``: files the version keeps byte for byte (the hub's Hugging Face commits;
+        see :mod:`registry_db.files`).
 
         ``source`` is an :class:`AdapterPackage`, a native or PEFT directory, or a ref in this
         registry. ``labels`` are added to the manifest's labels (so they are part of the
@@ -153,7 +157,7 @@ class Registry:
                 copy_version(self._local, dst, parent, show_progress=progress, verb="push")
             return send_version(dst, name, manifest, src.read_blobs, message=message,
                                 author=author or default_author(), tags=tags,
-                                show_progress=progress, what=f"push {name}")
+                                show_progress=progress, what=f"push {name}", files=files)
         finally:
             if dst is not self._local:
                 dst.close()
