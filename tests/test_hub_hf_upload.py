@@ -33,7 +33,8 @@ def hub(tmp_path_factory):
         yield server
 
 
-def run_client(hub, code: str, home: str, token: str | None = None, prelude: str = "") -> dict:
+def run_client(hub, code: str, home: str, token: str | None = None,
+               prelude: str = "") -> dict:
     code = textwrap.dedent(prelude) + textwrap.dedent(code)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=hub.url, HF_TOKEN=token or hub.write_token,
@@ -129,7 +130,8 @@ def test_150mb_upload_file_then_again_sends_almost_nothing(hub, capsys):
             api.upload_folder(repo_id="team/big", folder_path=d + "-small")
         api.upload_file(path_or_fileobj=path, path_in_repo="adapter_model.safetensors",
                         repo_id="team/big", commit_message="weights")
-        got = snapshot_download("team/big", local_dir="{hub.root}/big-out-" + os.environ["HF_HOME"][-1])
+        home = os.environ["HF_HOME"][-1]
+        got = snapshot_download("team/big", local_dir="{hub.root}/big-out-" + home)
         name = "adapter_model.safetensors"
         print(json.dumps({{"same": same_tensors(tensors, got + "/" + name),
                           "size": os.path.getsize(path),
@@ -140,7 +142,8 @@ def test_150mb_upload_file_then_again_sends_almost_nothing(hub, capsys):
     first = sent(hub) - first
     assert out["same"] and out["bytes"] and out["size"] > 150_000_000
     again = sent(hub)
-    out = run_client(hub, code, "home-big2", prelude=LORA)  # a fresh HF_HOME: only the hub's dedup helps
+    # a fresh HF_HOME: only the hub's dedup answer can spare sending the file again
+    out = run_client(hub, code, "home-big2", prelude=LORA)
     again = sent(hub) - again
     assert out["same"] and out["bytes"]
     with capsys.disabled():
