@@ -47,13 +47,13 @@ _LIMITS = [
     ("PUT", re.compile(r"^/api/hub/lfs/"), MAX_FILE),
     ("POST", re.compile(r"^/api/v1/repos/[^/]+/[^/]+/commit$"), COMMIT_LIMIT),
     ("POST", re.compile(r"^/api/models/[^/]+/[^/]+/commit/"), HF_COMMIT_LIMIT),
-    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/read)$"),
+    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/(read|stored))$"),
      NEGOTIATE_LIMIT),
 ]
 #: routes that need no token (the signed LFS upload URL authenticates itself)
 _OPEN = re.compile(r"^/health$|^/api/hub/lfs/")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
-_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/read$")
+_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/(read|stored)$")
 _READ_METHODS = ("GET", "HEAD")
 
 

@@ -1,0 +1,104 @@
+"""Pulls move blobs as the source stores them (compressed chunks): the receiver decodes and
+hashes every chunk before it keeps the stored bytes, refuses corrupt or malformed ones, and a
+hub only sends blobs the caller may see."""
+
+import httpx
+import pytest
+import torch
+from helpers.hub_server import HubServer
+from helpers.registry_helpers import LOCAL, digest_of, push_raw, tensor_bytes
+from sqlalchemy import select, update
+
+from adapterhub.errors import IntegrityError
+from adapterhub.io.package import AdapterPackage
+from adapterhub.registry import Registry
+from registry_db import RegistryService, StoredBlob
+from registry_db.models import Blob, Chunk
+
+CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["lin0"]}
+
+
+def lora(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return AdapterPackage.build("lora", CONFIG, {
+        "lin0.lora_A": torch.randn(4, 64, generator=g).to(torch.bfloat16),
+        "lin0.lora_B": torch.randn(64, 4, generator=g).to(torch.bfloat16)}, base_name="tiny")
+
+
+def stored_chunks(service: RegistryService) -> dict[str, tuple[str, list[bytes]]]:
+    with service.db.read() as s:
+        blobs = s.execute(select(Blob.id, Blob.digest, Blob.codec).where(Blob.complete)).all()
+        return {b.digest: (b.codec, list(s.scalars(select(Chunk.data).where(
+            Chunk.blob_id == b.id).order_by(Chunk.index)))) for b in blobs}
+
+
+def corrupt(service: RegistryService, digest: str) -> None:
+    with service.db.write() as s:
+        blob_id = s.scalar(select(Blob.id).where(Blob.digest == digest))
+        data = bytearray(s.scalar(select(Chunk.data).where(Chunk.blob_id == blob_id)))
+        data[len(data) // 2] ^= 0x01
+        s.execute(update(Chunk).where(Chunk.blob_id == blob_id).values(data=bytes(data)))
+
+
+def test_pull_over_http_keeps_the_stored_bytes(tmp_path, monkeypatch):
+    package = lora()
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
+        server.hub.registry.push(package, "team/bot", progress=False)
+        with Registry(tmp_path / "local.db") as local:
+            pulled = local.pull("team/bot", server.url, progress=False)
+            assert pulled.digest == package.digest and local.verify().ok
+            theirs = stored_chunks(server.hub.registry.service)
+            ours = stored_chunks(local.service)
+        assert ours == theirs  # same codec, byte-identical chunks: nothing recompressed
+        assert all(codec == "zstd+bp2" for codec, _ in ours.values())
+
+
+def test_pull_over_http_refuses_a_corrupt_stored_chunk(tmp_path, monkeypatch):
+    package = lora()
+    victim = package.manifest.tensors["lin0.lora_A"].digest
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
+        server.hub.registry.push(package, "team/bot", progress=False)
+        corrupt(server.hub.registry.service, victim)
+        with Registry(tmp_path / "local.db") as local:
+            with pytest.raises(IntegrityError, match=victim):
+                local.pull("team/bot", server.url, progress=False)
+            assert local.list() == []
+            assert victim not in stored_chunks(local.service)
+
+
+def test_stored_route_hides_blobs_the_caller_may_not_see(tmp_path):
+    package = lora()
+    digest = package.manifest.tensors["lin0.lora_A"].digest
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        server.hub.registry.push(package, "team/bot", progress=False)
+        outsider = {"Authorization": f"Bearer {server.token('read:other')}"}
+        insider = {"Authorization": f"Bearer {server.token('read:team')}"}
+        body = {"digests": [digest]}
+        refused = httpx.post(f"{server.url}/api/v1/repos/other/x/blobs/stored", json=body,
+                             headers=outsider)
+        assert refused.status_code == 404 and refused.json()["code"] == "NotFound"
+        allowed = httpx.post(f"{server.url}/api/v1/repos/team/bot/blobs/stored", json=body,
+                             headers=insider)
+        assert allowed.status_code == 200 and digest.encode() in allowed.content
+
+
+def test_write_stored_checks_every_chunk(tmp_path):
+    with RegistryService(tmp_path / "a.db") as a, RegistryService(tmp_path / "b.db") as b:
+        data = tensor_bytes(1, 4096)
+        push_raw(a, "team/bot", {"w": data})
+        (blob,) = a.blobs.read_stored([digest_of(data)], caller=LOCAL)
+        flipped = bytearray(blob.chunks[0][1])
+        flipped[-1] ^= 0x01
+        bad = [StoredBlob(blob.digest, blob.size, blob.codec, blob.chunk_size,
+                          ((blob.chunks[0][0], bytes(flipped)),)),
+               StoredBlob(blob.digest, blob.size, blob.codec, blob.chunk_size, ()),
+               StoredBlob(blob.digest, blob.size, blob.codec, blob.chunk_size,
+                          ((blob.chunks[0][0] - 1, blob.chunks[0][1]),))]
+        for stored in bad:
+            with pytest.raises(IntegrityError, match=blob.digest):
+                b.blobs.write_stored([stored], caller=LOCAL)
+        assert b.blobs.visible([blob.digest], caller=LOCAL) == set()
+        b.blobs.write_stored([blob], caller=LOCAL)
+        assert b.blobs.read(blob.digest, caller=LOCAL) == data
