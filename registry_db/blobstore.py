@@ -439,7 +439,8 @@ class BlobStore:
 
     def read_stored(self, digests: Iterable[str]) -> Iterator[StoredBlob]:
         """Each blob as stored (chunks not decoded, not hashed: the receiver checks them), in
-        order; rows are fetched about :data:`_READ_BYTES` of raw bytes per query."""
+        order; rows are fetched about :data:`_BATCH_BYTES` of raw bytes per query, so a
+        stream's first bytes go out while later rows are read."""
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         for names in batched(wanted):
             with self.db.read() as s:
@@ -453,7 +454,7 @@ class BlobStore:
             for digest in names + [None]:
                 blob = found.get(digest)
                 if group and (blob is None
-                              or sum(b.size for b in group) + blob.size > _READ_BYTES):
+                              or sum(b.size for b in group) + blob.size > _BATCH_BYTES):
                     yield from self._read_stored_group(group)
                     group = []
                 if blob is not None:
