@@ -7,6 +7,7 @@ canonical JSON and holds no timestamps, so the same content always has the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from registry_db.digests import canonical_json, check_json_depth, is_digest, sha256_digest
@@ -90,7 +91,12 @@ class Manifest:
         }
 
     def canonical(self) -> bytes:
-        """The bytes that are stored, hashed and compared."""
+        """The bytes that are stored, hashed and compared (computed once: a manifest is
+        immutable)."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> bytes:
         return canonical_json(self.to_dict())
 
     @property

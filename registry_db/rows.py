@@ -14,6 +14,23 @@ from registry_db.models import Lineage, Repository, Tag, Version, VersionLabel
 from registry_db.records import VersionInfo
 
 
+#: parsed manifests by version digest (content-addressed, so never stale); bounded
+_MANIFESTS: dict[str, Manifest] = {}
+MANIFEST_CACHE = 256
+
+
+def manifest_of(version: Version) -> Manifest:
+    """The version's manifest, parsed once per process (hubs resolve the same versions over
+    and over; parsing and validating a large manifest costs milliseconds)."""
+    found = _MANIFESTS.get(version.digest)
+    if found is None:
+        found = Manifest.from_dict(json.loads(version.manifest))
+        if len(_MANIFESTS) >= MANIFEST_CACHE:
+            _MANIFESTS.pop(next(iter(_MANIFESTS)))
+        _MANIFESTS[version.digest] = found
+    return found
+
+
 def version_infos(s: Session, versions: list[Version], *, with_manifest: bool = False
                   ) -> list[VersionInfo]:
     """Build records for ``versions`` with a fixed number of queries (not one per row)."""
@@ -49,5 +66,5 @@ def version_infos(s: Session, versions: list[Version], *, with_manifest: bool = 
         tags=tuple(tags[v.id]), labels=dict(sorted(labels[v.id].items())),
         parents=tuple(p for _, p in sorted(parents[v.id])),
         deleted=v.deleted_at is not None,
-        manifest=Manifest.from_dict(json.loads(v.manifest)) if with_manifest else None)
+        manifest=manifest_of(v) if with_manifest else None)
         for v in versions]

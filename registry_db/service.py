@@ -368,6 +368,11 @@ class RegistryService:
         caller.require_all("admin")
         return check(self)
 
+    def ping(self) -> None:
+        """One trivial query: the database answers (a hub's readiness check)."""
+        with self.db.read() as s:
+            s.execute(select(1))
+
     def usage(self) -> Usage:
         """How much the registry holds, in aggregate (counts and bytes, no names)."""
         with self.db.read() as s:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
+from dataclasses import asdict
 
 import h11
 import uvicorn
@@ -35,6 +37,7 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
         raise RegistryError(f"unknown auth mode {settings.auth!r}; use one of "
                             f"{', '.join(AUTH_MODES)}")
     registry = Registry(db)
+    registry.service.tokens.cache_ttl = settings.token_cache
     metrics = Metrics()
     app = FastAPI(title="adapterhub", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
@@ -93,16 +96,21 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def server_config(app, *, host: str, port: int, settings: Settings,
-                  workers: int = 1) -> uvicorn.Config:
-    """The uvicorn configuration every hub runs with (``serve`` and the tests alike)."""
+def server_config(app, *, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration every hub runs with (``serve`` and the tests alike).
+
+    With ``settings.workers`` > 1, ``app`` is the import string of a factory (uvicorn starts
+    that many processes, each building its own application)."""
     protocol = type("HubProtocol", (GuardedH11Protocol,),
                     {"header_timeout": settings.header_timeout})
+    if settings.workers > 1:  # a worker imports the protocol by name; it reads its timeout
+        protocol = GuardedH11Protocol  # from the environment (see worker_app)
     return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
                           access_log=False, lifespan="on",
                           timeout_keep_alive=settings.keep_alive,
                           limit_concurrency=settings.max_concurrency,
-                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, workers=workers)
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          workers=settings.workers, factory=settings.workers > 1)
 
 
 def configure_logging() -> None:
@@ -116,8 +124,31 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
-def serve(db: str | None, *, host: str, port: int, settings: Settings) -> None:
-    """Run the hub with uvicorn until interrupted."""
+#: how ``serve`` hands the registry and settings to worker processes
+WORKER_ENV = "ADAPTERHUB_SERVE_WORKER"
+
+
+def worker_app():
+    """uvicorn factory for one worker process of ``serve --workers N``: the registry and
+    settings ``serve`` put in :data:`WORKER_ENV`; the worker opens its own engine."""
+    spec = json.loads(os.environ[WORKER_ENV])
+    settings = Settings(**spec["settings"])
+    GuardedH11Protocol.header_timeout = settings.header_timeout
     configure_logging()
-    app = create_app(db, settings=settings)
-    uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+    return create_app(spec["db"], settings=settings)
+
+
+def serve(db: str | None, *, host: str, port: int, settings: Settings) -> None:
+    """Run the hub with uvicorn until interrupted (``settings.workers`` processes)."""
+    configure_logging()
+    if settings.workers == 1:
+        app = create_app(db, settings=settings)
+        uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[WORKER_ENV] = json.dumps({"db": db, "settings": asdict(settings)})
+    config = server_config("adapterhub.hub.app:worker_app", host=host, port=port,
+                           settings=settings)
+    sock = config.bind_socket()
+    Multiprocess(config, sockets=[sock]).run()

@@ -19,6 +19,13 @@ from registry_db import Caller
 CALLER_KEY = "caller"
 
 
+def _secret(header: str) -> str:
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
+    return secret.strip()
+
+
 def authenticate(hub: Hub, header: str | None) -> Caller:
     """The caller an ``Authorization`` header names (anonymous without one); raises
     :class:`AuthenticationError` for a malformed header or an unknown, expired or revoked
@@ -26,11 +33,19 @@ def authenticate(hub: Hub, header: str | None) -> Caller:
     public_read = hub.auth == "read-public"
     if not header:
         return Caller.anonymous(public_read=public_read)
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
-    token = hub.registry.service.tokens.authenticate(secret.strip())
+    token = hub.registry.service.tokens.authenticate(_secret(header))
     return Caller.for_token(token, public_read=public_read)
+
+
+def authenticate_cached(hub: Hub, header: str | None) -> Caller | None:
+    """:func:`authenticate` when it needs no database (no header, or a token remembered for
+    ``Settings.token_cache`` seconds), else None; so the event loop answers those without a
+    thread hop."""
+    public_read = hub.auth == "read-public"
+    if not header:
+        return Caller.anonymous(public_read=public_read)
+    token = hub.registry.service.tokens.remembered(_secret(header))
+    return None if token is None else Caller.for_token(token, public_read=public_read)
 
 
 def caller(request: Request) -> Caller:

@@ -23,7 +23,10 @@ class Settings:
     (anyone may read; writing needs a token). ``header_timeout``: a client must send its
     request headers this fast; ``body_timeout``: the longest pause while a body arrives;
     ``keep_alive``: how long an idle connection stays open; ``max_concurrency``: connections
-    and requests in flight per process before new ones get 503.
+    and requests in flight per process before new ones get 503; ``token_cache``: how long a
+    process remembers a valid token (a token revoked elsewhere, e.g. by ``adapterhub token
+    revoke`` or another worker, stops working within this time; one revoked by this process
+    at once); ``workers``: server processes (each opens its own database engine).
     """
 
     auth: str = "required"
@@ -31,6 +34,8 @@ class Settings:
     body_timeout: float = 20.0
     keep_alive: float = 5.0
     max_concurrency: int = 256
+    token_cache: float = 5.0
+    workers: int = 1
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 :class:`Guard` is an ASGI middleware. For each request it
 
-1. authenticates the bearer token (a database lookup by hash) and refuses a request that
-   needs one (401) or a write from a token without any write scope (403) **before any of the
-   body is read**: an unauthenticated 16 MiB body costs the hub nothing;
+1. authenticates the bearer token (a database lookup by hash, remembered for
+   ``Settings.token_cache`` seconds) and refuses a request that needs one (401) or a write
+   from a token without any write scope (403) **before any of the body is read**: an
+   unauthenticated 16 MiB body costs the hub nothing;
 2. enforces the route's body limit: 413 before reading when ``Content-Length`` is too large,
    and while streaming when a body without one grows past it;
 3. stops waiting for a body that pauses longer than ``body_timeout`` (408).
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceededError,
                                RequestTimeoutError)
-from adapterhub.hub.auth import CALLER_KEY, authenticate
+from adapterhub.hub.auth import CALLER_KEY, authenticate, authenticate_cached
 from adapterhub.hub.context import Hub
 from adapterhub.hub.errors import error_response
 from registry_db.codec import CHUNK_SIZE
@@ -128,14 +129,18 @@ class Guard:
 
         await self.app(scope, guarded_receive, send)
 
+    async def _authenticate(self, header: str | None):
+        return (authenticate_cached(self.hub, header)
+                or await run_in_threadpool(authenticate, self.hub, header))
+
     async def _admit(self, scope: dict, method: str, path: str):
         """The caller, or an error that refuses the request before its body is read."""
         if _OPEN.match(path):
             try:
-                return await run_in_threadpool(authenticate, self.hub, _authorization(scope))
+                return await self._authenticate(_authorization(scope))
             except AdapterHubError:  # these routes do not depend on who asks
-                return await run_in_threadpool(authenticate, self.hub, None)
-        caller = await run_in_threadpool(authenticate, self.hub, _authorization(scope))
+                return await self._authenticate(None)
+        caller = await self._authenticate(_authorization(scope))
         reads = method in _READ_METHODS or (method == "POST" and _READ_POSTS.match(path))
         if reads:
             caller.require("read")

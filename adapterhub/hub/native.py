@@ -39,7 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityError,
                                InvalidRequestError, RangeNotSatisfiableError)
 from adapterhub.hub.auth import caller, registry
-from adapterhub.hub.bodies import digest_list, json_object, json_response, string_field
+from adapterhub.hub.bodies import (digest_list, json_object, json_response, string_field,
+                                    version_response)
 from adapterhub.hub.context import hub_of
 from adapterhub.registry import Registry
 from registry_db import Caller, Manifest, parse_ref, validate_name
@@ -63,7 +64,7 @@ def full_name(namespace: str, name: str) -> str:
 def health(request: Request) -> dict[str, Any]:
     """Liveness and readiness: the registry answers a query."""
     hub = hub_of(request)
-    hub.registry.service.usage()  # one cheap round trip
+    hub.registry.service.ping()
     return {"status": "ok", "auth": hub.auth}
 
 
@@ -89,7 +90,7 @@ def whoami(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
 def resolve(ref: str = Query(..., max_length=300),
             reg: Registry = Depends(registry)) -> Response:
     """The version a ref names, with its manifest."""
-    return json_response(reg.resolve(ref).to_dict(with_manifest=True))
+    return version_response(reg.resolve(ref))
 
 
 @router.get("/api/v1/find/{digest}")
@@ -98,7 +99,7 @@ def find(digest: str, reg: Registry = Depends(registry)) -> Response:
     found = reg.find(digest)
     if found is None:
         raise AdapterNotFoundError(f"no version with digest {digest[:80]}")
-    return json_response(found.to_dict(with_manifest=True))
+    return version_response(found)
 
 
 @router.get("/api/v1/versions")
