@@ -45,6 +45,8 @@ class Hub:
     renders: RenderCache
     metrics: Metrics
     started: float = field(default=0.0)
+    #: when the database last answered /health (monotonic seconds)
+    answered_at: float = field(default=float("-inf"))
 
     @property
     def auth(self) -> str:
