@@ -2,11 +2,11 @@
 (issue 13, targets 2 and 5), in one run:
 
 - ``push`` of the 50 MB adapter into an empty local registry vs its floor: sha256 + byte
-  planes + zstd of the same tensor bytes with the same calls (:func:`registry_db.codec.encode`,
-  :mod:`hashlib`) on all cores;
+  planes + zstd of the same tensor bytes with the same calls
+  (:func:`registry_db.codec.encode`, :mod:`hashlib`) on all cores;
 - ``pull --out`` of that version from the registry into a directory vs its floor: decode the
   stored chunks + sha256 + write the same bytes to a file, on all cores;
-- a 2 GB adapter (16 tensors of 128 MiB): ``adapterhub push`` into a local registry, ``push
+- a 2 GB adapter (8 LoRA modules, r=4096: 16 tensors of 128 MiB): ``adapterhub push`` into a local registry, ``push
   --to`` a hub and ``pull --from`` it into another registry, and ``pull --out``, each a
   fresh process, with the peak RssAnon of the client and of the hub's process.
 
@@ -128,9 +128,12 @@ def big_adapter(root: Path) -> dict[str, Any]:
 
     src = root / "big"
     g = torch.Generator().manual_seed(0)
-    tensors = {f"model.layers.{i}.mlp.lora_B": (torch.randn(BIG_ROWS, 4096, generator=g)
-                                                 * 0.01).to(torch.bfloat16)
-               for i in range(BIG_TENSORS)}
+    tensors = {}
+    for i in range(BIG_TENSORS // 2):  # lora_A [r, in] and lora_B [out, r], r = 4096
+        tensors[f"model.layers.{i}.mlp.lora_A"] = (torch.randn(4096, BIG_ROWS, generator=g)
+                                                   * 0.01).to(torch.bfloat16)
+        tensors[f"model.layers.{i}.mlp.lora_B"] = (torch.randn(BIG_ROWS, 4096, generator=g)
+                                                   * 0.01).to(torch.bfloat16)
     AdapterPackage.build("lora", {"r": 4096, "lora_alpha": 16, "target_modules": ["mlp"]},
                          tensors, base_name="bench/big").save(src)
     del tensors

@@ -102,3 +102,23 @@ def test_write_stored_checks_every_chunk(tmp_path):
         assert b.blobs.visible([blob.digest], caller=LOCAL) == set()
         b.blobs.write_stored([blob], caller=LOCAL)
         assert b.blobs.read(blob.digest, caller=LOCAL) == data
+
+
+def test_pull_out_streams_the_same_bytes_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    package = lora(3)
+    package.save(tmp_path / "saved")
+    with Registry(tmp_path / "reg.db") as reg:
+        reg.push(package, "team/bot", progress=False)
+    script = ("import sys\nfrom adapterhub.registry import Registry\n"
+              f"with Registry({str(tmp_path / 'reg.db')!r}) as reg:\n"
+              f"    reg.pull('team/bot@1', out={str(tmp_path / 'out')!r}, progress=False)\n"
+              "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
+    for name in ("adapter.json", "adapter.safetensors"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "saved" / name).read_bytes()
+    assert AdapterPackage.load(tmp_path / "out").digest == package.digest

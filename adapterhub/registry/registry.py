@@ -168,11 +168,17 @@ class Registry:
         ``out`` must be missing or empty; ``force`` replaces an existing directory as a
         whole, so no file of another adapter is left beside the new ones.
         """
-        from adapterhub.io.formats.peft import write_peft
+        from adapterhub.io.package import write_native_files
 
-        package = self.get(ref)
+        version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
+            ref if isinstance(ref, str) else ref.ref)
         with output_dir(out, force=force) as staging:
-            write_peft(package, staging) if format == "peft" else package.save(staging)
+            if format == "peft":
+                from adapterhub.io.formats.peft import write_peft
+
+                write_peft(self.get(version), staging)
+            else:  # streamed from the blobs, one at a time; no torch
+                write_native_files(version.manifest, self.read_blobs, staging)
         return Path(out)
 
     # -- reading ----------------------------------------------------------------------------
