@@ -161,7 +161,8 @@ class AdapterPackage:
 def write_native_files(manifest: Manifest,
                        read: Callable[[list[str]], Iterable[tuple[str, Any]]],
                        directory: str | os.PathLike[str]) -> Path:
-    """Write the files :meth:`AdapterPackage.save` writes, byte for byte, from blobs read
+    """Write the files :meth:`AdapterPackage.save` writes (the same manifest bytes, header
+    and tensor data; the metadata's key order fixed), from blobs read
     one at a time (``read``: digests → ``(digest, bytes)``, each verified by the reader), so
     memory stays at one blob whatever the adapter's size. Needs no torch."""
     directory = Path(directory)

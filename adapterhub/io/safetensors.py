@@ -287,9 +287,10 @@ def write_safetensors_stream(path: str | os.PathLike[str],
                              tensors: dict[str, tuple[str, tuple[int, ...], str]],
                              read: Callable[[list[str]], Iterable[tuple[str, Any]]],
                              metadata: dict[str, str] | None = None) -> None:
-    """Write what :func:`save_tensors` would, atomically, from ``{name: (dtype, shape,
-    blob digest)}`` and ``read`` (digests → ``(digest, bytes)`` in order), holding one blob
-    at a time (and blobs that several tensors share until their last use). Needs no torch."""
+    """Write what :func:`save_tensors` would (the same header, in a fixed order, and the
+    same data), atomically, from ``{name: (dtype, shape, blob digest)}`` and ``read``
+    (digests → ``(digest, bytes)`` in order), holding one blob at a time (and blobs that
+    several tensors share until their last use). Needs no torch."""
     order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n][0]], n))
     entries: dict[str, Any] = {}
     offset = 0

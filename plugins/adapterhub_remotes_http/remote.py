@@ -269,7 +269,7 @@ class HttpRemote(Remote):
             raise AdapterNotFoundError(f"{self.url}: resolve a version before reading its blobs")
         return repo
 
-    def _checked(self, digest: str, data: bytes) -> bytes:
+    def _checked(self, digest: str, data: Buffer) -> Buffer:
         actual = _sha256(data)
         if actual != digest:
             raise IntegrityError(f"{self.url}: blob {digest} arrived corrupt (its bytes hash "
@@ -297,7 +297,7 @@ class HttpRemote(Remote):
                 report(size)
         return [(digest, received[digest]) for digest in digests]
 
-    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytes:
+    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
         data = bytearray()
@@ -318,7 +318,7 @@ class HttpRemote(Remote):
                         data += piece
                         report(len(piece))
                 if len(data) >= size:
-                    return self._checked(digest, bytes(data))
+                    return self._checked(digest, data)  # (no copy: blobs may be GBs)
                 raise httpx.RemoteProtocolError("the stream ended early")
             except httpx.TransportError as exc:
                 failures += 1
