@@ -134,3 +134,26 @@ def split_safetensors(path):
     data = path.read_bytes()
     (length,) = struct.unpack_from("<Q", data)
     return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def test_pull_out_streams_large_blobs_chunk_by_chunk(tmp_path, monkeypatch):
+    import adapterhub.registry.registry as registry_module
+    from registry_db import codec
+
+    monkeypatch.setattr(registry_module, "STREAM_BLOB_BYTES", 1024)
+    monkeypatch.setattr(codec, "CHUNK_SIZE", 4096)  # 32 KiB tensors: 8 chunks each
+    g = torch.Generator().manual_seed(4)
+    package = AdapterPackage.build("lora", CONFIG, {
+        "lin0.lora_A": torch.randn(4, 2048, generator=g),
+        "lin0.lora_B": torch.randn(2048, 4, generator=g)}, base_name="tiny")
+    package.save(tmp_path / "saved")
+    with Registry(tmp_path / "reg.db") as reg:
+        reg.push(package, "team/bot", progress=False)
+        reg.pull("team/bot@1", out=tmp_path / "out", progress=False)
+        victim = package.manifest.tensors["lin0.lora_B"].digest
+        corrupt(reg.service, victim)
+        with pytest.raises(IntegrityError, match=victim):
+            reg.pull("team/bot@1", out=tmp_path / "bad", progress=False)
+    assert split_safetensors(tmp_path / "out" / "adapter.safetensors") == split_safetensors(
+        tmp_path / "saved" / "adapter.safetensors")
+    assert not (tmp_path / "bad").exists()

@@ -289,8 +289,9 @@ def write_safetensors_stream(path: str | os.PathLike[str],
                              metadata: dict[str, str] | None = None) -> None:
     """Write what :func:`save_tensors` would (the same header, in a fixed order, and the
     same data), atomically, from ``{name: (dtype, shape, blob digest)}`` and ``read``
-    (digests → ``(digest, bytes)`` in order), holding one blob at a time (and blobs that
-    several tensors share until their last use). Needs no torch."""
+    (digests → ``(digest, pieces)`` in order, ``pieces`` an iterable of buffers), holding
+    one piece at a time (and blobs that several tensors share until their last use). The
+    file appears only if ``read`` raises nothing. Needs no torch."""
     order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n][0]], n))
     entries: dict[str, Any] = {}
     offset = 0
@@ -309,18 +310,23 @@ def write_safetensors_stream(path: str | os.PathLike[str],
             # as safetensors writes it (save_tensors): names sorted, fields in this order
             out.write(encode_header({n: entries[n] for n in sorted(entries)},
                                     {"format": "pt", **(metadata or {})}))
-            kept: dict[str, Any] = {}
+            kept: dict[str, bytearray] = {}
             arriving = iter(read(list(dict.fromkeys(digests))))
             for digest in digests:
-                if digest not in kept:
-                    got, data = next(arriving)
-                    if got != digest:
-                        raise FormatError(f"expected blob {digest}, read {got}")
-                    kept[digest] = data
-                out.write(kept[digest])
                 uses[digest] -= 1
-                if not uses[digest]:
-                    del kept[digest]
+                if digest in kept:
+                    out.write(kept.pop(digest) if not uses[digest] else kept[digest])
+                    continue
+                got, pieces = next(arriving)
+                if got != digest:
+                    raise FormatError(f"expected blob {digest}, read {got}")
+                copy = bytearray() if uses[digest] else None
+                for piece in pieces:
+                    out.write(piece)
+                    if copy is not None:
+                        copy += piece
+                if copy is not None:
+                    kept[digest] = copy
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
