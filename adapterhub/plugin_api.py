@@ -43,6 +43,7 @@ _LAZY = {
     # the store's records and names, which remotes trade in
     "CommitResult": "registry_db",
     "Manifest": "registry_db",
+    "StoredBlob": "registry_db",
     "VersionInfo": "registry_db",
     "parse_ref": "registry_db",
     "validate_name": "registry_db",
@@ -58,14 +59,16 @@ if TYPE_CHECKING:
     from adapterhub.io.safetensors import RawTensor, raw_parts, tensor_bytes
     from adapterhub.registry.http_client import HubClient
     from adapterhub.registry.remotes import DatabaseRemote
-    from registry_db import CommitResult, Manifest, VersionInfo, parse_ref, validate_name
+    from registry_db import (CommitResult, Manifest, StoredBlob, VersionInfo, parse_ref,
+                             validate_name)
     from registry_db.digests import is_digest
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "ADAPTER_FILES", "AdaptedLayer", "AdapterMethod", "AdapterPackage", "Buffer",
-    "CommitResult", "ConfigBase", "DatabaseRemote", "Manifest", "VersionInfo", "is_digest",
+    "CommitResult", "ConfigBase", "DatabaseRemote", "Manifest", "StoredBlob", "VersionInfo",
+    "is_digest",
     "parse_ref", "validate_name",
     "HubClient", "MergeStrategy", "MethodConfig", "ModuleInput", "ModuleMerge",
     "ProgressCallback", "QuantizedTensor", "Quantizer", "QuantizerConfig", "RawTensor",

@@ -24,7 +24,8 @@ _LAZY = {
     "Manifest": "manifest", "TensorEntry": "manifest",
     "BlobInfo": "records", "CommitResult": "records", "EventInfo": "records",
     "GcReport": "records", "Problem": "records", "RemoteInfo": "records",
-    "UploadInfo": "records", "Usage": "records", "VerifyReport": "records",
+    "StoredBlob": "records", "UploadInfo": "records", "Usage": "records",
+    "VerifyReport": "records",
     "VersionInfo": "records",
     "Ref": "refs", "parse_ref": "refs", "validate_name": "refs", "validate_tag": "refs",
     "RegistryService": "service",
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
                                     PermissionDeniedError, RefError, RegistryError)
     from registry_db.manifest import Manifest, TensorEntry
     from registry_db.records import (BlobInfo, CommitResult, EventInfo, GcReport, Problem,
-                                     RemoteInfo, UploadInfo, Usage, VerifyReport, VersionInfo)
+                                     RemoteInfo, StoredBlob, UploadInfo, Usage, VerifyReport,
+                                     VersionInfo)
     from registry_db.refs import Ref, parse_ref, validate_name, validate_tag
     from registry_db.service import RegistryService
 

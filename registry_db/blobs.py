@@ -27,7 +27,7 @@ from registry_db.database import Database, batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
 from registry_db.models_hub import VersionFilePart
-from registry_db.records import BlobInfo, UploadInfo
+from registry_db.records import BlobInfo, StoredBlob, UploadInfo
 
 
 class BlobService:
@@ -120,6 +120,21 @@ class BlobService:
         self.store.write_many(recorded())
         self._grant(sent, caller)
 
+    def write_stored(self, blobs: Iterable[StoredBlob], *, caller: Caller) -> None:
+        """Store blobs as another registry stored them (see :meth:`BlobStore.write_stored`):
+        every chunk decoded and every blob hashed before it is written, then granted to the
+        caller, who proved it holds the bytes."""
+        caller.require("write")
+        sent: list[str] = []
+
+        def recorded() -> Iterator[StoredBlob]:
+            for blob in blobs:
+                sent.append(blob.digest)
+                yield blob
+
+        self.store.write_stored(recorded())
+        self._grant(sent, caller)
+
     def begin_upload(self, digest: str, size: int, *, caller: Caller, itemsize: int = 1,
                      chunk_size: int | None = None) -> UploadInfo | None:
         """Start, or continue the caller's own unfinished, upload of one large blob; None
@@ -166,6 +181,13 @@ class BlobService:
         wanted = list(digests)
         self.require_visible(wanted, caller=caller)
         return self.store.read_many(wanted)
+
+    def read_stored(self, digests: Iterable[str], *, caller: Caller) -> Iterator[StoredBlob]:
+        """Each blob as stored, in order, for a receiver that checks it (all must be visible
+        to the caller before anything is read)."""
+        wanted = list(digests)
+        self.require_visible(wanted, caller=caller)
+        return self.store.read_stored(wanted)
 
     def iter(self, digest: str, *, caller: Caller, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` (see :meth:`BlobStore.iter`)."""

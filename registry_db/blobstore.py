@@ -29,7 +29,7 @@ from registry_db.digests import is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)
 from registry_db.models import Blob, Chunk
-from registry_db.records import BlobInfo, UploadInfo
+from registry_db.records import BlobInfo, StoredBlob, UploadInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -114,6 +114,32 @@ def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearr
     return data
 
 
+def _check_stored(blob: StoredBlob) -> None:
+    """Decode every chunk of a blob as stored and hash the bytes: :class:`IntegrityError`
+    unless they are exactly the blob its digest names, in chunks of its chunk size."""
+    check_digest(blob.digest)
+    count = max(1, -(-blob.size // blob.chunk_size)) if 0 < blob.chunk_size else 0
+    if not 0 <= blob.size <= MAX_BLOB_BYTES or not 0 < blob.chunk_size <= MAX_CHUNK_BYTES \
+            or len(blob.chunks) != count:
+        raise IntegrityError(f"blob {blob.digest} arrived malformed: {len(blob.chunks)} chunks "
+                             f"of {blob.chunk_size} bytes for {blob.size} bytes")
+    h = hashlib.sha256()
+    for i, (raw_size, stored) in enumerate(blob.chunks):
+        if raw_size != min(blob.chunk_size, blob.size - i * blob.chunk_size) and blob.size:
+            raise IntegrityError(f"blob {blob.digest} arrived malformed: chunk {i} holds "
+                                 f"{raw_size} bytes")
+        try:
+            h.update(codec.decode(stored, blob.codec, raw_size))
+        except IntegrityError as exc:
+            raise IntegrityError(f"blob {blob.digest} arrived corrupt: chunk {i}: "
+                                 f"{exc.message}") from None
+    actual = "sha256:" + h.hexdigest()
+    if actual != blob.digest:
+        raise IntegrityError(f"blob {blob.digest} arrived corrupt: its bytes hash to {actual}",
+                             hint="Pull again; if it persists, run 'adapterhub verify' on "
+                                  "the source")
+
+
 class BlobStore:
     """The blobs of one registry database."""
 
@@ -182,19 +208,24 @@ class BlobStore:
             if actual != job.digest:
                 raise IntegrityError(f"bytes sent for blob {job.digest} hash to {actual}",
                                       hint="The source is corrupt or changed while reading")
-        encoded = {job.digest: [future.result() for future in job.chunks] for job in jobs}
+        self._insert([StoredBlob(job.digest, job.size, job.codec, codec.CHUNK_SIZE,
+                                 tuple(zip(job.raw_sizes, (f.result() for f in job.chunks))))
+                      for job in jobs])
+
+    def _insert(self, blobs: list[StoredBlob]) -> None:
+        """Insert verified blobs (their chunks as stored); those already stored are touched."""
         now = utcnow()
         with self.db.write() as s:
-            digests = [job.digest for job in jobs]
+            digests = [blob.digest for blob in blobs]
             present = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(digests),
                                                               Blob.complete)))
             if present:
                 s.execute(update(Blob).where(Blob.digest.in_(present), Blob.complete)
                           .values(touched_at=now))
-            rows = [{"digest": job.digest, "size": job.size, "codec": job.codec,
-                     "stored_size": sum(map(len, encoded[job.digest])),
-                     "chunk_size": codec.CHUNK_SIZE, "complete": True, "created_at": now,
-                     "touched_at": now} for job in jobs if job.digest not in present]
+            rows = [{"digest": blob.digest, "size": blob.size, "codec": blob.codec,
+                     "stored_size": blob.stored_size, "chunk_size": blob.chunk_size,
+                     "complete": True, "created_at": now, "touched_at": now}
+                    for blob in blobs if blob.digest not in present]
             if not rows:
                 return
             table = Blob.__table__
@@ -206,12 +237,39 @@ class BlobStore:
             conn = s.connection()
             ids = dict(conn.execute(statement.returning(table.c.digest, table.c.id),
                                     rows).all())
-            chunks = [{"blob_id": ids[job.digest], "index": i, "raw_size": job.raw_sizes[i],
+            chunks = [{"blob_id": ids[blob.digest], "index": i, "raw_size": raw_size,
                        "data": stored}
-                      for job in jobs if job.digest in ids
-                      for i, stored in enumerate(encoded[job.digest])]
+                      for blob in blobs if blob.digest in ids
+                      for i, (raw_size, stored) in enumerate(blob.chunks)]
             if chunks:  # (an empty list would execute once, with no values)
                 conn.execute(insert(Chunk.__table__), chunks)
+
+    def write_stored(self, blobs: Iterable[StoredBlob]) -> None:
+        """Store blobs whose chunks arrive as another registry stored them (same codecs), kept
+        as they are: worker threads decode every chunk once and hash the bytes, and a blob
+        that does not match its digest raises :class:`IntegrityError` before its batch is
+        written. Batches of about :data:`_BATCH_BYTES` stored bytes are written while the
+        next ones are checked."""
+        in_flight: deque[list[tuple[StoredBlob, Future[None]]]] = deque()
+        batch: list[tuple[StoredBlob, Future[None]]] = []
+        size = 0
+        for blob in blobs:
+            batch.append((blob, _pool().submit(_check_stored, blob)))
+            size += blob.stored_size
+            if size >= _BATCH_BYTES:
+                in_flight.append(batch)
+                batch, size = [], 0
+                if len(in_flight) > 1:
+                    self._insert_checked(in_flight.popleft())
+        if batch:
+            in_flight.append(batch)
+        while in_flight:
+            self._insert_checked(in_flight.popleft())
+
+    def _insert_checked(self, batch: list[tuple[StoredBlob, Future[None]]]) -> None:
+        for _, checked in batch:
+            checked.result()
+        self._insert(list({blob.digest: blob for blob, _ in batch}.values()))
 
     # -- resumable uploads ------------------------------------------------------------------
 
@@ -378,6 +436,44 @@ class BlobStore:
                    for b in blobs]
         for blob, future in zip(blobs, futures, strict=True):
             yield blob.digest, future.result()
+
+    def read_stored(self, digests: Iterable[str]) -> Iterator[StoredBlob]:
+        """Each blob as stored (chunks not decoded, not hashed: the receiver checks them), in
+        order; rows are fetched about :data:`_BATCH_BYTES` of raw bytes per query, so a
+        stream's first bytes go out while later rows are read."""
+        wanted = list(dict.fromkeys(check_digest(d) for d in digests))
+        for names in batched(wanted):
+            with self.db.read() as s:
+                found = {b.digest: b for b in s.execute(
+                    select(Blob.id, Blob.digest, Blob.size, Blob.codec, Blob.chunk_size)
+                    .where(Blob.digest.in_(names), Blob.complete))}
+            for digest in names:
+                if digest not in found:
+                    raise AdapterNotFoundError(f"blob {digest} is not in the registry")
+            group: list = []
+            for digest in names + [None]:
+                blob = found.get(digest)
+                if group and (blob is None
+                              or sum(b.size for b in group) + blob.size > _BATCH_BYTES):
+                    yield from self._read_stored_group(group)
+                    group = []
+                if blob is not None:
+                    group.append(blob)
+
+    def _read_stored_group(self, blobs: list) -> Iterator[StoredBlob]:
+        with self.db.read() as s:
+            rows = s.execute(select(Chunk.blob_id, Chunk.index, Chunk.raw_size, Chunk.data)
+                             .where(Chunk.blob_id.in_([b.id for b in blobs]))
+                             .order_by(Chunk.blob_id, Chunk.index)).all()
+        chunks: dict[int, list] = {b.id: [] for b in blobs}
+        for row in rows:
+            chunks[row.blob_id].append(row)
+        for b in blobs:
+            if [row.index for row in chunks[b.id]] != list(range(len(chunks[b.id]))):
+                raise IntegrityError(f"blob {b.digest} is corrupt: its chunks are not a "
+                                      f"complete sequence")
+            yield StoredBlob(b.digest, b.size, b.codec, b.chunk_size,
+                             tuple((row.raw_size, row.data) for row in chunks[b.id]))
 
     def iter(self, digest: str, *, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` in chunks. The whole blob is hashed as it goes (the

@@ -7,6 +7,7 @@ canonical JSON and holds no timestamps, so the same content always has the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from registry_db.digests import canonical_json, check_json_depth, is_digest, sha256_digest
@@ -92,13 +93,13 @@ class Manifest:
         }
 
     def canonical(self) -> bytes:
-        """The bytes that are stored, hashed and compared (encoded once: a manifest is
-        immutable, and a large one takes a millisecond to encode)."""
-        encoded = self.__dict__.get("_canonical")
-        if encoded is None:
-            encoded = canonical_json(self.to_dict())
-            object.__setattr__(self, "_canonical", encoded)
-        return encoded
+        """The bytes that are stored, hashed and compared (computed once: a manifest is
+        immutable)."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> bytes:
+        return canonical_json(self.to_dict())
 
     @property
     def digest(self) -> str:

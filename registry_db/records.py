@@ -83,6 +83,23 @@ class BlobInfo:
 
 
 @dataclass(frozen=True)
+class StoredBlob:
+    """A blob as a registry stores it: its codec and, per chunk, the raw size and the stored
+    (compressed) bytes. Another registry with the same codecs keeps those bytes as they are
+    (no decompress, no recompress) after checking them against the digest."""
+
+    digest: str
+    size: int
+    codec: str
+    chunk_size: int
+    chunks: tuple[tuple[int, bytes], ...]  # (raw size, stored bytes), in order
+
+    @property
+    def stored_size(self) -> int:
+        return sum(len(data) for _, data in self.chunks)
+
+
+@dataclass(frozen=True)
 class UploadInfo:
     """A resumable upload: send chunks ``0 … n-1`` of ``chunk_size`` raw bytes (the last may
     be shorter), in any order and again after a failure, then finish it."""

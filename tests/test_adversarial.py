@@ -102,8 +102,9 @@ def test_a_digest_reads_nothing_of_another_namespace(hub):
                  f"/api/v1/repos/team/anything/blobs/{large}"]:
         assert attacker.get(path).status_code == 404
     assert attacker.get(f"/api/v1/repos/victim/secret/blobs/{small}").status_code == 404
-    assert attacker.post("/api/v1/repos/team/x/blobs/read",
-                         json={"digests": [small]}).status_code == 404
+    for route in ("read", "stored"):
+        assert attacker.post(f"/api/v1/repos/team/x/blobs/{route}",
+                             json={"digests": [small]}).status_code == 404
     assert attacker.get(f"/api/v1/find/{secret['version']['digest']}").status_code == 404
     assert attacker.get("/api/v1/resolve", params={"ref": "victim/secret"}).status_code == 403
     # the Hugging Face side: LFS batch wants the bytes, verify and commit know nothing

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 from helpers.hub_server import HubProcess
-from helpers.registry_helpers import LOCAL, push_raw, tensor_bytes
+from helpers.registry_helpers import push_raw, tensor_bytes
 
 from registry_db import RegistryService
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from registry_db import CommitResult, Manifest, VersionInfo
+    from registry_db import CommitResult, Manifest, StoredBlob, VersionInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
 ProgressCallback = Callable[[int], None]
@@ -60,6 +60,26 @@ class Remote(ABC):
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
         """``(digest, bytes)`` for each digest, in order. The receiver hashes them again."""
+
+    #: :meth:`download_stored` and :meth:`upload_stored` work: blobs can move as a registry
+    #: stores them (compressed chunks), with no decompress and recompress on the way
+    stored_reads = False
+    stored_writes = False
+    #: the largest blob (raw bytes) :meth:`download_stored` sends; larger ones go through
+    #: :meth:`download_blobs` (a network remote resumes those mid-blob)
+    stored_max_bytes: int | None = None
+
+    def download_stored(self, digests: Iterable[str], *,
+                        progress: ProgressCallback | None = None) -> Iterator[StoredBlob]:
+        """Each blob as the remote stores it, in order (when :attr:`stored_reads`);
+        ``progress`` gets raw byte counts. The receiver decodes and hashes every chunk."""
+        raise NotImplementedError
+
+    def upload_stored(self, blobs: Iterable[StoredBlob], *,
+                      progress: ProgressCallback | None = None) -> None:
+        """Store blobs as another registry stored them (when :attr:`stored_writes`), after
+        decoding and hashing each; :class:`IntegrityError` naming the digest on a mismatch."""
+        raise NotImplementedError
 
     @abstractmethod
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,

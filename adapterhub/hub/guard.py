@@ -2,9 +2,10 @@
 
 :class:`Guard` is an ASGI middleware. For each request it
 
-1. authenticates the bearer token (a database lookup by hash) and refuses a request that
-   needs one (401) or a write from a token without any write scope (403) **before any of the
-   body is read**: an unauthenticated 16 MiB body costs the hub nothing;
+1. authenticates the bearer token (a database lookup by hash, remembered for
+   ``Settings.token_cache`` seconds) and refuses a request that needs one (401) or a write
+   from a token without any write scope (403) **before any of the body is read**: an
+   unauthenticated 16 MiB body costs the hub nothing;
 2. enforces the route's body limit: 413 before reading when ``Content-Length`` is too large,
    and while streaming when a body without one grows past it;
 3. stops waiting for a body that pauses longer than ``body_timeout`` (408).
@@ -48,7 +49,7 @@ _LIMITS = [
     ("PUT", re.compile(r"^/api/hub/lfs/"), MAX_FILE),
     ("POST", re.compile(r"^/api/v1/repos/[^/]+/[^/]+/commit$"), COMMIT_LIMIT),
     ("POST", re.compile(r"^/api/models/[^/]+/[^/]+/commit/"), HF_COMMIT_LIMIT),
-    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/read)$"),
+    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/(read|stored))$"),
      NEGOTIATE_LIMIT),
     ("POST", re.compile(r"^/xet-cas/v1/xorbs/"), XetLimits.max_xorb_bytes),
     ("POST", re.compile(r"^/xet-cas/v[12]/shards$"), XetLimits.max_shard_bytes),
@@ -60,7 +61,7 @@ _OPEN = re.compile(r"^/api/hub/lfs/|^/xet-cas/|^/api/validate-yaml$")
 #: routes that do not look at the token at all
 _ANONYMOUS = re.compile(r"^/health$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
-_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/read$")
+_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/(read|stored)$")
 _READ_METHODS = ("GET", "HEAD")
 
 

@@ -7,7 +7,9 @@ go in one ``POST /api/v1/blobs`` bundle, large ones as resumable uploads (``POST
 arrived, ``POST /api/v1/uploads/{id}/finish``, where the hub re-hashes the whole blob); then
 ``POST …/commit`` records the manifest in one transaction (409 ``MissingBlobs`` if a blob is
 still absent). A pull: ``GET /api/v1/resolve?ref=…``, then ``POST …/blobs/read`` (a framed
-stream of small blobs) and ``GET …/blobs/{digest}`` (with ``Range``) for large ones.
+stream of small blobs) and ``GET …/blobs/{digest}`` (with ``Range``) for large ones, or
+``POST …/blobs/stored``: blobs as the hub stores them (compressed chunks, not decoded on the
+hub; the client decodes and hashes every chunk before it stores them as they came).
 
 Every route hands the store the caller (:func:`adapterhub.hub.auth.registry`), and the store
 decides: which blobs "exist" for this caller, whose upload an id names, who may commit,
@@ -16,6 +18,9 @@ tag, delete or restore. Upload ids are random and belong to the token that opene
 Bundle bodies: 8-byte little-endian length, a JSON list of ``{"digest", "size",
 "itemsize"}``, then the blobs' bytes back to back. Read streams: per blob, an 8-byte
 little-endian size and the bytes; size ``2**64-1`` is an error frame (8-byte length, JSON).
+Stored streams: per blob, an 8-byte little-endian header length, a JSON header ``{"digest",
+"size", "codec", "chunk_size", "chunks": [[raw size, stored size], …]}`` and the stored
+chunks back to back; the same error frame.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ def find(digest: str, reg: Registry = Depends(registry)) -> Response:
     found = reg.find(digest)
     if found is None:
         raise AdapterNotFoundError(f"no version with digest {digest[:80]}")
-    return json_response(found.to_dict(with_manifest=True))
+    return json_response_with(found.to_dict(), manifest=found.manifest.canonical())
 
 
 @router.get("/api/v1/versions")
@@ -234,6 +239,38 @@ def read_blobs(namespace: str, name: str, body: dict = Depends(json_object),
             for _, data in blobs:
                 pending += [struct.pack("<Q", len(data)), data]
                 size += len(data)
+                if size >= FRAME_BATCH:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+        except AdapterHubError as exc:
+            error = json.dumps({"error": exc.message, "hint": exc.hint, "code": exc.code})
+            pending.append(struct.pack("<QQ", ERROR_FRAME, len(error)) + error.encode())
+        if pending:
+            yield b"".join(pending)
+
+    return StreamingResponse(frames(), media_type="application/octet-stream")
+
+
+@router.post("/api/v1/repos/{namespace}/{name}/blobs/stored")
+def read_stored(namespace: str, name: str, body: dict = Depends(json_object),
+                reg: Registry = Depends(registry)) -> StreamingResponse:
+    """Several blobs as stored, in one framed stream (all must be blobs the caller may see);
+    the receiver verifies them."""
+    full_name(namespace, name)
+    blobs = reg.service.blobs.read_stored(digest_list(body), caller=reg.caller)
+
+    def frames() -> Iterator[bytes]:
+        pending: list[bytes] = []
+        size = 0
+        try:
+            for blob in blobs:
+                header = json.dumps({"digest": blob.digest, "size": blob.size,
+                                     "codec": blob.codec, "chunk_size": blob.chunk_size,
+                                     "chunks": [[raw, len(data)] for raw, data in blob.chunks]
+                                     }).encode()
+                pending += [struct.pack("<Q", len(header)), header,
+                            *(data for _, data in blob.chunks)]
+                size += blob.stored_size
                 if size >= FRAME_BATCH:
                     yield b"".join(pending)
                     pending, size = [], 0

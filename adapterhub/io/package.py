@@ -8,14 +8,14 @@ load).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
 from adapterhub.io.safetensors import (RawTensor, dtype_name, load_tensors, save_tensors,
-                                       tensor_digest, write_bytes_atomic)
+                                       tensor_digest, write_bytes_atomic, write_safetensors_stream)
 from registry_db.digests import parse_json
 from registry_db.manifest import Manifest, TensorEntry
 
@@ -165,6 +165,22 @@ class AdapterPackage:
         package = cls(manifest, load_tensors(tensors_path))
         package.verify()
         return package
+
+
+def write_native_files(manifest: Manifest,
+                       read: Callable[[list[str]], Iterable[tuple[str, Any]]],
+                       directory: str | os.PathLike[str]) -> Path:
+    """Write the files :meth:`AdapterPackage.save` writes (the same manifest bytes, header
+    and tensor data; the metadata's key order fixed), from blobs read
+    one at a time (``read``: digests → ``(digest, bytes)``, each verified by the reader), so
+    memory stays at one blob whatever the adapter's size. Needs no torch."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {n: (e.dtype, e.shape, e.digest) for n, e in manifest.tensors.items()}
+    write_safetensors_stream(directory / TENSORS_FILE, tensors, read,
+                             metadata={"adapterhub_version": manifest.digest})
+    write_bytes_atomic(directory / MANIFEST_FILE, manifest.canonical())
+    return directory
 
 
 def is_native_dir(path: str | os.PathLike[str]) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,6 +298,56 @@ class SafetensorsWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_safetensors_stream(path: str | os.PathLike[str],
+                             tensors: dict[str, tuple[str, tuple[int, ...], str]],
+                             read: Callable[[list[str]], Iterable[tuple[str, Any]]],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Write what :func:`save_tensors` would (the same header, in a fixed order, and the
+    same data), atomically, from ``{name: (dtype, shape, blob digest)}`` and ``read``
+    (digests → ``(digest, pieces)`` in order, ``pieces`` an iterable of buffers), holding
+    one piece at a time (and blobs that several tensors share until their last use). The
+    file appears only if ``read`` raises nothing. Needs no torch."""
+    order = sorted(tensors, key=lambda n: (-DTYPE_SIZES[tensors[n][0]], n))
+    entries: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        dtype, shape, _ = tensors[name]
+        size = DTYPE_SIZES[dtype] * math.prod(shape)
+        entries[name] = {"dtype": dtype, "shape": list(shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    digests = [tensors[n][2] for n in order]
+    uses = {d: digests.count(d) for d in set(digests)}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            # as safetensors writes it (save_tensors): names sorted, fields in this order
+            out.write(encode_header({n: entries[n] for n in sorted(entries)},
+                                    {"format": "pt", **(metadata or {})}))
+            kept: dict[str, bytearray] = {}
+            arriving = iter(read(list(dict.fromkeys(digests))))
+            for digest in digests:
+                uses[digest] -= 1
+                if digest in kept:
+                    out.write(kept.pop(digest) if not uses[digest] else kept[digest])
+                    continue
+                got, pieces = next(arriving)
+                if got != digest:
+                    raise FormatError(f"expected blob {digest}, read {got}")
+                copy = bytearray() if uses[digest] else None
+                for piece in pieces:
+                    out.write(piece)
+                    if copy is not None:
+                        copy += piece
+                if copy is not None:
+                    kept[digest] = copy
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], Any]],

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.contracts.remote import Remote
+from adapterhub.contracts.remote import Buffer, Remote
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
 from adapterhub.registry.ci import default_author
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"
 FORMATS = ("native", "peft")
+#: blobs larger than this are written out by ``pull --out`` a chunk at a time
+STREAM_BLOB_BYTES = 16 << 20
 
 
 def home() -> Path:
@@ -203,12 +205,38 @@ class Registry:
         ``out`` must be missing or empty; ``force`` replaces an existing directory as a
         whole, so no file of another adapter is left beside the new ones.
         """
-        from adapterhub.io.formats.peft import write_peft
+        from adapterhub.io.package import write_native_files
 
-        package = self.get(ref)
+        version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
+            ref if isinstance(ref, str) else ref.ref)
         with output_dir(out, force=force) as staging:
-            write_peft(package, staging) if format == "peft" else package.save(staging)
+            if format == "peft":
+                from adapterhub.io.formats.peft import write_peft
+
+                write_peft(self.get(version), staging)
+            else:  # streamed from the blobs, a chunk at a time; no torch
+                write_native_files(version.manifest, self._blob_pieces(version), staging)
         return Path(out)
+
+    def _blob_pieces(self, version: VersionInfo
+                     ) -> Callable[[list[str]], Iterator[tuple[str, Iterable[Buffer]]]]:
+        """digests → ``(digest, pieces)`` in order: small blobs read together, each whole;
+        large ones chunk by chunk (verified when their last chunk is read)."""
+        sizes = {e.digest: e.nbytes for e in version.manifest.tensors.values()}
+
+        def read(digests: list[str]) -> Iterator[tuple[str, Iterable[Buffer]]]:
+            run: list[str] = []
+            for digest in [*digests, None]:
+                if digest is not None and sizes[digest] <= STREAM_BLOB_BYTES:
+                    run.append(digest)
+                    continue
+                for got, data in self.read_blobs(run):
+                    yield got, (data,)
+                run = []
+                if digest is not None:
+                    yield digest, self.service.blobs.iter(digest, caller=self.caller)
+
+        return read
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from adapterhub.registry.ci import default_author
 PROGRESS_MIN_BYTES = 1 << 20  # smaller transfers finish before a bar would help
 
 if TYPE_CHECKING:
-    from registry_db import Caller, CommitResult, Manifest, RegistryService, VersionInfo
+    from registry_db import (Caller, CommitResult, Manifest, RegistryService, StoredBlob,
+                             VersionInfo)
     from registry_db.files import KeptFile
 
 class DatabaseRemote(Remote):
@@ -68,6 +69,25 @@ class DatabaseRemote(Remote):
             if progress is not None:
                 progress(len(data))
             yield digest, data
+
+    stored_reads = stored_writes = True
+
+    def download_stored(self, digests: Iterable[str], *,
+                        progress: ProgressCallback | None = None) -> Iterator[StoredBlob]:
+        for blob in self.service.blobs.read_stored(digests, caller=self.caller):
+            if progress is not None:
+                progress(blob.size)
+            yield blob
+
+    def upload_stored(self, blobs: Iterable[StoredBlob], *,
+                      progress: ProgressCallback | None = None) -> None:
+        def counted() -> Iterator[StoredBlob]:
+            for blob in blobs:
+                yield blob
+                if progress is not None:
+                    progress(blob.size)
+
+        self.service.blobs.write_stored(counted(), caller=self.caller)
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
@@ -123,9 +143,11 @@ def send_version(dst: Remote, name: str, manifest: Manifest,
                  message: str | None = None, author: str | None = None,
                  tags: Sequence[str] = (), created_at: datetime | None = None,
                  show_progress: bool = True, what: str | None = None,
-                 files: Sequence[KeptFile] = ()) -> CommitResult:
-    """Upload the blobs ``dst`` lacks (read through ``read_blobs``), then commit the manifest
-    (with ``files`` kept byte for byte: a database registry only).
+                 stored_from: Remote | None = None, files: Sequence[KeptFile] = ()
+                 ) -> CommitResult:
+    """Upload the blobs ``dst`` lacks (read through ``read_blobs``, or as stored from
+    ``stored_from`` where both ends can), then commit the manifest (with ``files`` kept byte
+    for byte: a database registry only).
 
     If a blob disappears between negotiation and commit (a gc on the remote that ran with no
     grace period), the missing blobs are sent again and the commit retried.
@@ -140,9 +162,17 @@ def send_version(dst: Remote, name: str, manifest: Manifest,
         total = sum(entries[d].nbytes for d in missing)
         with progress(total=total, unit="B", desc=what,
                       disable=not show_progress or total < PROGRESS_MIN_BYTES) as bar:
+            stored: list[str] = []
+            if stored_from is not None and stored_from.stored_reads and dst.stored_writes:
+                limit = stored_from.stored_max_bytes
+                stored = [d for d in missing if limit is None or entries[d].nbytes <= limit]
+            raw = [d for d in missing if d not in set(stored)]
             try:
-                dst.upload_blobs(((d, data, entries[d].itemsize)
-                                  for d, data in read_blobs(missing)), progress=bar.update)
+                if stored:
+                    dst.upload_stored(stored_from.download_stored(stored), progress=bar.update)
+                if raw:
+                    dst.upload_blobs(((d, data, entries[d].itemsize)
+                                      for d, data in read_blobs(raw)), progress=bar.update)
             except (IntegrityError, AdapterNotFoundError) as exc:
                 digest = next((d for d in missing if d in exc.message), None)
                 tensor = f" tensor {tensors_of[digest][0]!r}:" if digest else ""
@@ -198,8 +228,9 @@ def copy_version(src: Remote, dst: Remote, version: VersionInfo, *, name: str | 
     for parent in ancestors_to_copy(version.manifest, dst, src, version.ref):
         send_version(dst, parent.name, parent.manifest, read, message=parent.message,
                      author=parent.author, created_at=parent.created_at,
-                     show_progress=show_progress, what=f"{verb} {parent.ref} from {src.url}")
+                     show_progress=show_progress, what=f"{verb} {parent.ref} from {src.url}",
+                     stored_from=src)
     return send_version(dst, name or version.name, version.manifest, read,
                         message=version.message, author=version.author, tags=tags,
                         created_at=version.created_at, show_progress=show_progress,
-                        what=f"{verb} {version.ref} from {src.url}")
+                        what=f"{verb} {version.ref} from {src.url}", stored_from=src)

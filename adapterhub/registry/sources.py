@@ -92,11 +92,19 @@ class NativeDirSource(Source):
         _check_header(self._header, self.manifest)
 
     def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
+        """Views of the file mapped into memory: the bytes stay in the page cache, not in
+        the process's own memory, however large the adapter (the map closes when the last
+        view is dropped)."""
+        import mmap
+
         with open(self._header.path, "rb") as fh:
-            for digest in digests:
-                info = self._header.tensors[self._tensor_for(digest)]
-                fh.seek(info.start)
-                yield digest, fh.read(info.nbytes)
+            if os.fstat(fh.fileno()).st_size == 0:
+                mapped = memoryview(b"")
+            else:
+                mapped = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+        for digest in digests:
+            info = self._header.tensors[self._tensor_for(digest)]
+            yield digest, mapped[info.start:info.start + info.nbytes]
 
     def package(self) -> AdapterPackage:
         from adapterhub.io.package import AdapterPackage

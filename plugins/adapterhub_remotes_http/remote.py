@@ -4,9 +4,12 @@ Pushing: the hub says which blobs it lacks; blobs under :data:`SMALL` bytes trav
 bundles, larger ones as resumable uploads in the hub's chunk size: before sending, the client
 asks which chunks the hub already holds (after a dropped connection, or from an upload an
 earlier process left unfinished) and sends only the others. The hub re-hashes every blob.
-Pulling: small blobs arrive in framed streams, large ones with ``Range`` requests that resume
-where a dropped connection stopped; the client hashes every blob before handing it on (and
-the receiving registry hashes it again).
+Pulling into a registry: blobs under :data:`SMALL` bytes arrive as the hub stores them
+(compressed chunks, in framed streams of about :data:`BUNDLE_READ` raw bytes, :data:`STREAMS`
+at a time); the receiving registry decodes and hashes every chunk once and keeps the stored
+bytes. Otherwise (:meth:`HttpRemote.download_blobs`): small blobs arrive in framed streams,
+large ones with ``Range`` requests that resume where a dropped connection stopped; the
+client hashes every blob before handing it on.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryErro
 from adapterhub.plugin_api import Buffer, HubClient, ProgressCallback, Remote
 
 if TYPE_CHECKING:
-    from adapterhub.plugin_api import CommitResult, Manifest, VersionInfo
+    from adapterhub.plugin_api import CommitResult, Manifest, StoredBlob, VersionInfo
 
 SMALL = 4 << 20  # bytes: blobs below this go in bundles
 BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
+STREAMS = 2  # stored-blob streams in flight while the caller stores what arrived
 ERROR_FRAME = 2**64 - 1
 
 
@@ -197,13 +201,75 @@ class HttpRemote(Remote):
                          if following and small(following) else None)
                 yield from current.result()
 
+    stored_reads = True
+    stored_max_bytes = SMALL - 1  # larger blobs: resumable Range requests
+
+    def download_stored(self, digests: Iterable[str], *,
+                        progress: ProgressCallback | None = None) -> Iterator[StoredBlob]:
+        """Blobs as the hub stores them, in order, in groups of about :data:`BUNDLE_READ` raw
+        bytes fetched :data:`STREAMS` at a time (keep-alive connections of one client)."""
+        report = progress or (lambda n: None)
+        groups: list[list[str]] = [[]]
+        size = 0
+        for digest in digests:
+            if size >= BUNDLE_READ:
+                groups.append([])
+                size = 0
+            groups[-1].append(digest)
+            size += self._blobs.get(digest, (None, SMALL))[1]
+        groups = [g for g in groups if g]
+        with ThreadPoolExecutor(STREAMS, thread_name_prefix="adapterhub-pull") as pool:
+            ahead = [pool.submit(self._read_stored, g) for g in groups[:STREAMS]]
+            for index in range(len(groups)):
+                blobs = ahead.pop(0).result()
+                if index + STREAMS < len(groups):
+                    ahead.append(pool.submit(self._read_stored, groups[index + STREAMS]))
+                for blob in blobs:
+                    report(blob.size)
+                    yield blob
+
+    def _read_stored(self, digests: list[str]) -> list[StoredBlob]:
+        from adapterhub.plugin_api import StoredBlob
+
+        by_repo: dict[str, list[str]] = {}
+        for digest in digests:
+            by_repo.setdefault(self._repository_of(digest), []).append(digest)
+        received: dict[str, StoredBlob] = {}
+        for repo, wanted in by_repo.items():
+            body = self.client.request("POST", f"/api/v1/repos/{repo}/blobs/stored",
+                                       json={"digests": wanted}).content
+            offset = 0
+            for digest in wanted:
+                (length,) = struct.unpack_from("<Q", body, offset)
+                offset += 8
+                if length == ERROR_FRAME:
+                    self._raise_frame(body, offset)
+                header = json.loads(body[offset:offset + length])
+                offset += length
+                chunks = []
+                for raw, stored in header["chunks"]:
+                    chunks.append((raw, body[offset:offset + stored]))
+                    offset += stored
+                if header["digest"] != digest:
+                    raise IntegrityError(f"{self.url}: asked for blob {digest}, got "
+                                         f"{header['digest']}")
+                received[digest] = StoredBlob(digest, header["size"], header["codec"],
+                                              header["chunk_size"], tuple(chunks))
+        return [received[digest] for digest in digests]
+
+    def _raise_frame(self, body: bytes | memoryview, offset: int) -> None:
+        (length,) = struct.unpack_from("<Q", body, offset)
+        error = json.loads(bytes(body[offset + 8:offset + 8 + length]))
+        cls = error_class(error.get("code")) or IntegrityError
+        raise cls.from_wire(f"{self.url}: {error['error']}", error.get("hint"), error)
+
     def _repository_of(self, digest: str) -> str:
         repo = self._blobs.get(digest, (self._repository, 0))[0]
         if repo is None:
             raise AdapterNotFoundError(f"{self.url}: resolve a version before reading its blobs")
         return repo
 
-    def _checked(self, digest: str, data: bytes) -> bytes:
+    def _checked(self, digest: str, data: Buffer) -> Buffer:
         actual = _sha256(data)
         if actual != digest:
             raise IntegrityError(f"{self.url}: blob {digest} arrived corrupt (its bytes hash "
@@ -225,17 +291,13 @@ class HttpRemote(Remote):
                 (size,) = struct.unpack_from("<Q", body, offset)
                 offset += 8
                 if size == ERROR_FRAME:
-                    (length,) = struct.unpack_from("<Q", body, offset)
-                    error = json.loads(bytes(body[offset + 8:offset + 8 + length]))
-                    cls = error_class(error.get("code")) or IntegrityError
-                    raise cls.from_wire(f"{self.url}: {error['error']}", error.get("hint"),
-                                        error)
+                    self._raise_frame(body, offset)
                 received[digest] = self._checked(digest, bytes(body[offset:offset + size]))
                 offset += size
                 report(size)
         return [(digest, received[digest]) for digest in digests]
 
-    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytes:
+    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
         data = bytearray()
@@ -256,7 +318,7 @@ class HttpRemote(Remote):
                         data += piece
                         report(len(piece))
                 if len(data) >= size:
-                    return self._checked(digest, bytes(data))
+                    return self._checked(digest, data)  # (no copy: blobs may be GBs)
                 raise httpx.RemoteProtocolError("the stream ended early")
             except httpx.TransportError as exc:
                 failures += 1
