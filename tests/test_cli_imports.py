@@ -52,6 +52,11 @@ def test_registry_commands_import_no_torch(tmp_path, adapter):
     assert "torch" not in command("push", str(adapter), "team/bot", "-q", db=db)
     assert "torch" not in command("tag", "team/bot@1", "prod", db=db)
     assert "torch" not in command("pull", "team/bot:prod", "--from", str(db), "-q", db=other)
+    for layout in ("native", "peft"):
+        out = tmp_path / layout
+        assert "torch" not in command("pull", "team/bot@1", "--out", str(out), "--format",
+                                      layout, "-q", db=other)
+        assert any(out.iterdir())
     for args in (["list"], ["list", "--json"], ["show", "team/bot"],
                  ["show", "team/bot@1", "--json"], ["log", "team/bot"]):
         modules = command(*args, db=other)

@@ -210,10 +210,14 @@ class Registry:
         version = ref if not isinstance(ref, str) and ref.manifest else self.resolve(
             ref if isinstance(ref, str) else ref.ref)
         with output_dir(out, force=force) as staging:
-            if format == "peft":
+            if format == "peft":  # renamed tensors from raw blobs (no torch), like a hub's files
                 from adapterhub.io.formats.peft import write_peft
+                from adapterhub.io.package import AdapterPackage
 
-                write_peft(self.get(version), staging)
+                digests = [e.digest for e in version.manifest.tensors.values()]
+                write_peft(AdapterPackage.from_blobs(version.manifest,
+                                                     dict(self.read_blobs(digests)), raw=True),
+                           staging)
             else:  # streamed from the blobs, a chunk at a time; no torch
                 write_native_files(version.manifest, self._blob_pieces(version), staging)
         return Path(out)
