@@ -58,9 +58,14 @@ def hub(minilm_path, tmp_path_factory):
 
 
 def client_env(hub, **extra):
-    return {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": hub.read_token,
-            "HF_HUB_CACHE": str(hub.root / "hf-cache"), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1", **extra}
+    """Uploads go through Xet. Each token gets its own HF_HOME, as each person has: hf_xet
+    remembers the xorbs it uploaded, and the hub lets a token reference only its own."""
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": hub.read_token,
+           "HF_HUB_CACHE": str(hub.root / "hf-cache"), "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", **extra}
+    home = hashlib.sha256(env["HF_TOKEN"].encode()).hexdigest()[:12]
+    env["HF_HOME"] = str(hub.root / f"home-{home}")
+    return env
 
 
 def run_python(code, env):

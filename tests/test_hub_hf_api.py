@@ -195,3 +195,14 @@ def test_transformers_load_adapter_at_a_revision(hub, minilm_path):
     # transformers 5 passes a plain revision= into LoadStateDictConfig, which has no such
     # field (docs/hub.md says to use adapter_kwargs); if this changes, update the docs
     assert out["plain"] == "TypeError"
+
+
+def test_whoami_names_the_token(hub):
+    named = hub.token("write:team", name="ci-bot")
+    out = run_client(hub, """
+        import json
+        from huggingface_hub import HfApi
+        print(json.dumps(HfApi().whoami()))
+    """.replace("HfApi()", f"HfApi(token={named!r})"))
+    assert out["name"] == "ci-bot" and out["auth"]["accessToken"]["role"] == "write"
+    assert httpx.get(f"{hub.url}/api/whoami-v2").status_code == 401

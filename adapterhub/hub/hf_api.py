@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from adapterhub.errors import InvalidModelCardError, InvalidRequestError
+from adapterhub.errors import AuthenticationError, InvalidModelCardError, InvalidRequestError
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
@@ -119,8 +119,9 @@ def validate_yaml(body: dict = Depends(json_object)) -> JSONResponse:
 @router.get("/api/whoami-v2")
 def whoami(reg: Registry = Depends(registry)) -> dict[str, Any]:
     caller = reg.caller
-    caller.require("read")
-    name = caller.actor or "anonymous"
+    if caller.token is None:  # anonymous readers of a read-public hub are nobody
+        raise AuthenticationError("whoami needs a token", hint="Set HF_TOKEN")
+    name = caller.actor or f"token-{caller.token.id}"
     return {"type": "user", "id": name, "name": name, "fullname": name, "orgs": [],
             "auth": {"type": "access_token", "accessToken": {
                 "displayName": name,

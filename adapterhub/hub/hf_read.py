@@ -193,9 +193,12 @@ def tree(request: Request, namespace: str, name: str, revision: str, path: str =
     """The files and folders at a revision (``recursive=true``: all the way down), paged
     with ``Link``."""
     repo = repository(reg, namespace, name)
-    if revision == "main" and not reg.log(repo):  # a new repository: no files yet
-        return JSONResponse([])
-    version = resolve_revision(reg, repo, revision)
+    try:
+        version = resolve_revision(reg, repo, revision)
+    except RevisionNotFoundError:
+        if revision == "main" and not reg.log(repo):  # a new repository: no files yet
+            return JSONResponse([])
+        raise
     params = request.query_params
     try:
         start = max(0, int(params.get("cursor", "0")))

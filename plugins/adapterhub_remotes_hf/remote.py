@@ -10,8 +10,8 @@ other tools) is imported as a new version.
 
 The Hub stores whole files, so every push uploads the files that changed (``huggingface_hub``
 skips unchanged ones) and there is no blob negotiation. Endpoint and token are
-``huggingface_hub``'s own: ``HF_ENDPOINT``, ``HF_TOKEN`` or ``hf auth login``. Uploading to an
-``adapterhub serve`` hub needs ``HF_HUB_DISABLE_XET=1``.
+``huggingface_hub``'s own: ``HF_ENDPOINT``, ``HF_TOKEN`` or ``hf auth login``. Uploads go through Xet
+when ``hf_xet`` is installed (``adapterhub serve`` speaks it).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from adapterhub.plugin_api import AdapterPackage, CommitResult, Manifest, VersionInfo
 
 NUMBER_TAG = re.compile(r"^v([1-9][0-9]*)$")
-XET_HINT = ("The endpoint does not speak Xet (adapterhub serve does not): set "
-            "HF_HUB_DISABLE_XET=1")
+XET_HINT = "The endpoint does not speak Xet: set HF_HUB_DISABLE_XET=1"
 
 
 class HfRemote(Remote):
