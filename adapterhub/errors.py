@@ -23,7 +23,8 @@ from registry_db.errors import (AdapterHubError, AdapterNotFoundError, Authentic
 __all__ = [
     "AdapterHubError", "AdapterNotFoundError", "AuthenticationError", "ConfigError",
     "ConflictError", "EntryNotFoundError", "ExportError", "FormatError",
-    "IncompatibleBaseModelError", "IntegrityError", "InternalError", "InvalidRequestError",
+    "IncompatibleBaseModelError", "IntegrityError", "InternalError", "InvalidModelCardError",
+    "InvalidRequestError",
     "LimitExceededError",
     "ManifestError", "MergeError", "NoRecipeError", "MethodNotAllowedError", "MissingBlobsError",
     "MissingParentsError",
@@ -222,6 +223,15 @@ class PreconditionFailedError(ConflictError):
 
     code = "PreconditionFailed"
     status = 412
+
+
+class InvalidModelCardError(InvalidRequestError):
+    """A model card's YAML metadata is not what the Hub accepts (see
+    :mod:`adapterhub.hub.model_card`)."""
+
+    code = "InvalidModelCard"
+    status = 400
+    default_hint = "Fix the metadata block at the top of README.md"
 
 
 class MethodNotAllowedError(InvalidRequestError):

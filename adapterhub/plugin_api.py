@@ -35,6 +35,8 @@ _LAZY = {
     "ADAPTER_FILES": "adapterhub.io.formats.repo",  # a version as a model repository's files
     "repo_files": "adapterhub.io.formats.repo",
     "tensor_bytes": "adapterhub.io.safetensors",
+    "RawTensor": "adapterhub.io.safetensors",  # a tensor as stored, no torch (what hubs render)
+    "raw_parts": "adapterhub.io.safetensors",
     # what remote plugins build on
     "DatabaseRemote": "adapterhub.registry.remotes",
     "HubClient": "adapterhub.registry.http_client",
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from adapterhub.io.formats import read_adapter
     from adapterhub.io.formats.repo import ADAPTER_FILES, repo_files
     from adapterhub.io.package import AdapterPackage
-    from adapterhub.io.safetensors import tensor_bytes
+    from adapterhub.io.safetensors import RawTensor, raw_parts, tensor_bytes
     from adapterhub.registry.http_client import HubClient
     from adapterhub.registry.remotes import DatabaseRemote
     from registry_db import (CommitResult, Manifest, StoredBlob, VersionInfo, parse_ref,
@@ -69,7 +71,8 @@ __all__ = [
     "is_digest",
     "parse_ref", "validate_name",
     "HubClient", "MergeStrategy", "MethodConfig", "ModuleInput", "ModuleMerge",
-    "ProgressCallback", "QuantizedTensor", "Quantizer", "QuantizerConfig", "Remote",
+    "ProgressCallback", "QuantizedTensor", "Quantizer", "QuantizerConfig", "RawTensor",
+    "Remote", "raw_parts",
     "adapted_layers", "adapter_dtype", "check_finite", "find_targets", "fold_delta",
     "get_method", "get_quantizer", "get_strategy", "hookimpl", "human_size", "layer_kind",
     "lazy_exports", "pattern_key", "progress", "read_adapter", "refactor", "repo_files",

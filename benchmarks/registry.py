@@ -132,29 +132,36 @@ def bench_codecs() -> dict[str, Any]:
     return out
 
 
-def bench_latency(tmp: Path) -> dict[str, Any]:
-    """``show`` (resolve a ref and read its manifest) and ``list`` with 10,000 versions."""
-    from adapterhub.registry import Registry
+def populate(url: Path, versions: int = VERSIONS, repos: int = REPOS) -> float:
+    """A registry of ``versions`` small versions over ``repos`` repositories (labels, a tag
+    every 50); seconds it took."""
     from registry_db import Caller, Manifest, RegistryService, TensorEntry
 
-    url = tmp / "many.db"
     service = RegistryService(url)
     local = Caller.local_user("bench")
     blob = bytes(range(256)) * 8
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     service.blobs.write(digest, blob, itemsize=2, caller=local)
     start = time.perf_counter()
-    for i in range(VERSIONS):
+    for i in range(versions):
         manifest = Manifest(
             method={"name": "lora", "version": 1, "config": {"r": 16}},
             base_model={"name": "bench/base", "revision": None, "fingerprint": None,
                         "modules": {}},
             tensors={f"layer{k}.lora_A": TensorEntry(digest, "BF16", (1024,)) for k in range(8)},
             labels={"run": str(i), "branch": "main" if i % 3 else "dev"})
-        service.commit(f"team{i % REPOS:03d}/adapter", manifest, message=f"run {i}",
+        service.commit(f"team{i % repos:03d}/adapter", manifest, message=f"run {i}",
                        tags=["latest-run"] if i % 50 == 0 else (), caller=local)
-    populate_s = time.perf_counter() - start
     service.close()
+    return time.perf_counter() - start
+
+
+def bench_latency(tmp: Path) -> dict[str, Any]:
+    """``show`` (resolve a ref and read its manifest) and ``list`` with 10,000 versions."""
+    from adapterhub.registry import Registry
+
+    url = tmp / "many.db"
+    populate_s = populate(url)
 
     rng = random.Random(0)
     refs = [f"team{rng.randrange(REPOS):03d}/adapter@{rng.randrange(1, VERSIONS // REPOS)}"

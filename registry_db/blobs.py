@@ -26,6 +26,7 @@ from registry_db.clock import utcnow
 from registry_db.database import Database, batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
+from registry_db.models_hub import VersionFilePart
 from registry_db.records import BlobInfo, StoredBlob, UploadInfo
 
 
@@ -59,12 +60,13 @@ class BlobService:
             if caller.local or not stored:
                 seen |= stored
                 continue
-            rows = s.execute(
-                select(VersionTensor.blob_digest, Repository.name).distinct()
-                .join(Version, Version.id == VersionTensor.version_id)
-                .join(Repository, Repository.id == Version.repository_id)
-                .where(VersionTensor.blob_digest.in_(stored)))
-            seen |= {digest for digest, name in rows if caller.can("read", name)}
+            for ref in (VersionTensor, VersionFilePart):  # tensors, kept files' parts
+                rows = s.execute(
+                    select(ref.blob_digest, Repository.name).distinct()
+                    .join(Version, Version.id == ref.version_id)
+                    .join(Repository, Repository.id == Version.repository_id)
+                    .where(ref.blob_digest.in_(stored)))
+                seen |= {digest for digest, name in rows if caller.can("read", name)}
             if caller.owner is not None:
                 seen |= set(s.scalars(select(BlobGrant.digest).where(
                     BlobGrant.owner == caller.owner, BlobGrant.digest.in_(stored))))

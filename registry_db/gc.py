@@ -10,6 +10,8 @@
    its commit references them, and renews ``touched_at`` of every blob it relies on, so a
    sweep never takes a blob from under a push in flight. (On PostgreSQL the sweep also takes
    an exclusive advisory lock that commits share.)
+   Xet uploads (:mod:`registry_db.xet`) older than ``grace`` that no version uses are
+   forgotten first, so their xorbs and shards are swept with the other blobs.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from sqlalchemy import delete, select
 from registry_db.clock import utcnow
 from registry_db.database import batched
 from registry_db.errors import InvalidRequestError
+from registry_db.files import forget_versions, part_blobs
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
+from registry_db.xet import XetStore
 
 if TYPE_CHECKING:
     from registry_db.access import Caller
@@ -82,10 +86,13 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
         for batch in batched(purged):
             for table in (VersionTensor, Lineage, VersionLabel, Tag):
                 s.execute(delete(table).where(table.version_id.in_(batch)))
+            forget_versions(s, batch)
             s.execute(delete(Version).where(Version.id.in_(batch)))
 
-        referenced = set(s.scalars(select(VersionTensor.blob_digest).distinct()))
         cutoff = now - grace
+        XetStore.collect(s, cutoff)  # Xet uploads no version uses, once past the grace period
+        referenced = set(s.scalars(select(VersionTensor.blob_digest).distinct()))
+        referenced |= XetStore.kept_blobs(s) | part_blobs(s)  # Xet's; kept files' parts
         stale = s.execute(select(Blob.id, Blob.digest, Blob.complete, Blob.stored_size)
                           .where(Blob.touched_at < cutoff)).all()
         blobs = [b for b in stale if b.complete and b.digest not in referenced]

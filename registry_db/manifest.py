@@ -65,6 +65,8 @@ class Manifest:
     ``method`` is ``{name, version, config}``; ``base_model`` is ``{name, revision,
     fingerprint, modules}`` where ``modules`` maps each adapted module path to the shape of
     its base weight; ``parents`` are version digests (merge inputs, experts, fine-tuned-from).
+    Treat one as read-only (build another with :meth:`replace`): its canonical bytes are
+    encoded once, and registries share parsed manifests by digest.
     """
 
     method: dict[str, Any]

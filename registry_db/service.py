@@ -24,23 +24,26 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
+from registry_db import reads
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore
 from registry_db.clock import utcnow
 from registry_db.database import Database, batched
 from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+from registry_db.errors import (AdapterNotFoundError, IntegrityError,
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
                                 MissingParentsError, PermissionDeniedError, RefError)
+from registry_db.files import KeptFile, check_parts, files_of, insert_files
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
 from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
 from registry_db.records import CommitResult, EventInfo, GcReport, Usage, VerifyReport, VersionInfo
-from registry_db.rows import version_infos
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
+from registry_db.rows import session_rows, version_infos
 from registry_db.tokens import TokenStore
+from registry_db.xet import XetStore
 
 MAX_LABEL_VALUE = 1024
 MAX_AUTHOR = 256
@@ -72,6 +75,7 @@ class RegistryService:
         self.blobs = BlobService(self.db, BlobStore(self.db))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
+        self.xet = XetStore(self.db, self.blobs.store)
         self.url = self.db.url
 
     def close(self) -> None:
@@ -87,11 +91,16 @@ class RegistryService:
 
     def resolve(self, ref: str | Ref, *, caller: Caller) -> VersionInfo:
         """The live version a ref names, with its manifest."""
+        with self.db.rows() as rows:
+            return reads.resolve(rows, ref, caller=caller)
+
+    def kept_files(self, ref: str | Ref, *, caller: Caller) -> list[KeptFile]:
+        """The files a version keeps byte for byte (see :mod:`registry_db.files`); empty
+        when all of its files are rendered from the manifest."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         caller.require("read", ref.name)
         with self.db.read() as s:
-            version = self._resolve(s, ref)
-            return version_infos(s, [version], with_manifest=True)[0]
+            return files_of(s, self._resolve(s, ref).id)
 
     def find(self, digest: str, *, caller: Caller) -> VersionInfo | None:
         """A version with this manifest digest in a repository the caller may read (live ones
@@ -119,42 +128,20 @@ class RegistryService:
         """Versions the caller may read whose repository name starts with ``prefix``, newest
         first per repository. ``base`` matches the base model's fingerprint (a ``sha256:``
         digest) or its name; ``labels`` must all match."""
-        caller.require("read")
-        query = (select(Version).join(Repository, Version.repository_id == Repository.id)
-                 .where(Repository.id.in_(self._readable_repositories(prefix, caller))))
-        if method:
-            query = query.where(Version.method == method)
-        if base:
-            query = query.where(Version.base_fingerprint == base if base.startswith("sha256:")
-                                else Version.base_name == base)
-        for key, value in (labels or {}).items():
-            query = query.where(Version.id.in_(select(VersionLabel.version_id).where(
-                VersionLabel.key == key, VersionLabel.value == value)))
-        if not include_deleted:
-            query = query.where(Version.deleted_at.is_(None))
-        query = query.order_by(Repository.name, Version.number.desc())
-        with self.db.read() as s:
-            return version_infos(s, list(s.scalars(query)))
+        with self.db.rows() as rows:
+            return reads.list_versions(rows, prefix, caller=caller, method=method, base=base,
+                                       labels=labels, include_deleted=include_deleted)
 
     def log(self, name: str, *, caller: Caller) -> list[VersionInfo]:
         """Every version of a repository, newest first, soft-deleted ones included (flagged)."""
-        validate_name(name)
-        caller.require("read", name)
-        with self.db.read() as s:
-            repo = self._repository(s, name)
-            versions = s.scalars(select(Version).where(Version.repository_id == repo.id)
-                                 .order_by(Version.number.desc()))
-            return version_infos(s, list(versions))
+        with self.db.rows() as rows:
+            return reads.log(rows, name, caller=caller)
 
     def repositories(self, prefix: str | None = None, *, caller: Caller) -> list[str]:
         """Names of the repositories the caller may read (with or without live versions),
         sorted."""
-        caller.require("read")
-        query = select(Repository.name).order_by(Repository.name)
-        if prefix:
-            query = query.where(Repository.name.startswith(prefix, autoescape=True))
-        with self.db.read() as s:
-            return [name for name in s.scalars(query) if caller.can("read", name)]
+        with self.db.rows() as rows:
+            return reads.repositories(rows, prefix, caller=caller)
 
     def children(self, digest: str, *, caller: Caller) -> list[VersionInfo]:
         """Live versions the caller may read that name ``digest`` among their parents."""
@@ -166,17 +153,6 @@ class RegistryService:
                 .where(Lineage.parent_digest == digest, Version.deleted_at.is_(None))
                 .order_by(Version.id)).all()
             return version_infos(s, [v for v, name in rows if caller.can("read", name)])
-
-    def _readable_repositories(self, prefix: str | None, caller: Caller):
-        """A subquery of the ids of repositories the caller may read (under ``prefix``)."""
-        query = select(Repository.id, Repository.name)
-        if prefix:
-            query = query.where(Repository.name.startswith(prefix, autoescape=True))
-        if caller.can("read", None) and (caller.local or caller.public_read):
-            return select(query.subquery().c.id)
-        with self.db.read() as s:
-            ids = [i for i, name in s.execute(query) if caller.can("read", name)]
-        return select(Repository.id).where(Repository.id.in_(ids or [-1]))
 
     # -- writing versions -------------------------------------------------------------------
 
@@ -192,9 +168,11 @@ class RegistryService:
 
     def commit(self, name: str, manifest: Manifest, *, caller: Caller,
                message: str | None = None, author: str | None = None,
-               tags: Sequence[str] = (), created_at: datetime | None = None) -> CommitResult:
+               tags: Sequence[str] = (), created_at: datetime | None = None,
+               files: Sequence[KeptFile] = ()) -> CommitResult:
         """Record ``manifest`` as the next version of ``name`` and move ``tags`` to it, in one
-        transaction.
+        transaction. ``files``: the version's files kept byte for byte (see
+        :mod:`registry_db.files`; their blobs must be ones the caller may use).
 
         The manifest is checked first: every blob must be one the caller may use (see
         :mod:`registry_db.blobs`) whose stored size is exactly what its tensor's dtype and
@@ -230,9 +208,12 @@ class RegistryService:
             created = version is None
             if version is None:
                 self._check_references(s, manifest, caller)
+                parts = {d for f in files for d in f.parts or ()}
+                check_parts(s, files, self.blobs.visible_in(s, parts, caller))
                 version = self._insert_version(s, repo, manifest, labels, now,
                                                message=message, author=author,
                                                created_at=created_at or now)
+                insert_files(s, version.id, files)
                 self._event(s, "push", name, version, caller,
                             {"message": message, "author": author})
             elif version.deleted_at is not None:
@@ -369,7 +350,7 @@ class RegistryService:
         return check(self)
 
     def ping(self) -> None:
-        """One trivial query: the database answers (a hub's readiness check)."""
+        """One round trip to the database (raises :class:`RegistryError` if it is down)."""
         with self.db.read() as s:
             s.execute(select(1))
 
@@ -419,11 +400,7 @@ class RegistryService:
 
     @staticmethod
     def _repository(s: Session, name: str) -> Repository:
-        repo = s.scalar(select(Repository).where(Repository.name == name))
-        if repo is None:
-            raise AdapterNotFoundError(f"no repository {name!r} in this registry",
-                                       hint="See what is there with: adapterhub list")
-        return repo
+        return s.get(Repository, reads.repository_id(session_rows(s), name))
 
     @staticmethod
     def _repository_for_update(s: Session, name: str, now: datetime) -> Repository:
@@ -439,40 +416,9 @@ class RegistryService:
             repo = s.scalar(query)
         return repo
 
-    def _resolve(self, s: Session, ref: Ref) -> Version:
-        repo = self._repository(s, ref.name)
-        live = Version.deleted_at.is_(None)
-        base = select(Version).where(Version.repository_id == repo.id)
-        if ref.number is not None:
-            version = s.scalar(base.where(Version.number == ref.number))
-            if version is None:
-                raise AdapterNotFoundError(f"{ref} does not exist",
-                                    hint=f"See its versions with: adapterhub log {ref.name}")
-            if version.deleted_at is not None:
-                raise AdapterNotFoundError(f"{ref} was deleted",
-                                           hint="An admin can restore it by pushing the same "
-                                                "adapter again")
-            return version
-        if ref.tag is not None:
-            tag = s.get(Tag, (repo.id, ref.tag))
-            if tag is None:
-                raise AdapterNotFoundError(f"{ref.name} has no tag {ref.tag!r}",
-                                    hint=f"See its tags with: adapterhub log {ref.name}")
-            return s.get(Version, tag.version_id)
-        if ref.digest_prefix is not None:
-            matches = list(s.scalars(base.where(live, Version.digest.startswith(
-                ref.digest_prefix, autoescape=True)).limit(2)))
-            if not matches:
-                raise AdapterNotFoundError(f"{ref.name} has no version with digest "
-                                           f"{ref.digest_prefix}")
-            if len(matches) > 1:
-                raise ConflictError(f"digest prefix {ref.digest_prefix} matches several "
-                                    f"versions of {ref.name}", hint="Give more hex digits")
-            return matches[0]
-        version = s.scalar(base.where(live).order_by(Version.number.desc()).limit(1))
-        if version is None:
-            raise AdapterNotFoundError(f"{ref.name} has no versions")
-        return version
+    @staticmethod
+    def _resolve(s: Session, ref: Ref) -> Version:
+        return s.get(Version, reads.resolve_id(session_rows(s), ref))
 
     def _set_tag(self, s: Session, repo: Repository, tag: str, version: Version,
                  now: datetime, caller: Caller) -> None:

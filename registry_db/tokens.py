@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from datetime import datetime
 
 from sqlalchemy import select
@@ -40,24 +39,11 @@ def _info(row: Token) -> TokenInfo:
                      row.expires_at, row.revoked_at)
 
 
-#: tokens remembered at most (the cache starts over when full)
-CACHE_ENTRIES = 10_000
-
-
 class TokenStore:
-    """The tokens of one registry database.
+    """The tokens of one registry database."""
 
-    ``cache_ttl`` seconds (0, the default: none) is how long :meth:`authenticate` remembers
-    a token it found active, keyed by the secret's hash, so a hub does not read the database
-    on every request. Expiry is checked on every use; a revocation through this store is
-    seen at once, one made elsewhere (another process, another hub worker) within
-    ``cache_ttl`` seconds.
-    """
-
-    def __init__(self, db: Database, *, cache_ttl: float = 0.0) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.cache_ttl = cache_ttl
-        self._cache: dict[str, tuple[float, TokenInfo]] = {}
 
     def create(self, scopes: list[str], *, name: str | None = None,
                expires_at: datetime | None = None) -> tuple[str, TokenInfo]:
@@ -77,23 +63,8 @@ class TokenStore:
             s.flush()
             return secret, _info(row)
 
-    def remembered(self, secret: str) -> TokenInfo | None:
-        """The token :meth:`authenticate` found for this secret less than ``cache_ttl``
-        seconds ago (None if none); :class:`AuthenticationError` if it expired since."""
-        if not self.cache_ttl:
-            return None
-        entry = self._cache.get(hash_secret(secret))
-        if entry is None or entry[0] <= time.monotonic():
-            return None
-        if entry[1].state != "active":
-            raise AuthenticationError(f"the token {entry[1].prefix}… is {entry[1].state}")
-        return entry[1]
-
     def authenticate(self, secret: str) -> TokenInfo:
         """The active token whose secret this is; :class:`AuthenticationError` otherwise."""
-        found = self.remembered(secret)
-        if found is not None:
-            return found
         digest = hash_secret(secret)
         with self.db.read() as s:
             row = s.scalar(select(Token).where(Token.token_hash == digest))
@@ -103,10 +74,6 @@ class TokenStore:
         info = _info(row)
         if info.state != "active":
             raise AuthenticationError(f"the token {info.prefix}… is {info.state}")
-        if self.cache_ttl:
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[digest] = (time.monotonic() + self.cache_ttl, info)
         return info
 
     def list(self) -> list[TokenInfo]:
@@ -131,7 +98,6 @@ class TokenStore:
             row = rows[0]
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            self._cache.pop(row.token_hash, None)
             return _info(row)
 
     # -- signed URLs ------------------------------------------------------------------------

@@ -96,9 +96,7 @@ def test_cli_push_pull_json_tokens_and_login(tmp_path, run, monkeypatch):
     with Registry(db) as reg:  # only the hash is stored
         assert token not in json.dumps([t.to_dict() for t in reg.service.tokens.list()])
     lora().save(tmp_path / "a")
-    # no token cache: a revocation by another process counts at the hub's next request
-    # (with the default cache, within Settings.token_cache seconds: tests/test_hub_speed.py)
-    with HubServer(db, token_cache=0) as server:
+    with HubServer(db, token_cache=0) as server:  # it revokes a token in use, below
         # no token: one line that says what to do
         err = run("push", "a", "team/bot", "--to", server.url, "--db", "local.db",
                   code=1).stderr

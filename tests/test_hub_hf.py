@@ -211,8 +211,8 @@ def test_hf_remote_push_and_pull_through_the_upload_protocol(hub, tmp_path):
 
 
 def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
-    """What ``PeftModel.push_to_hub`` does: a PEFT folder with a model card. The card is not
-    an adapter file: the hub answers ``shouldIgnore`` and the client leaves it out."""
+    """What ``PeftModel.push_to_hub`` does: a PEFT folder with a model card. Every file comes
+    back as it was committed, the card included."""
     from adapterhub.io.formats.peft import write_peft
     from adapterhub.io.package import AdapterPackage
 
@@ -236,7 +236,8 @@ def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
     got = hub.hub.registry.get(version)
     assert all(torch.equal(got.tensors[k], package.tensors[k]) for k in package.tensors)
     files = hub.hub.renders.files(version, hub.hub.registry)
-    assert "README.md" not in files
+    assert {p: f.content() for p, f in files.items()} == {
+        p.name: p.read_bytes() for p in folder.iterdir()}
     fresh = type(hub.hub.renders)().files(version, hub.hub.registry)  # another replica
     assert {p: f.content() for p, f in fresh.items()} == {p: f.content()
                                                          for p, f in files.items()}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterhub.hub.pages.card import card_html, front_matter, safe_url
+from adapterhub.hub.model_card import front_matter
+from adapterhub.hub.pages.card import card_html, safe_url
 from adapterhub.hub.pages.details import native_header
 from adapterhub.io.formats.repo import native_files
 from adapterhub.io.package import AdapterPackage

@@ -226,7 +226,7 @@ def test_every_address_of_a_version_and_json_for_api_clients(hub, page):
         hub.made["team/bot@3"][7:47]
     # /api/… paths no route serves answer as they did before the pages existed
     assert httpx.get(f"{hub.url}/api/v1/blobs").status_code == 405
-    assert httpx.get(f"{hub.url}/api/whoami-v2").json()["code"] == "NotFound"
+    assert httpx.get(f"{hub.url}/api/spaces/team/bot").json()["code"] == "NotFound"
 
 
 # -- lineage --------------------------------------------------------------------------------

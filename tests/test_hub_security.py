@@ -3,6 +3,7 @@ PostgreSQL): missing, bad, expired and revoked tokens; wrong scopes; path traver
 and file paths; oversized and malformed bodies; bytes that do not match their digest."""
 
 import hashlib
+import time
 from datetime import timedelta
 
 import httpx
@@ -25,6 +26,27 @@ def nothing_written(server):
     usage = server.hub.registry.usage()
     assert (usage.repositories, usage.versions, usage.blobs, usage.partial_uploads) == (
         0, 0, 0, 0), usage
+
+
+@pytest.mark.parametrize("ttl", [0.0, 1.0])
+def test_revoking_a_token_in_use_takes_effect_within_the_token_cache_time(registry_url, ttl):
+    with HubServer(registry_url, token_cache=ttl) as server:
+        token = server.token("read:team")
+        assert httpx.get(f"{server.url}/api/v1/versions", headers=bearer(token)).status_code \
+            == 200  # looked up, and now cached for ttl seconds
+        server.hub.registry.service.tokens.revoke(token[:12])
+        deadline = time.monotonic() + ttl + 0.5
+        while True:
+            r = httpx.get(f"{server.url}/api/v1/versions", headers=bearer(token))
+            if r.status_code == 401:
+                break
+            assert time.monotonic() < deadline, "a revoked token kept working past the cache"
+            time.sleep(0.05)
+        assert "revoked" in r.json()["error"]
+        # an unknown token is never cached: one created now works at once
+        fresh = server.token("read:team")
+        assert httpx.get(f"{server.url}/api/v1/versions", headers=bearer(fresh)).status_code \
+            == 200
 
 
 def test_tokens_and_scopes(hub):

@@ -19,3 +19,17 @@ def test_plugin_modules_import_without_torch():
             "assert issubclass(LoraPlusMethod, LoraMethod)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_method_lookup_imports_no_torch():
+    """What a hub does to render a version's files: every installed method looked up, its
+    PEFT type read."""
+    code = ("import sys\n"
+            "from adapterhub.contracts.plugins import get_method, plugin_manager\n"
+            "names = sorted(plugin_manager().registered('method'))\n"
+            "assert {'lora', 'dora', 'melora', 'replora', 'ttlora_moe'} <= set(names), names\n"
+            "for name in names:\n"
+            "    get_method(name).peft_type\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

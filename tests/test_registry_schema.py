@@ -6,7 +6,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from registry_db import RegistryError, RegistryService
-from registry_db.engine import SCHEMA_REVISION, alembic_config, normalize_url
+from registry_db.engine import alembic_config, normalize_url
+from registry_db.revision import SCHEMA_REVISION
 
 
 def test_schema_revision_is_the_head():

@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from adapterhub.registry import Registry
-from adapterhub.registry.http_registry import HttpRegistry
 from adapterhub.registry.sources import RegistrySource, fold_component, resolve_source
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
+    from adapterhub.registry.http_registry import HttpRegistry
 
 #: what an API call accepts as its registry: an open one (a :class:`Registry`, or a hub's
 #: :class:`~adapterhub.registry.http_registry.HttpRegistry`), a URL or path, or None (the default)
-RegistryArg = Registry | HttpRegistry | str | os.PathLike[str] | None
+RegistryArg: TypeAlias = "Registry | HttpRegistry | str | os.PathLike[str] | None"
 
 
 @contextlib.contextmanager

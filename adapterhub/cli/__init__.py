@@ -26,7 +26,30 @@ class CLIError(click.ClickException):
 
 
 class AdapterHubGroup(click.Group):
-    """The root group: turns adapterhub errors into one-line messages."""
+    """The root group: turns adapterhub errors into one-line messages, and asks plugins for
+    their commands only when a name is not a built-in one (or for ``--help``), so that
+    everyday commands start without scanning installed distributions' entry points. A
+    plugin therefore cannot replace a built-in command."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if not self._plugins_added:
+            self._plugins_added = True
+            from adapterhub.contracts.plugins import plugin_manager
+
+            plugin_manager().add_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._add_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -49,16 +72,13 @@ def cli() -> None:
 
 
 def _build() -> None:
-    """Import every module of this package (each adds its commands), then plugins' commands."""
+    """Import every module of this package (each adds its commands)."""
     import importlib
     import pkgutil
-
-    from adapterhub.contracts.plugins import plugin_manager
 
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
-    plugin_manager().add_commands(cli)
 
 
 _build()

@@ -28,15 +28,14 @@ from adapterhub.cli.output import emit_json, table
               metavar="SECONDS", help="Close idle keep-alive connections after this long.")
 @click.option("--max-concurrency", type=click.IntRange(1), default=256, show_default=True,
               help="Connections and requests in flight before new ones get 503.")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Server processes (one per core uses every core); each opens its own "
-                   "database connections.")
-@click.option("--token-cache", type=click.FloatRange(0, 300), default=5.0, show_default=True,
-              metavar="SECONDS", help="Remember a valid token this long; a token revoked "
-                                      "elsewhere stops working within this time.")
+@click.option("--token-cache", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="Seconds a process trusts a token it looked up (a revoked token stops "
+                   "working within this time; 0: look up every request).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Server processes on one socket (use one per core).")
 def serve(db: str | None, host: str, port: int, auth: str, header_timeout: float,
-          body_timeout: float, keep_alive: float, max_concurrency: int, workers: int,
-          token_cache: float) -> None:
+          body_timeout: float, keep_alive: float, max_concurrency: int, token_cache: float,
+          workers: int) -> None:
     """Serve the registry over HTTP: the native API (push/pull --to/--from http://...), the
     Hugging Face Hub protocol (HF_ENDPOINT=http://host:port) and an HTML view at /.
 
@@ -46,12 +45,11 @@ def serve(db: str | None, host: str, port: int, auth: str, header_timeout: float
     from adapterhub.hub.app import serve as run
     from adapterhub.hub.context import Settings
 
-    click.echo(f"adapterhub hub on http://{host}:{port} (auth {auth}, {workers} "
-               f"worker{'s' * (workers > 1)}); Ctrl-C stops it", err=True)
-    run(db, host=host, port=port, settings=Settings(
+    click.echo(f"adapterhub hub on http://{host}:{port} (auth {auth}); Ctrl-C stops it",
+               err=True)
+    run(db, host=host, port=port, workers=workers, settings=Settings(
         auth=auth, header_timeout=header_timeout, body_timeout=body_timeout,
-        keep_alive=keep_alive, max_concurrency=max_concurrency, workers=workers,
-        token_cache=token_cache))
+        keep_alive=keep_alive, max_concurrency=max_concurrency, token_cache=token_cache))
 
 
 @cli.group()

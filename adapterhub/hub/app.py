@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import h11
 import uvicorn
@@ -17,6 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from adapterhub.errors import RegistryError
 from adapterhub.hub import errors
+from adapterhub.hub.auth import TokenCache
 from adapterhub.hub.context import AUTH_MODES, Hub, Settings
 from adapterhub.hub.guard import Guard
 from adapterhub.hub.observe import Metrics, Observe
@@ -30,23 +31,28 @@ MAX_HEADER_BYTES = 16 * 1024
 def create_app(db: str | os.PathLike[str] | None = None, *,
                settings: Settings | None = None, render_cache_bytes: int = 1 << 30):
     """An ASGI application serving the registry at ``db`` (default: the user's registry)."""
-    from adapterhub.hub import hf_read, hf_write, native, pages, view
+    from adapterhub.hub import hf_api, hf_commit, hf_read, hf_write, hf_xet, native, pages, view
+    from adapterhub.xet import XetStats
 
     settings = settings or Settings()
     if settings.auth not in AUTH_MODES:
         raise RegistryError(f"unknown auth mode {settings.auth!r}; use one of "
                             f"{', '.join(AUTH_MODES)}")
     registry = Registry(db)
-    registry.service.tokens.cache_ttl = settings.token_cache
+    service = registry.service  # open (and migrate) the database now: a bad URL fails here
     metrics = Metrics()
     app = FastAPI(title="adapterhub", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
-    hub = Hub(registry=registry, settings=settings,
-              renders=RenderCache(render_cache_bytes), metrics=metrics, started=time.time())
+    xet = hf_xet.xet_service(service)
+    hub = Hub(registry=registry, settings=settings, renders=RenderCache(render_cache_bytes),
+              metrics=metrics, tokens=TokenCache(settings.token_cache),
+              inline_reads=service.db.dialect == "sqlite", xet=xet, xet_stats=XetStats(),
+              started=time.time())
     app.state.hub = hub
     errors.install(app)
+    app.include_router(hf_xet.xet_routes(registry.service, xet, hub.xet_stats))
     # the broad paths go last: hf_read's /{ns}/{name}/resolve/…, then the pages' /{ns}/{name}
-    for module in (native, hf_write, hf_read, view, pages):
+    for module in (native, hf_api, hf_write, hf_commit, hf_read, view, pages):
         app.include_router(module.router)
     app.router.add_event_handler("shutdown", registry.close)
     app.router.add_event_handler("shutdown", hub.renders.close)
@@ -96,21 +102,34 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def server_config(app, *, host: str, port: int, settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration every hub runs with (``serve`` and the tests alike).
+def server_options(settings: Settings) -> dict:
+    """The uvicorn options every hub runs with (``serve`` and the tests alike), but the
+    application and the HTTP protocol class."""
+    return {"log_level": "warning", "access_log": False, "lifespan": "on",
+            "timeout_keep_alive": settings.keep_alive,
+            "limit_concurrency": settings.max_concurrency,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
 
-    With ``settings.workers`` > 1, ``app`` is the import string of a factory (uvicorn starts
-    that many processes, each building its own application)."""
+
+def server_config(app, *, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """The configuration of a one-process hub serving ``app``."""
     protocol = type("HubProtocol", (GuardedH11Protocol,),
                     {"header_timeout": settings.header_timeout})
-    if settings.workers > 1:  # a worker imports the protocol by name; it reads its timeout
-        protocol = GuardedH11Protocol  # from the environment (see worker_app)
-    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
-                          access_log=False, lifespan="on",
-                          timeout_keep_alive=settings.keep_alive,
-                          limit_concurrency=settings.max_concurrency,
-                          h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                          workers=settings.workers, factory=settings.workers > 1)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, **server_options(settings))
+
+
+#: what ``serve --workers`` hands each worker process: the registry and the settings (JSON)
+SERVE_ENV = "ADAPTERHUB_SERVE"
+
+
+def app_from_env():
+    """uvicorn's application factory for ``serve --workers N``: each worker process builds
+    its own application, with its own database engine, from :data:`SERVE_ENV`."""
+    spec = json.loads(os.environ[SERVE_ENV])
+    settings = Settings(**spec["settings"])
+    GuardedH11Protocol.header_timeout = settings.header_timeout
+    configure_logging()
+    return create_app(spec["db"], settings=settings)
 
 
 def configure_logging() -> None:
@@ -124,31 +143,18 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
-#: how ``serve`` hands the registry and settings to worker processes
-WORKER_ENV = "ADAPTERHUB_SERVE_WORKER"
-
-
-def worker_app():
-    """uvicorn factory for one worker process of ``serve --workers N``: the registry and
-    settings ``serve`` put in :data:`WORKER_ENV`; the worker opens its own engine."""
-    spec = json.loads(os.environ[WORKER_ENV])
-    settings = Settings(**spec["settings"])
-    GuardedH11Protocol.header_timeout = settings.header_timeout
+def serve(db: str | None, *, host: str, port: int, settings: Settings,
+          workers: int = 1) -> None:
+    """Run the hub with uvicorn until interrupted: one process, or ``workers`` processes
+    sharing the listening socket (each with its own engine; the database is the only state
+    they share)."""
     configure_logging()
-    return create_app(spec["db"], settings=settings)
-
-
-def serve(db: str | None, *, host: str, port: int, settings: Settings) -> None:
-    """Run the hub with uvicorn until interrupted (``settings.workers`` processes)."""
-    configure_logging()
-    if settings.workers == 1:
+    if workers == 1:
         app = create_app(db, settings=settings)
         uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
         return
-    from uvicorn.supervisors import Multiprocess
-
-    os.environ[WORKER_ENV] = json.dumps({"db": db, "settings": asdict(settings)})
-    config = server_config("adapterhub.hub.app:worker_app", host=host, port=port,
-                           settings=settings)
-    sock = config.bind_socket()
-    Multiprocess(config, sockets=[sock]).run()
+    os.environ[SERVE_ENV] = json.dumps({"db": None if db is None else os.fspath(db),
+                                        "settings": dataclasses.asdict(settings)})
+    uvicorn.run("adapterhub.hub.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, http="adapterhub.hub.app:GuardedH11Protocol",
+                **server_options(settings))

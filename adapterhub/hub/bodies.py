@@ -9,7 +9,7 @@ limit (:mod:`adapterhub.hub.guard`), and parsed off the event loop with the stri
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -17,9 +17,6 @@ from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import FormatError, InvalidRequestError
 from registry_db.digests import is_digest, parse_json
-
-if TYPE_CHECKING:
-    from registry_db import VersionInfo
 
 
 async def json_body(request: Request) -> Any:
@@ -45,11 +42,13 @@ def json_response(data: Any, status_code: int = 200) -> Response:
                     media_type="application/json")
 
 
-def version_response(version: VersionInfo) -> Response:
-    """A version with its manifest as JSON, the manifest spliced in as its stored canonical
-    bytes (no parse, no re-encoding: what :meth:`VersionInfo.to_dict` would give)."""
-    head = json.dumps(version.to_dict(), separators=(",", ":")).encode()
-    body = head[:-1] + b',"manifest":' + version.manifest.canonical() + b"}"
+def json_response_with(data: dict[str, Any], **encoded: bytes) -> Response:
+    """JSON of ``data`` plus fields whose values are JSON bytes already (a version's stored
+    canonical manifest), spliced in rather than parsed and encoded again."""
+    head = json.dumps(data, separators=(",", ":")).encode()
+    fields = b",".join(json.dumps(key).encode() + b":" + value
+                       for key, value in encoded.items())
+    body = head[:-1] + (b"," if data and fields else b"") + fields + b"}"
     return Response(body, media_type="application/json")
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
+    from adapterhub.hub.auth import TokenCache
     from adapterhub.hub.observe import Metrics
     from adapterhub.hub.render import RenderCache
     from adapterhub.registry import Registry
+    from adapterhub.xet import XetService, XetStats
 
 AUTH_MODES = ("required", "read-public")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,9 +29,8 @@ class Settings:
     request headers this fast; ``body_timeout``: the longest pause while a body arrives;
     ``keep_alive``: how long an idle connection stays open; ``max_concurrency``: connections
     and requests in flight per process before new ones get 503; ``token_cache``: how long a
-    process remembers a valid token (a token revoked elsewhere, e.g. by ``adapterhub token
-    revoke`` or another worker, stops working within this time; one revoked by this process
-    at once); ``workers``: server processes (each opens its own database engine).
+    process trusts a token it has looked up (a revoked token stops working within this time;
+    0 looks every request up).
     """
 
     auth: str = "required"
@@ -35,7 +39,6 @@ class Settings:
     keep_alive: float = 5.0
     max_concurrency: int = 256
     token_cache: float = 5.0
-    workers: int = 1
 
 
 @dataclass
@@ -44,9 +47,15 @@ class Hub:
     settings: Settings
     renders: RenderCache
     metrics: Metrics
+    tokens: TokenCache
+    xet: XetService
+    xet_stats: XetStats
+    #: small reads run on the event loop (SQLite: microseconds, less than a thread hop);
+    #: on PostgreSQL, a network round trip, they go to worker threads
+    inline_reads: bool = False
     started: float = field(default=0.0)
-    #: when the database last answered /health (monotonic seconds)
-    answered_at: float = field(default=float("-inf"))
+    #: until when (monotonic seconds) /health may answer without asking the database again
+    healthy_until: float = field(default=0.0)
 
     @property
     def auth(self) -> str:
@@ -55,3 +64,11 @@ class Hub:
 
 def hub_of(request: Request) -> Hub:
     return request.app.state.hub
+
+
+async def small_read(request: Request, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)``, a bounded read of the store (a ref, a repository's name), on the
+    event loop or in a worker thread as :attr:`Hub.inline_reads` says."""
+    if hub_of(request).inline_reads:
+        return read(*args)
+    return await run_in_threadpool(read, *args)

@@ -23,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceededError,
                                RequestTimeoutError)
-from adapterhub.hub.auth import CALLER_KEY, authenticate, authenticate_cached
+from adapterhub.hub.auth import CALLER_KEY, authenticate, cached_caller
 from adapterhub.hub.context import Hub
 from adapterhub.hub.errors import error_response
+from adapterhub.xet import XetLimits
 from registry_db.codec import CHUNK_SIZE
 from registry_db.manifest import MAX_MANIFEST_BYTES
 
@@ -50,9 +51,15 @@ _LIMITS = [
     ("POST", re.compile(r"^/api/models/[^/]+/[^/]+/commit/"), HF_COMMIT_LIMIT),
     ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/(read|stored))$"),
      NEGOTIATE_LIMIT),
+    ("POST", re.compile(r"^/xet-cas/v1/xorbs/"), XetLimits.max_xorb_bytes),
+    ("POST", re.compile(r"^/xet-cas/v[12]/shards$"), XetLimits.max_shard_bytes),
 ]
-#: routes that need no token (the signed LFS upload URL authenticates itself)
-_OPEN = re.compile(r"^/health$|^/api/hub/lfs/")
+#: routes that need no hub token (the signed LFS upload URL authenticates itself; the Xet CAS
+#: routes check their own CAS token before reading a body; validating a model card reads
+#: nothing of the registry)
+_OPEN = re.compile(r"^/api/hub/lfs/|^/xet-cas/|^/api/validate-yaml$")
+#: routes that do not look at the token at all
+_ANONYMOUS = re.compile(r"^/health$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
 _READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/(read|stored)$")
 _READ_METHODS = ("GET", "HEAD")
@@ -112,10 +119,13 @@ class Guard:
             return
         scope.setdefault("state", {})[CALLER_KEY] = caller
         received = 0
+        complete = False
         timeout = self.hub.settings.body_timeout
 
         async def guarded_receive() -> dict:
-            nonlocal received
+            nonlocal received, complete
+            if complete:  # only the disconnect is left to wait for: a streamed response
+                return await receive()  # (Xet's /v2/shards) may take longer than the timeout
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
@@ -125,21 +135,20 @@ class Guard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _too_large(limit)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, guarded_receive, send)
 
-    async def _authenticate(self, header: str | None):
-        return (authenticate_cached(self.hub, header)
-                or await run_in_threadpool(authenticate, self.hub, header))
-
     async def _admit(self, scope: dict, method: str, path: str):
         """The caller, or an error that refuses the request before its body is read."""
+        if _ANONYMOUS.match(path):
+            return cached_caller(self.hub, None)
         if _OPEN.match(path):
             try:
                 return await self._authenticate(_authorization(scope))
             except AdapterHubError:  # these routes do not depend on who asks
-                return await self._authenticate(None)
+                return cached_caller(self.hub, None)
         caller = await self._authenticate(_authorization(scope))
         reads = method in _READ_METHODS or (method == "POST" and _READ_POSTS.match(path))
         if reads:
@@ -147,3 +156,9 @@ class Guard:
         else:
             caller.require("write")
         return caller
+
+    async def _authenticate(self, header: str | None):
+        """On the event loop when the token is cached; a database lookup in a worker
+        thread otherwise."""
+        return cached_caller(self.hub, header) or await run_in_threadpool(
+            authenticate, self.hub, header)

@@ -18,17 +18,21 @@ of the file, so a client's blob cache is content-addressed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterNotFoundError, EntryNotFoundError, InvalidRequestError,
                                RefError, RepoNotFoundError, RevisionNotFoundError)
 from adapterhub.hub.auth import registry
-from adapterhub.hub.context import hub_of
+from adapterhub.hub.bodies import json_response
+from adapterhub.hub.context import hub_of, small_read
+from adapterhub.hub.model_card import front_matter
 from adapterhub.hub.native import byte_range, full_name
 from adapterhub.hub.render import LFS_POINTER_SIZE, RenderedFile
 from adapterhub.registry import Registry
@@ -104,52 +108,107 @@ def model_info(request: Request, reg: Registry, repo: str,
         info.update(lastModified=when, createdAt=when,
                     library_name="peft" if "adapter_config.json" in files else "adapterhub",
                     cardData={"base_model": version.base_name, "library_name": "peft"
-                              if "adapter_config.json" in files else "adapterhub"},
+                              if "adapter_config.json" in files else "adapterhub",
+                              **card_metadata(files)},
                     tags=sorted({*version.tags, f"v{version.number}", version.method}))
     return info
 
 
-@router.get("/api/models/{namespace}/{name}")
-def repo_info(request: Request, namespace: str, name: str,
-              reg: Registry = Depends(registry)) -> dict[str, Any]:
+def card_metadata(files: dict[str, RenderedFile]) -> dict[str, Any]:
+    """The YAML metadata of the version's model card (empty without a readable one)."""
+    card = files.get("README.md")
+    if card is None or card.size > 1 << 20:
+        return {}
+    meta, _, _ = front_matter(card.content().decode("utf-8", "replace"))
+    return meta or {}
+
+
+def latest(reg: Registry, namespace: str, name: str) -> tuple[str, VersionInfo | None]:
+    """The repository and its newest version (None: an empty repository has no commit)."""
     repo = repository(reg, namespace, name)
     try:
-        version = reg.resolve(repo)
-    except AdapterNotFoundError:  # an empty repository has no commit yet
-        version = None
-    return model_info(request, reg, repo, version)
+        return repo, reg.resolve(repo)
+    except AdapterNotFoundError:
+        return repo, None
+
+
+def at_revision(reg: Registry, namespace: str, name: str, revision: str
+                ) -> tuple[str, VersionInfo]:
+    repo = repository(reg, namespace, name)
+    return repo, resolve_revision(reg, repo, revision)
+
+
+async def info_response(request: Request, reg: Registry, repo: str,
+                        version: VersionInfo | None) -> Response:
+    """``model_info`` as JSON; a version whose files are not rendered yet is rendered in a
+    worker thread."""
+    if version is not None and hub_of(request).renders.cached(version) is None:
+        await run_in_threadpool(files_of, request, reg, version)
+    return json_response(model_info(request, reg, repo, version))
+
+
+@router.get("/api/models/{namespace}/{name}")
+async def repo_info(request: Request, namespace: str, name: str,
+                    reg: Registry = Depends(registry)) -> Response:
+    repo, version = await small_read(request, latest, reg, namespace, name)
+    return await info_response(request, reg, repo, version)
 
 
 @router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
-def revision_info(request: Request, namespace: str, name: str, revision: str,
-                  reg: Registry = Depends(registry)) -> dict[str, Any]:
-    repo = repository(reg, namespace, name)
-    return model_info(request, reg, repo, resolve_revision(reg, repo, revision))
+async def revision_info(request: Request, namespace: str, name: str, revision: str,
+                        reg: Registry = Depends(registry)) -> Response:
+    repo, version = await small_read(request, at_revision, reg, namespace, name, revision)
+    return await info_response(request, reg, repo, version)
+
+
+def tree_entries(files: dict[str, RenderedFile], path: str, *, recursive: bool,
+                 folders: bool = True) -> list[dict[str, Any]]:
+    """Tree entries under folder ``path`` ('' for the root): its files and (``folders``) its
+    folders, all the way down when ``recursive``, else one level."""
+    prefix = f"{path}/" if path else ""
+    entries: dict[str, dict[str, Any]] = {}
+    for f in files.values():
+        if not f.path.startswith(prefix):
+            continue
+        parts = f.path[len(prefix):].split("/")
+        for depth in range(1, len(parts)):
+            if folders and (recursive or depth == 1):
+                folder = prefix + "/".join(parts[:depth])
+                oid = hashlib.sha1(folder.encode(), usedforsecurity=False).hexdigest()
+                entries.setdefault(folder, {"type": "directory", "path": folder, "oid": oid})
+        if recursive or len(parts) == 1:
+            entry: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size,
+                                     "oid": f.git_oid}
+            if f.lfs:
+                entry["lfs"] = {"oid": f.sha256, "size": f.size,
+                                "pointerSize": LFS_POINTER_SIZE}
+            entries[f.path] = entry
+    return [entries[k] for k in sorted(entries)]
 
 
 @router.get("/api/models/{namespace}/{name}/tree/{revision}")
 @router.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
 def tree(request: Request, namespace: str, name: str, revision: str, path: str = "",
          reg: Registry = Depends(registry)) -> JSONResponse:
-    """The files at a revision (a flat repository: no folders), paged with ``Link``."""
+    """The files and folders at a revision (``recursive=true``: all the way down), paged
+    with ``Link``."""
     repo = repository(reg, namespace, name)
+    if revision == "main" and not reg.log(repo):  # a new repository: no files yet
+        return JSONResponse([])
     version = resolve_revision(reg, repo, revision)
-    if path.strip("/"):
-        raise EntryNotFoundError(f"{repo} has no folder {path[:200]!r} at {revision[:80]}",
-                                 headers={"X-Repo-Commit": commit_id(version)})
     params = request.query_params
     try:
         start = max(0, int(params.get("cursor", "0")))
         limit = max(1, min(TREE_PAGE, int(params.get("limit", TREE_PAGE))))
     except ValueError:
         raise InvalidRequestError("cursor and limit must be integers") from None
-    entries = []
-    for f in files_of(request, reg, version).values():
-        entry: dict[str, Any] = {"type": "file", "path": f.path, "size": f.size,
-                                 "oid": f.git_oid}
-        if f.lfs:
-            entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": LFS_POINTER_SIZE}
-        entries.append(entry)
+    files = files_of(request, reg, version)
+    folder = path.strip("/")
+    entries = tree_entries(files, folder,
+                           recursive=params.get("recursive") in ("1", "true", "True"))
+    if folder and not entries:
+        raise EntryNotFoundError(f"{repo} has no folder {path[:200]!r} at {revision[:80]}",
+                                 headers={"X-Repo-Commit": commit_id(version)})
     page = entries[start:start + limit]
     headers = {"X-Repo-Commit": commit_id(version)}
     if start + limit < len(entries):
@@ -164,7 +223,12 @@ def resolve_file(request: Request, namespace: str, name: str, revision: str, pat
                  reg: Registry = Depends(registry)) -> Response:
     """A file's bytes (GET, with ``Range``) or only its headers (HEAD)."""
     repo = repository(reg, namespace, name)
-    version = resolve_revision(reg, repo, revision)
+    try:
+        version = resolve_revision(reg, repo, revision)
+    except RevisionNotFoundError:
+        if revision == "main" and not reg.log(repo):  # a new repository has no file yet
+            raise EntryNotFoundError(f"{repo} is empty; it has no {path[:200]!r}") from None
+        raise
     commit = commit_id(version)
     found = files_of(request, reg, version).get(path)
     if found is None:

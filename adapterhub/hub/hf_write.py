@@ -1,14 +1,14 @@
 """The Hugging Face Hub upload protocol: ``upload_folder``/``create_commit`` make versions.
 
-``create_repo`` → ``preupload`` (``.safetensors`` files go as LFS, the rest inline; files that
-are not adapter files are answered ``shouldIgnore``, so the client leaves them out) → LFS
-batch with the *basic* transfer (the upload URL is signed with the caller's token, since
-clients PUT to it without headers; the bytes become a blob, re-hashed against the LFS oid) →
-NDJSON commit on ``main``: the files of the newest version, changed by the commit, are read
-as an adapter (:func:`adapterhub.io.formats.read_adapter`) and pushed as the next version.
-``create_tag``/``delete_tag`` manage tags; ``v<N>`` tags are the version numbers themselves.
+``create_repo`` → ``preupload`` (tensors, binary files and files of 10 MiB or more go as LFS,
+the rest inline; nothing is ignored: a version keeps every committed file) → LFS batch with
+the *basic* transfer (the upload URL is signed with the caller's token, since clients PUT to
+it without headers; the bytes become a blob, re-hashed against the LFS oid) → NDJSON commit
+on ``main`` (:mod:`adapterhub.hub.hf_commit`). ``create_tag``/``delete_tag`` manage tags;
+``v<N>`` tags are the version numbers themselves.
 
-Clients of ``huggingface_hub`` ≥ 1.0 need ``HF_HUB_DISABLE_XET=1``: the hub does not speak Xet.
+Clients with ``hf_xet`` (the default since ``huggingface_hub`` 1.0) upload LFS files through
+Xet instead (:mod:`adapterhub.hub.hf_xet`).
 
 An ``lfsFile`` names bytes by their sha256; the store lets a commit use only bytes the caller
 may see (see :mod:`registry_db.blobs`), so knowing a digest never reads another namespace's
@@ -29,19 +29,15 @@ from starlette.concurrency import run_in_threadpool
 
 from adapterhub.errors import (AdapterNotFoundError, AuthenticationError, ConflictError,
                                IntegrityError, InvalidRequestError, PermissionDeniedError,
-                               PreconditionFailedError, RevisionNotFoundError)
+                               RevisionNotFoundError)
 from adapterhub.hub.auth import registry
 from adapterhub.hub.bodies import json_object, string_field
 from adapterhub.hub.context import hub_of
 from adapterhub.hub.hf_read import NUMBER_RE, commit_id, repository, resolve_revision
 from adapterhub.hub.native import full_name
-from adapterhub.hub.render import RenderedFile
-from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE
-from adapterhub.io.formats.repo import ADAPTER_FILES, package_from_files
-from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE
+from adapterhub.hub.render import LFS_SUFFIXES, RenderedFile
 from adapterhub.registry import Registry
 from registry_db import Caller
-from registry_db.digests import parse_json
 
 router = APIRouter()
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -50,6 +46,7 @@ LFS_JSON = "application/vnd.git-lfs+json"
 MAX_COMMIT_LINES = 10_000
 MAX_OBJECTS = 1_000
 MAX_LFS_OBJECT = 16 << 30
+LFS_MIN_SIZE = 10 << 20
 
 
 def base_url(request: Request) -> str:
@@ -93,12 +90,16 @@ def create_repo(request: Request, body: dict = Depends(json_object),
     return JSONResponse({"url": url, "name": repo, "id": repo})
 
 
-@router.post("/api/validate-yaml")
-def validate_yaml(body: dict = Depends(json_object)) -> dict[str, Any]:
-    """Clients check a model card before uploading it; the hub does not keep model cards
-    (preupload answers ``shouldIgnore`` for them), so any card is fine."""
-    return {"warnings": [{"message": "adapterhub serve keeps no model cards; README.md is "
-                                     "not stored"}]}
+def upload_mode(path: str, described: dict[str, Any]) -> str:
+    """``lfs`` (through Xet, or the LFS batch API) for tensors, binary files and files of
+    10 MiB or more, as the Hub answers; ``regular`` (inline in the commit) for the rest."""
+    size = described.get("size")
+    try:
+        sample = base64.b64decode(str(described.get("sample", "")), validate=True)
+    except (ValueError, binascii.Error):
+        sample = b""
+    big = type(size) is int and size >= LFS_MIN_SIZE
+    return "lfs" if path.endswith(LFS_SUFFIXES) or big or b"\0" in sample else "regular"
 
 
 @router.post("/api/models/{namespace}/{name}/preupload/{revision}")
@@ -116,9 +117,9 @@ def preupload(request: Request, namespace: str, name: str, revision: str,
     out = []
     for f in files:
         path = f["path"][:1024]
-        lfs = path.endswith(".safetensors")
+        lfs = upload_mode(path, f) == "lfs"
         entry: dict[str, Any] = {"path": path, "uploadMode": "lfs" if lfs else "regular",
-                                 "shouldIgnore": path not in ADAPTER_FILES}
+                                 "shouldIgnore": False}
         if path in current:
             entry["oid"] = current[path].sha256 if lfs else current[path].git_oid
         out.append(entry)
@@ -229,97 +230,6 @@ def lfs_verify(namespace: str, name: str, body: dict = Depends(json_object),
     if size is not None and info.size != size:
         raise IntegrityError(f"LFS object {oid} has {info.size} bytes, not {size}")
     return JSONResponse({}, media_type=LFS_JSON)
-
-
-def parse_commit(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes], dict[str, tuple],
-                                      list[str]]:
-    """NDJSON → (header, inline files, LFS files ``path → (oid, size)``, deleted paths)."""
-    header: dict[str, Any] = {}
-    inline: dict[str, bytes] = {}
-    lfs: dict[str, tuple[str, int]] = {}
-    deleted: list[str] = []
-    lines = raw.splitlines()
-    if len(lines) > MAX_COMMIT_LINES:
-        raise InvalidRequestError(f"a commit has at most {MAX_COMMIT_LINES} operations")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = parse_json(line, what=f"commit line {number}")
-            key, value = item["key"], item["value"]
-            if key == "header":
-                header = dict(value)
-            elif key == "file":
-                if value.get("encoding", "base64") != "base64":
-                    raise ValueError("only base64 content is supported")
-                inline[str(value["path"])] = base64.b64decode(value["content"], validate=True)
-            elif key == "lfsFile":
-                oid, size = value["oid"], value["size"]
-                if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) \
-                        or not OID_RE.match(oid) or type(size) is not int:
-                    raise ValueError("lfsFile needs algo sha256, a hex oid and a size")
-                lfs[str(value["path"])] = (oid, size)
-            elif key in ("deletedFile", "deletedFolder"):
-                deleted.append(str(value["path"]).rstrip("/"))
-            else:
-                raise ValueError(f"unknown operation {str(key)[:40]!r}")
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-            raise InvalidRequestError(f"commit line {number} is malformed: "
-                                      f"{str(exc)[:200]}") from None
-    return header, inline, lfs, deleted
-
-
-@router.post("/api/models/{namespace}/{name}/commit/{revision}")
-async def commit(request: Request, namespace: str, name: str, revision: str,
-                 reg: Registry = Depends(registry)) -> dict[str, Any]:
-    """Apply the operations to the newest version's files; the result is the next version."""
-    repo = await run_in_threadpool(repository, reg, namespace, name)
-    reg.caller.require("write", repo)
-    main_only(request, revision)
-    raw = await request.body()
-    header, inline, lfs, deleted = await run_in_threadpool(parse_commit, raw)
-    version = await run_in_threadpool(_apply, request, reg, repo, header, inline, lfs, deleted)
-    oid = commit_id(version)
-    return {"commitUrl": f"{base_url(request)}/{repo}/commit/{oid}", "commitOid": oid,
-            "pullRequestUrl": None}
-
-
-def _apply(request: Request, reg: Registry, repo: str, header: dict[str, Any],
-           inline: dict[str, bytes], lfs: dict[str, tuple[str, int]], deleted: list[str]):
-    head, current = head_files(request, reg, repo)
-    files = {path: f.content() for path, f in current.items()}
-    parent = header.get("parentCommit")
-    if parent is not None and parent != head:
-        raise PreconditionFailedError(f"main of {repo} is at {head}, not {str(parent)[:40]}",
-                                      hint="Pull the new head and commit again")
-    changed = {p for p in [*inline, *lfs] if p in ADAPTER_FILES}
-    if changed:  # new weights replace the other layout's; a new layout without a manifest
-        if changed & {CONFIG_FILE, WEIGHTS_FILE}:  # is a plain PEFT adapter
-            files.pop(TENSORS_FILE, None)
-        if TENSORS_FILE in changed:
-            files.pop(WEIGHTS_FILE, None)
-            files.pop(CONFIG_FILE, None)
-        if MANIFEST_FILE not in changed:
-            files.pop(MANIFEST_FILE, None)
-    for path in deleted:
-        files.pop(path, None)
-    files.update({p: data for p, data in inline.items() if p in ADAPTER_FILES})
-    for path, (oid, size) in lfs.items():
-        if path not in ADAPTER_FILES:
-            continue
-        try:  # only bytes the caller may see: an uploaded object, or one of its versions'
-            data = reg.read_blob(f"sha256:{oid}")
-        except AdapterNotFoundError:
-            raise IntegrityError(f"{path}: LFS object {oid} was not uploaded",
-                                 hint="Upload it through the LFS batch API first") from None
-        if len(data) != size:
-            raise IntegrityError(f"{path}: LFS object {oid} has {len(data)} bytes, not {size}")
-        files[path] = bytes(data)
-    package = package_from_files(files)
-    message = header.get("summary") if isinstance(header.get("summary"), str) else None
-    result = reg.push(package, repo, message=message and message[:64 * 1024],
-                      author=reg.caller.actor, progress=False)
-    return result.version
 
 
 @router.post("/api/models/{namespace}/{name}/tag/{revision}")

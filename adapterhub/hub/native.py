@@ -40,9 +40,9 @@ from starlette.concurrency import run_in_threadpool
 from adapterhub.errors import (AdapterHubError, AdapterNotFoundError, IntegrityError,
                                InvalidRequestError, RangeNotSatisfiableError)
 from adapterhub.hub.auth import caller, registry
-from adapterhub.hub.bodies import (digest_list, json_object, json_response, string_field,
-                                    version_response)
-from adapterhub.hub.context import hub_of
+from adapterhub.hub.bodies import (digest_list, json_object, json_response, json_response_with,
+                                   string_field)
+from adapterhub.hub.context import hub_of, small_read
 from adapterhub.registry import Registry
 from registry_db import Caller, Manifest, parse_ref, validate_name
 from registry_db.digests import is_digest
@@ -61,18 +61,19 @@ def full_name(namespace: str, name: str) -> str:
 # -- service ------------------------------------------------------------------------------
 
 
-#: seconds a database answer keeps /health ready (probes under load need no query each)
-HEALTH_FRESH = 1.0
+#: how long a good answer from the database keeps /health from asking again
+HEALTH_CHECK_EVERY = 1.0
 
 
 @router.get("/health")
-async def health(request: Request) -> Response:
-    """Liveness and readiness: the registry answered a query within the last second."""
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness and readiness: the registry answered a query within the last second (load
+    balancers poll this; it must not cost a database round trip each time)."""
     hub = hub_of(request)
-    if time.monotonic() - hub.answered_at > HEALTH_FRESH:
+    if time.monotonic() >= hub.healthy_until:
         await run_in_threadpool(hub.registry.service.ping)
-        hub.answered_at = time.monotonic()
-    return json_response({"status": "ok", "auth": hub.auth})
+        hub.healthy_until = time.monotonic() + HEALTH_CHECK_EVERY
+    return {"status": "ok", "auth": hub.auth}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -94,10 +95,11 @@ def whoami(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/api/v1/resolve")
-def resolve(ref: str = Query(..., max_length=300),
-            reg: Registry = Depends(registry)) -> Response:
+async def resolve(request: Request, ref: str = Query(..., max_length=300),
+                  reg: Registry = Depends(registry)) -> Response:
     """The version a ref names, with its manifest."""
-    return version_response(reg.resolve(ref))
+    version = await small_read(request, reg.resolve, ref)
+    return json_response_with(version.to_dict(), manifest=version.manifest.canonical())
 
 
 @router.get("/api/v1/find/{digest}")
@@ -106,7 +108,7 @@ def find(digest: str, reg: Registry = Depends(registry)) -> Response:
     found = reg.find(digest)
     if found is None:
         raise AdapterNotFoundError(f"no version with digest {digest[:80]}")
-    return version_response(found)
+    return json_response_with(found.to_dict(), manifest=found.manifest.canonical())
 
 
 @router.get("/api/v1/versions")

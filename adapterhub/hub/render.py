@@ -1,7 +1,8 @@
 """A version's files as Hugging Face clients see them, rendered once and cached by digest.
 
-Rendering (:func:`adapterhub.io.formats.repo.repo_files`) is deterministic, so the cache is
-only a speed-up: another replica, or this one after eviction, produces the same bytes and
+Rendering (:func:`adapterhub.io.formats.repo.repo_files`, or the files a Hugging Face commit
+kept byte for byte: :mod:`adapterhub.hub.hf_files`) is deterministic, so the cache is only a
+speed-up: another replica, or this one after eviction, produces the same bytes and
 therefore the same ETags. Small files stay in memory; larger ones are spooled to a private
 temporary directory, so what the hub keeps between requests does not grow with the size of
 the adapters it serves.
@@ -101,6 +102,11 @@ class RenderCache:
         self._rendering: dict[str, threading.Lock] = {}
         self._spool = Path(tempfile.mkdtemp(prefix="adapterhub-render-"))
 
+    def cached(self, version: VersionInfo) -> dict[str, RenderedFile] | None:
+        """The files of ``version`` if they are rendered already, else None."""
+        with self._lock:
+            return self._files.get(version.digest)
+
     def files(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
         """``{path: file}`` of ``version`` (its manifest must be loaded), read through
         ``registry`` (the caller's view: it may read the version)."""
@@ -127,9 +133,17 @@ class RenderCache:
         return rendered
 
     def _render(self, version: VersionInfo, registry: Registry) -> dict[str, RenderedFile]:
+        from adapterhub.hub.hf_files import read_kept
         from adapterhub.io.formats.repo import repo_files
+        from adapterhub.io.package import AdapterPackage
 
-        files = repo_files(registry.get(version))
+        digests = [entry.digest for entry in version.manifest.tensors.values()]
+        package = AdapterPackage.from_blobs(version.manifest,
+                                            dict(registry.read_blobs(digests)), raw=True)
+        files = repo_files(package)
+        kept = registry.service.kept_files(version.ref, caller=registry.caller)
+        if kept:  # committed through the Hugging Face API: its files as they were committed
+            files = read_kept(kept, files, registry.read_blob)
         rendered = {path: RenderedFile.of(path, data, self._spool)
                     for path, data in sorted(files.items())}
         del files

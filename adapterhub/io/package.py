@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, IntegrityError
-from adapterhub.io.safetensors import (dtype_name, load_tensors, save_tensors, tensor_digest,
-                                       write_bytes_atomic, write_safetensors_stream)
+from adapterhub.io.safetensors import (RawTensor, dtype_name, load_tensors, save_tensors,
+                                       tensor_digest, write_bytes_atomic, write_safetensors_stream)
 from registry_db.digests import parse_json
 from registry_db.manifest import Manifest, TensorEntry
 
@@ -69,12 +69,24 @@ class AdapterPackage:
         return cls(manifest, tensors)
 
     @classmethod
-    def from_blobs(cls, manifest: Manifest, blobs: Mapping[str, Any]) -> AdapterPackage:
+    def from_blobs(cls, manifest: Manifest, blobs: Mapping[str, Any], *, raw: bool = False
+                   ) -> AdapterPackage:
         """The package whose tensors are the raw ``blobs`` (digest → bytes) the manifest
         names. Tensors are views of the buffers, never allocated from a claimed shape: a blob
         must hold exactly the bytes its dtype and shape need (:class:`IntegrityError`
         otherwise), and tensors that name the same blob share one buffer rather than each
-        getting a copy (treat package tensors as read-only)."""
+        getting a copy (treat package tensors as read-only). With ``raw`` the tensors are
+        :class:`~adapterhub.io.safetensors.RawTensor` and torch is not imported: enough for
+        writing files (``to_peft`` of methods that only rename tensors), not for math."""
+        for name, entry in sorted(manifest.tensors.items()):
+            size = len(blobs[entry.digest])
+            if size != entry.nbytes:
+                raise IntegrityError(f"tensor {name!r} is {entry.dtype} {list(entry.shape)} "
+                                     f"({entry.nbytes} bytes) but its blob holds {size}")
+        if raw:
+            return cls(manifest, {name: RawTensor(entry.dtype, tuple(entry.shape),
+                                                  blobs[entry.digest])
+                                  for name, entry in manifest.tensors.items()})
         import torch
 
         from adapterhub.io.safetensors import torch_dtype
@@ -83,9 +95,6 @@ class AdapterPackage:
         buffers: dict[str, Any] = {}
         for name, entry in sorted(manifest.tensors.items()):
             data = blobs[entry.digest]
-            if len(data) != entry.nbytes:
-                raise IntegrityError(f"tensor {name!r} is {entry.dtype} {list(entry.shape)} "
-                                     f"({entry.nbytes} bytes) but its blob holds {len(data)}")
             if entry.digest not in buffers:  # writable buffers avoid a copy and a warning
                 buffers[entry.digest] = data if isinstance(data, bytearray) else bytearray(data)
             buffer = buffers[entry.digest]

@@ -26,6 +26,23 @@ MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class RawTensor:
+    """A tensor as stored, without torch: its safetensors dtype name, shape and bytes. A hub
+    renders files from these, so serving never imports torch."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any  # bytes-like
+
+
+def raw_parts(tensor: torch.Tensor | RawTensor) -> tuple[str, tuple[int, ...], Any]:
+    """``(dtype name, shape, bytes)`` of a torch tensor or a :class:`RawTensor`."""
+    if isinstance(tensor, RawTensor):
+        return tensor.dtype, tensor.shape, tensor.data
+    return dtype_name(tensor.dtype), tuple(tensor.shape), tensor_bytes(tensor)
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     """One tensor's entry in a safetensors header."""
 

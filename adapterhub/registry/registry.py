@@ -16,6 +16,7 @@ The registry is any SQLAlchemy URL or a path (SQLite). Errors are
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
     from adapterhub.registry.http_registry import HttpRegistry
     from adapterhub.registry.sources import Source
-    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
-                             VerifyReport, VersionInfo)
+    from registry_db import (Caller, CommitResult, EventInfo, GcReport, RegistryService,
+                             RemoteInfo, Usage, VerifyReport, VersionInfo)
+    from registry_db.files import KeptFile
+    from registry_db.reads import SqliteReader
 
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"
@@ -64,25 +67,54 @@ class Registry:
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *,
                  caller: Caller | None = None) -> None:
-        from registry_db import Caller, RegistryService
+        from registry_db import Caller
+        from registry_db.reads import open_sqlite
 
-        self.service = RegistryService(default_url() if url is None else url)
-        self.url = self.service.url
+        self._target = default_url() if url is None else url
+        # a SQLite file at this code's schema is read without SQLAlchemy until a call writes
+        # or needs more than resolve/list/log (which keeps those commands quick to start)
+        self._reader = open_sqlite(self._target)
+        self._service: RegistryService | None = None
         self.caller = caller or Caller.local_user(default_author())
-        self._local = DatabaseRemote(self.url, service=self.service, caller=self.caller)
         self._owned = True
+
+    @property
+    def service(self) -> RegistryService:
+        """The registry database, opened (and migrated) on first use."""
+        if self._service is None:
+            from registry_db import RegistryService
+
+            self._service = RegistryService(self._target)
+            if self._reader is not None:  # from now on every call goes through the service
+                self._reader.close()
+                self._reader = None
+        return self._service
+
+    @property
+    def url(self) -> str:
+        return self._reader.url if self._reader is not None else self.service.url
+
+    @functools.cached_property
+    def _local(self) -> DatabaseRemote:
+        return DatabaseRemote(self.url, service=self.service, caller=self.caller)
+
+    def _reads(self) -> RegistryService | SqliteReader:
+        return self._reader if self._reader is not None else self.service
 
     def as_caller(self, caller: Caller) -> Registry:
         """The same registry seen by ``caller`` (what a hub does for each request): every
         call is authorized for it. Sharing the database connection; closing it is a no-op."""
         view = object.__new__(Registry)
-        view.service, view.url, view.caller, view._owned = self.service, self.url, caller, False
-        view._local = DatabaseRemote(self.url, service=self.service, caller=caller)
+        view._target, view._reader, view._service = self._target, None, self.service
+        view.caller, view._owned = caller, False
         return view
 
     def close(self) -> None:
         if self._owned:
-            self.service.close()
+            if self._reader is not None:
+                self._reader.close()
+            if self._service is not None:
+                self._service.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -98,8 +130,11 @@ class Registry:
     def push(self, source: str | os.PathLike[str] | AdapterPackage | Source, name: str, *,
              message: str | None = None, tags: Sequence[str] = (),
              labels: dict[str, str] | None = None, author: str | None = None,
-             to: str | None = None, progress: bool = True) -> CommitResult:
+             to: str | None = None, progress: bool = True,
+             files: Sequence[KeptFile] = ()) -> CommitResult:
         """Store an adapter as the next version of ``name`` (here, or in registry ``to``).
+        ``files``: files the version keeps byte for byte (the hub's Hugging Face commits;
+        see :mod:`registry_db.files`).
 
         ``source`` is an :class:`AdapterPackage`, a native or PEFT directory, or a ref in this
         registry. ``labels`` are added to the manifest's labels (so they are part of the
@@ -124,7 +159,7 @@ class Registry:
                 copy_version(self._local, dst, parent, show_progress=progress, verb="push")
             return send_version(dst, name, manifest, src.read_blobs, message=message,
                                 author=author or default_author(), tags=tags,
-                                show_progress=progress, what=f"push {name}")
+                                show_progress=progress, what=f"push {name}", files=files)
         finally:
             if dst is not self._local:
                 dst.close()
@@ -208,7 +243,7 @@ class Registry:
     def resolve(self, ref: str) -> VersionInfo:
         """The version a ref names (``ns/name``, ``@N``, ``:tag``, ``@sha256:…``), with its
         manifest."""
-        return self.service.resolve(ref, caller=self.caller)
+        return self._reads().resolve(ref, caller=self.caller)
 
     def find(self, digest: str) -> VersionInfo | None:
         """A version whose manifest digest is ``digest`` (in a repository the caller may
@@ -240,8 +275,8 @@ class Registry:
 
         ``base`` is a base-model fingerprint (``sha256:…``) or name.
         """
-        return self.service.list_versions(prefix, caller=self.caller, method=method, base=base,
-                                          labels=labels)
+        return self._reads().list_versions(prefix, caller=self.caller, method=method,
+                                           base=base, labels=labels)
 
     def repositories(self, prefix: str | None = None) -> list[str]:
         """Names of repositories (with or without live versions), sorted."""
@@ -249,7 +284,7 @@ class Registry:
 
     def log(self, name: str) -> list[VersionInfo]:
         """All versions of one repository, newest first (soft-deleted ones flagged)."""
-        return self.service.log(name, caller=self.caller)
+        return self._reads().log(name, caller=self.caller)
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
         """Settings that differ and the norm of each tensor's change, from ``a`` to ``b``."""
@@ -367,8 +402,6 @@ def open_registry(where: str | None = None, *, db: str | os.PathLike[str] | None
     name, a hub URL, or another registry's path or URL), that one. A hub answers over HTTP
     (:class:`~adapterhub.registry.http_registry.HttpRegistry`); a database is opened
     directly."""
-    from adapterhub.registry.http_registry import HttpRegistry
-
     if where is None:
         return Registry(db)
     url = where
@@ -382,6 +415,8 @@ def open_registry(where: str | None = None, *, db: str | os.PathLike[str] | None
         url = known.url
     scheme = scheme_of(url)
     if scheme in ("http", "https"):
+        from adapterhub.registry.http_registry import HttpRegistry
+
         return HttpRegistry(url)
     if scheme in ("sqlite", "postgresql"):
         return Registry(url)

@@ -28,6 +28,7 @@ PROGRESS_MIN_BYTES = 1 << 20  # smaller transfers finish before a bar would help
 if TYPE_CHECKING:
     from registry_db import (Caller, CommitResult, Manifest, RegistryService, StoredBlob,
                              VersionInfo)
+    from registry_db.files import KeptFile
 
 class DatabaseRemote(Remote):
     """Another registry database, reached directly (a path or a SQLAlchemy URL), as the
@@ -90,9 +91,11 @@ class DatabaseRemote(Remote):
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
-               created_at: datetime | None = None) -> CommitResult:
+               created_at: datetime | None = None, files: Sequence[KeptFile] = ()
+               ) -> CommitResult:
         return self.service.commit(name, manifest, caller=self.caller, message=message,
-                                   author=author, tags=tags, created_at=created_at)
+                                   author=author, tags=tags, created_at=created_at,
+                                   files=files)
 
     def close(self) -> None:
         if self._owned:
@@ -140,9 +143,11 @@ def send_version(dst: Remote, name: str, manifest: Manifest,
                  message: str | None = None, author: str | None = None,
                  tags: Sequence[str] = (), created_at: datetime | None = None,
                  show_progress: bool = True, what: str | None = None,
-                 stored_from: Remote | None = None) -> CommitResult:
+                 stored_from: Remote | None = None, files: Sequence[KeptFile] = ()
+                 ) -> CommitResult:
     """Upload the blobs ``dst`` lacks (read through ``read_blobs``, or as stored from
-    ``stored_from`` where both ends can), then commit the manifest.
+    ``stored_from`` where both ends can), then commit the manifest (with ``files`` kept byte
+    for byte: a database registry only).
 
     If a blob disappears between negotiation and commit (a gc on the remote that ran with no
     grace period), the missing blobs are sent again and the commit retried.
@@ -174,8 +179,9 @@ def send_version(dst: Remote, name: str, manifest: Manifest,
                 raise IntegrityError(f"{what}:{tensor} {exc.message}",
                                      hint=IntegrityError.default_hint) from None
         try:
+            extra = {"files": files} if files else {}
             return dst.commit(name, manifest, message=message, author=author, tags=tags,
-                              created_at=created_at)
+                              created_at=created_at, **extra)
         except MissingBlobsError:
             if attempt == 2:
                 raise

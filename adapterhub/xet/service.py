@@ -46,7 +46,7 @@ class XetLimits:
     max_shard_bytes: int = 64 * 1024 * 1024 + 1024 * 1024
     max_file_bytes: int = 50 * 1024**3
     #: xorbs one global-dedup answer may describe
-    dedup_xorbs: int = 4
+    dedup_xorbs: int = 8
     #: how long a dedup answer's chunk key (and the client's cached copy) stays valid
     dedup_key_ttl_s: int = 7 * 24 * 3600
     #: compressed bytes read from the store at once while reconstructing
@@ -148,10 +148,12 @@ class XetService:
         files = list({f.file_hash: f for f in shard.files}.values())
         for f in files:
             self._check_file(f, scope)
-            if f.terms:  # clients look a file up by its first chunk
-                first = self.storage.xorb_info(f.terms[0].xorb_hash)
+            if f.terms:  # clients look a file up by its first chunk: it leads to every
+                first = self.storage.xorb_info(f.terms[0].xorb_hash)  # xorb of the file
                 assert first is not None
-                dedup.append((first.chunk_hashes[f.terms[0].chunk_start], f.terms[0].xorb_hash))
+                lead = first.chunk_hashes[f.terms[0].chunk_start]
+                xorbs = list(dict.fromkeys(t.xorb_hash for t in f.terms))
+                dedup += [(lead, x) for x in xorbs[:self.limits.dedup_xorbs]]
         total = sum(f.size for f in files if f.sha256 is not None)
         done = 0
         for f in files:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from adapterhub_lora import LoraMethod
 
 from adapterhub import ConfigError, FormatError, MergeError
-from adapterhub.plugin_api import check_finite, layer_kind
-from adapterhub_dora.kernels import merged_weight
-from adapterhub_dora.layer import DoraLinear
+from adapterhub import plugin_api
+from adapterhub.plugin_api import check_finite
 
 MAGNITUDE = "lora_magnitude_vector"
 FACTORS = ("lora_A", "lora_B")
@@ -38,12 +36,14 @@ class DoraMethod(LoraMethod):
 
     def check_targets(self, targets, config):
         super().check_targets(targets, config)
-        if config.fan_in_fan_out and any(layer_kind(m) == "linear" for _, m in targets):
+        if config.fan_in_fan_out and any(plugin_api.layer_kind(m) == "linear" for _, m in targets):
             raise ConfigError("fan_in_fan_out is for GPT-2 Conv1D layers (weight [in, out]); "
                               "these targets include nn.Linear layers",
                               hint="Drop fan_in_fan_out; it is set for Conv1D targets itself")
 
     def make_layer(self, base, config, path):
+        from adapterhub_dora.layer import DoraLinear
+
         return DoraLinear(base, self, config, path)
 
     # -- merge kernel -----------------------------------------------------------------------
@@ -73,6 +73,10 @@ class DoraMethod(LoraMethod):
     def merge(self, weight, module, tensors, config, *, scale=1.0):
         """``(m / ‖W + s·B A‖)·(W + s·B A)`` in fp32, one cast back; with ``scale`` ≠ 1 the
         change is scaled: ``W + scale·(W' − W)``."""
+        import torch
+
+        from adapterhub_dora.kernels import merged_weight
+
         factors = _factors(module, tensors)
         a, b = factors["lora_A"], factors["lora_B"]
         magnitude = tensors[MAGNITUDE]

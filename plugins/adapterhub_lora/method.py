@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError
-from adapterhub.plugin_api import layer_kind
+from adapterhub import AdapterMethod, ConfigError, FormatError, MergeError, plugin_api
 from adapterhub_lora.config import LoraConfig
-from adapterhub_lora.layer import LoraEmbedding, LoraLinear
+
+if TYPE_CHECKING:
+    import torch
 
 #: PEFT config keys whose non-default values change what the adapter computes
 UNSUPPORTED_PEFT = {"use_dora": False, "lora_bias": False, "modules_to_save": None,
@@ -31,7 +30,7 @@ class LoraMethod(AdapterMethod):
     stores_low_rank = True
 
     def check_targets(self, targets, config):
-        kinds = {layer_kind(module) for _, module in targets}
+        kinds = {plugin_api.layer_kind(module) for _, module in targets}
         if "conv1d" in kinds and not config.fan_in_fan_out:
             if "linear" in kinds:
                 raise ConfigError("target_modules mixes Linear and Conv1D layers; one "
@@ -41,7 +40,9 @@ class LoraMethod(AdapterMethod):
             config.fan_in_fan_out = True
 
     def make_layer(self, base, config, path):
-        if layer_kind(base) == "embedding":
+        from adapterhub_lora.layer import LoraEmbedding, LoraLinear
+
+        if plugin_api.layer_kind(base) == "embedding":
             return LoraEmbedding(base, self, config, path)
         return LoraLinear(base, self, config, path)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from adapterhub_lora import LoraMethod
 
 from adapterhub import ConfigError
-from adapterhub.plugin_api import adapted_layers
+from adapterhub import plugin_api
 from adapterhub_loraplus.config import LoraPlusConfig
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class LoraPlusMethod(LoraMethod):
             raise ConfigError("LoRA+ sets weight decay per group; pass loraplus_weight_decay "
                               "instead of weight_decay")
         members: dict[str, list[nn.Parameter]] = {group: [] for group in GROUPS}
-        for layer in adapted_layers(model).values():
+        for layer in plugin_api.adapted_layers(model).values():
             for name, param in layer.named_parameters():
                 if name.startswith("base_layer.") or not param.requires_grad:
                     continue
@@ -61,7 +61,7 @@ class LoraPlusMethod(LoraMethod):
     @staticmethod
     def _config_of(model: nn.Module) -> LoraPlusConfig:
         configs = {id(layer.adapter_config): layer.adapter_config
-                   for layer in adapted_layers(model).values()
+                   for layer in plugin_api.adapted_layers(model).values()
                    if isinstance(layer.adapter_config, LoraPlusConfig)}
         if len(configs) != 1:
             raise ConfigError(f"param_groups needs exactly one attached LoRA+ adapter; the "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from adapterhub import AdapterMethod, ExportError, FormatError, TargetError
 from adapterhub_melora.config import MeloraConfig
-from adapterhub_melora.layer import MeloraLinear, linear_dims
+
+if TYPE_CHECKING:
+    import torch
 
 KEYS = ("melora_A", "melora_B")
 
@@ -32,6 +33,8 @@ class MeloraMethod(AdapterMethod):
         return config.init_lora_weights is not False
 
     def check_targets(self, targets, config):
+        from adapterhub_melora.layer import linear_dims
+
         n = config.n
         for path, module in targets:
             d_out, d_in = linear_dims(module)
@@ -43,6 +46,8 @@ class MeloraMethod(AdapterMethod):
                          f"leave {path!r} out of target_modules")
 
     def make_layer(self, base, config, path):
+        from adapterhub_melora.layer import MeloraLinear
+
         return MeloraLinear(base, self, config, path)
 
     # -- merge kernel -----------------------------------------------------------------------
@@ -52,6 +57,8 @@ class MeloraMethod(AdapterMethod):
         return (b.shape[0] * b.shape[1], a.shape[0] * a.shape[2])
 
     def delta_weight(self, module, tensors, config, base_shape):
+        import torch
+
         """The block-diagonal ΔW ``[d_out, d_in]``; off-diagonal blocks are exactly zero."""
         a, b = _factors(module, tensors, config)
         n, d_blk_out, d_blk_in = a.shape[0], b.shape[1], a.shape[2]
@@ -65,6 +72,8 @@ class MeloraMethod(AdapterMethod):
         return delta.reshape(n * d_blk_out, n * d_blk_in)
 
     def low_rank(self, module, tensors, config, base_shape):
+        import torch
+
         """``(L, R)`` = ``(blockdiag(s·B_1, …, s·B_n), blockdiag(A_1, …, A_n))``: exactly the
         block-diagonal ΔW as a rank ``n·r`` product (off-diagonal blocks multiply zeros), so
         merges and LoRA-only exports (vLLM, TensorRT-LLM) express MELoRA without loss."""

@@ -196,7 +196,7 @@ class HfRemote(Remote):
             if missing:
                 raise MissingBlobsError(f"{self.url}: blobs {missing[:3]} were not sent",
                                         digests=missing)
-            files = repo_files(AdapterPackage.from_blobs(manifest, self._spool))
+            files = repo_files(AdapterPackage.from_blobs(manifest, self._spool, raw=True))
             self._call("create the repository", self.api.create_repo, self.repo_id,
                        exist_ok=True)
             info = self._call("commit", self.api.create_commit, self.repo_id,

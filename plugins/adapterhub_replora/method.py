@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from adapterhub_lora import LoraMethod
 
-from adapterhub.plugin_api import adapted_layers, adapter_dtype, find_targets
+from adapterhub import plugin_api
 from adapterhub_replora.config import ReploraConfig
-from adapterhub_replora.layer import Generator, ReploraLinear
 
 
 class ReploraMethod(LoraMethod):
@@ -33,9 +32,11 @@ class ReploraMethod(LoraMethod):
     def attach(self, model, config, targets=None):
         """Put a :class:`ReploraLinear` on each target, one :class:`Generator` per sharing
         group (``config.share``); every base parameter is frozen."""
-        found = find_targets(model, config.target_modules if targets is None else targets,
-                             kinds=self.layer_kinds, method=self.name,
-                             exact=targets is not None)
+        from adapterhub_replora.layer import Generator, ReploraLinear
+
+        found = plugin_api.find_targets(
+            model, config.target_modules if targets is None else targets,
+            kinds=self.layer_kinds, method=self.name, exact=targets is not None)
         self.check_targets(found, config)
         for param in model.parameters():
             param.requires_grad_(False)
@@ -45,7 +46,7 @@ class ReploraMethod(LoraMethod):
             group = config.group_of(path)
             if group not in generators:
                 weight = module.weight
-                generators[group] = Generator(config, dtype=adapter_dtype(weight),
+                generators[group] = Generator(config, dtype=plugin_api.adapter_dtype(weight),
                                               device=weight.device)
             layer = ReploraLinear(module, self, config, path, generators[group])
             model.set_submodule(path, layer)
@@ -55,7 +56,7 @@ class ReploraMethod(LoraMethod):
     def param_groups(self, model, lr, **kwargs):
         """One group; a generator shared by several layers appears in it once."""
         params, seen = [], set()
-        for layer in adapted_layers(model).values():
+        for layer in plugin_api.adapted_layers(model).values():
             for param in layer.adapter_parameters():
                 if param.requires_grad and id(param) not in seen:
                     seen.add(id(param))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from adapterhub import ConfigError, MethodConfig
-from adapterhub.plugin_api import is_digest, pattern_key
+from adapterhub import ConfigError, MethodConfig, plugin_api
+from adapterhub.plugin_api import is_digest
 
 INITS = ("direct", "zero")
 POOLINGS = ("last", "mean")
@@ -53,7 +53,7 @@ class TTLoraConfig(MethodConfig):
         """``(m_factors, n_factors)`` of the module at ``path`` with a ``[d_out, d_in]`` weight."""
         from adapterhub_ttlora_moe.tensor_train import balanced_factors
 
-        key = pattern_key(self.factors, path)
+        key = plugin_api.pattern_key(self.factors, path)
         if key is None:
             return balanced_factors(d_in, self.max_factor), balanced_factors(d_out,
                                                                              self.max_factor)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapterhub import AdapterMethod, FormatError, MergeError
 from adapterhub_ttlora_moe.config import TTLoraConfig, TTLoraMoeConfig
-from adapterhub_ttlora_moe.layers import TTLoraLinear
-from adapterhub_ttlora_moe.tensor_train import dense_delta
+
+if TYPE_CHECKING:
+    import torch
 
 CORE_RE = re.compile(r"tt_(in|out)_(\d+)")
 
@@ -34,6 +33,8 @@ class TTLoraMethod(AdapterMethod):
         return config.init == "zero"
 
     def make_layer(self, base, config, path):
+        from adapterhub_ttlora_moe.layers import TTLoraLinear
+
         return TTLoraLinear(base, self, config, path)
 
     def infer_base_shape(self, module, tensors, config):
@@ -41,6 +42,8 @@ class TTLoraMethod(AdapterMethod):
         return (_modes(out_cores), _modes(in_cores))
 
     def delta_weight(self, module, tensors, config, base_shape):
+        from adapterhub_ttlora_moe.tensor_train import dense_delta
+
         in_cores, out_cores = split_cores(module, tensors)
         delta = dense_delta([c.float() for c in in_cores], [c.float() for c in out_cores])
         if tuple(delta.shape) != tuple(base_shape):

@@ -5,5 +5,5 @@ To add one after changing :mod:`registry_db.models`::
     python -m registry_db.migrations "what changed"
 
 writes ``versions/<rev>_<slug>.py`` by autogenerate against a scratch SQLite database at the
-current head. Review it, then set ``registry_db.engine.SCHEMA_REVISION`` to the new revision.
+current head. Review it, then set ``registry_db.revision.SCHEMA_REVISION`` to the new revision.
 """

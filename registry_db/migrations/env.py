@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import registry_db.models_hub  # noqa: F401  (the Xet tables)
 from registry_db.models import Base
 
 connection = context.config.attributes["connection"]

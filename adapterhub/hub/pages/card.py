@@ -17,6 +17,7 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.hub.model_card import front_matter
 from adapterhub.hub.pages.layout import kv_table, value_text
 
 if TYPE_CHECKING:
@@ -31,11 +32,9 @@ CARD_FILE = "README.md"
 CARD_LABEL = "card"
 #: larger cards are not rendered
 MAX_CARD_BYTES = 1 << 20
-MAX_FRONT_MATTER = 64 * 1024
 SAFE_SCHEMES = ("http", "https", "mailto")
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.\-]*):")
 _INVISIBLE = re.compile(r"[\x00-\x20\x7f]+")
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
 
 
 def model_card(version: VersionInfo, files: Mapping[str, RenderedFile]) -> str | None:
@@ -80,35 +79,6 @@ def _markdown() -> MarkdownIt:
 def render_markdown(text: str) -> str:
     """Markdown as HTML with all raw HTML escaped and unsafe addresses refused."""
     return _markdown().render(text)
-
-
-def front_matter(text: str) -> tuple[dict[str, Any] | None, str | None, str]:
-    """``(metadata, error, body)``: the YAML block at the top of a card (None if there is
-    none or it is not a mapping), why it could not be read, and the Markdown after it."""
-    match = _FRONT_MATTER.match(text)
-    if match is None:
-        return None, None, text
-    body = text[match.end():]
-    raw = match.group(1)
-    if len(raw) > MAX_FRONT_MATTER:
-        return None, f"the metadata block is larger than {MAX_FRONT_MATTER} bytes", body
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError("anchors and aliases are not allowed")
-            return super().compose_node(parent, index)
-
-    try:
-        data = yaml.load(raw, Loader=Loader)  # noqa: S506 (a safe loader, aliases refused)
-    except yaml.YAMLError as exc:
-        return None, f"the metadata is not valid YAML: {str(exc)[:200]}", body
-    if data is None:
-        return None, None, body
-    if not isinstance(data, dict):
-        return None, "the metadata is not a mapping of keys to values", body
-    return data, None, body
 
 
 def card_html(text: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import FormatError, UnknownMethodError, UnsafeFormatError
-from adapterhub.io.safetensors import (dtype_name, load_tensors, safetensors_bytes, tensor_bytes,
+from adapterhub.io.safetensors import (load_tensors, raw_parts, safetensors_bytes,
                                        write_bytes_atomic)
 from registry_db.digests import parse_json
 
@@ -112,8 +112,7 @@ def with_base(package: AdapterPackage, config: dict[str, Any]) -> dict[str, Any]
 def layout_files(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, bytes]:
     """The two files of a PEFT adapter directory, as bytes (deterministic: the same adapter
     gives the same bytes everywhere, which the hub's ETags rely on)."""
-    weights = {key: (dtype_name(t.dtype), tuple(t.shape), tensor_bytes(t))
-               for key, t in tensors.items()}
+    weights = {key: raw_parts(t) for key, t in tensors.items()}
     return {CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
             WEIGHTS_FILE: safetensors_bytes(weights, {"format": "pt"})}
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from adapterhub.errors import ExportError, UnknownMethodError
 from adapterhub.io.formats.peft import CONFIG_FILE, WEIGHTS_FILE, layout_files, peft_layout
 from adapterhub.io.package import MANIFEST_FILE, TENSORS_FILE, AdapterPackage
-from adapterhub.io.safetensors import safetensors_bytes, tensor_bytes, write_bytes_atomic
+from adapterhub.io.safetensors import raw_parts, safetensors_bytes, write_bytes_atomic
 
 if TYPE_CHECKING:
     from registry_db import Manifest
@@ -60,7 +60,7 @@ def repo_files(package: AdapterPackage) -> dict[str, bytes]:
             pass  # this configuration of the method has no PEFT equivalent
         else:
             return {MANIFEST_FILE: package.manifest.canonical(), **files}
-    blobs = {e.digest: tensor_bytes(package.tensors[name])
+    blobs = {e.digest: raw_parts(package.tensors[name])[2]
              for name, e in package.manifest.tensors.items()}
     return native_files(package.manifest, blobs)
 
