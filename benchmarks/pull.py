@@ -48,6 +48,10 @@ IMPORTS_ADAPTERHUB = ("import adapterhub.cli, registry_db.service, "
                       "adapterhub_remotes_http.remote")
 
 
+#: what the hf_hub_download process imports before it downloads
+IMPORTS_HF = "from huggingface_hub import hf_hub_download"
+
+
 def empty(db: Path) -> Path:
     """An initialised registry that holds nothing (untimed)."""
     from adapterhub.registry import Registry
@@ -110,7 +114,7 @@ def main() -> dict[str, Any]:
                 "adapterhub_pull": lambda rep: pull_command(url, empty(root / f"p{rep}.db")),
                 "hf_hub_download": lambda rep: hf_command(url, token, root / f"hf{rep}"),
                 "import_adapterhub": lambda rep: [sys.executable, "-c", IMPORTS_ADAPTERHUB],
-                "import_hf": lambda rep: [sys.executable, "-c", "import huggingface_hub"]}
+                "import_hf": lambda rep: [sys.executable, "-c", IMPORTS_HF]}
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
             for rep in range(REPEAT):
                 order = list(commands)
