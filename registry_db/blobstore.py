@@ -1,4 +1,9 @@
-"""Content-addressed blobs inside the database: chunk rows, compressed, hashed both ways.
+"""Content-addressed blobs, in one of two backends chosen once per registry.
+
+``db`` (the default): chunk rows inside the database, compressed, hashed both ways. ``s3``
+(:mod:`registry_db.objectstore`): one immutable object per blob in an S3-compatible store, its
+row in the database marked ``codec = "s3"``; resumable uploads are staged as chunk rows and
+become an object when they finish.
 
 Bytes are checked against their sha256 digest before anything is stored (``write``,
 ``finish_upload``) and again on every read (``read``, ``iter``), so corruption is reported
@@ -29,6 +34,8 @@ from registry_db.digests import is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)
 from registry_db.models import Blob, Chunk
+from registry_db.objectstore import CODEC as OBJECT_CODEC
+from registry_db.objectstore import ObjectStore
 from registry_db.records import BlobInfo, UploadInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -85,14 +92,19 @@ class _Job:
     hashed: Future[str]
     chunks: list[Future[bytes]]
 
+    view: memoryview
+
     @classmethod
-    def submit(cls, digest: str, view: memoryview, itemsize: int) -> _Job:
+    def submit(cls, digest: str, view: memoryview, itemsize: int, *, encode: bool) -> _Job:
+        pool = _pool()
+        if not encode:  # an object store keeps the raw bytes
+            return cls(digest, len(view), OBJECT_CODEC, [], pool.submit(_sha256, view), [],
+                       view)
         pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
         chosen = codec.codec_for(itemsize, *map(len, pieces))
-        pool = _pool()
         return cls(digest, len(view), chosen, [len(p) for p in pieces],
                    pool.submit(_sha256, view),
-                   [pool.submit(codec.encode, piece, chosen) for piece in pieces])
+                   [pool.submit(codec.encode, piece, chosen) for piece in pieces], view)
 
 
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
@@ -115,10 +127,12 @@ def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearr
 
 
 class BlobStore:
-    """The blobs of one registry database."""
+    """The blobs of one registry database; ``objects`` is its object store when the registry
+    keeps blobs in one (the ``s3`` backend), else None (the ``db`` backend)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, objects: ObjectStore | None = None) -> None:
         self.db = db
+        self.objects = objects
 
     # -- what is there ---------------------------------------------------------------------
 
@@ -164,7 +178,8 @@ class BlobStore:
             if check_digest(digest) in seen:
                 continue
             seen.add(digest)
-            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize))
+            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize,
+                                     encode=self.objects is None))
             size += len(data)
             if size >= _BATCH_BYTES:
                 in_flight.append(batch)
@@ -183,6 +198,14 @@ class BlobStore:
                 raise IntegrityError(f"bytes sent for blob {job.digest} hash to {actual}",
                                       hint="The source is corrupt or changed while reading")
         encoded = {job.digest: [future.result() for future in job.chunks] for job in jobs}
+        if self.objects is not None:
+            with self.db.read() as s:
+                present = set(s.scalars(select(Blob.digest).where(
+                    Blob.digest.in_([job.digest for job in jobs]), Blob.complete)))
+            for job in jobs:  # the object first: a row never names a missing object
+                if job.digest not in present:
+                    self.objects.put(job.digest, job.view)
+                    encoded[job.digest] = []
         now = utcnow()
         with self.db.write() as s:
             digests = [job.digest for job in jobs]
@@ -192,7 +215,8 @@ class BlobStore:
                 s.execute(update(Blob).where(Blob.digest.in_(present), Blob.complete)
                           .values(touched_at=now))
             rows = [{"digest": job.digest, "size": job.size, "codec": job.codec,
-                     "stored_size": sum(map(len, encoded[job.digest])),
+                     "stored_size": (job.size if job.codec == OBJECT_CODEC
+                                     else sum(map(len, encoded[job.digest]))),
                      "chunk_size": codec.CHUNK_SIZE, "complete": True, "created_at": now,
                      "touched_at": now} for job in jobs if job.digest not in present]
             if not rows:
@@ -301,16 +325,25 @@ class BlobStore:
             self._discard(blob_id)
             raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
                                  f"the upload was discarded", hint="Upload the blob again")
+        if self.objects is not None:  # the verified staging chunks become the object
+            self.objects.put_stream(info.digest, (raw for raw, _ in
+                                                  self._decoded(blob_id, info.digest)))
+            stored = info.size
         with self.db.write() as s:
             blob = self._upload(s, upload_id, owner)
             if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
+                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
                 s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
                 return _info(self._complete(s, info.digest))
             try:
                 with s.begin_nested():
                     blob.complete, blob.stored_size, blob.touched_at = True, stored, utcnow()
                     blob.upload_id = blob.owner = None
+                    if self.objects is not None:
+                        blob.codec = OBJECT_CODEC
+                        s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
             except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
+                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
                 s.execute(delete(Blob).where(Blob.id == blob.id))
                 return _info(self._complete(s, info.digest))
             return _info(blob)
@@ -360,7 +393,9 @@ class BlobStore:
                 if group and (blob is None or size + blob.size > _READ_BYTES):
                     yield from self._read_group(group)
                     group, size = [], 0
-                if blob is not None and blob.size > _READ_BYTES:
+                if blob is not None and blob.codec == OBJECT_CODEC:
+                    yield digest, self._objects().read(digest, blob.size)
+                elif blob is not None and blob.size > _READ_BYTES:
                     yield digest, bytearray().join(self.iter(digest))
                 elif blob is not None:
                     group.append(blob)
@@ -384,7 +419,11 @@ class BlobStore:
         chunks before ``offset`` too); a mismatch raises :class:`IntegrityError` after the
         last chunk, so consumers must not trust the data before the iterator is exhausted."""
         with self.db.read() as s:
-            blob_id = self._complete(s, digest).id
+            blob = self._complete(s, digest)
+            blob_id, blob_codec, size = blob.id, blob.codec, blob.size
+        if blob_codec == OBJECT_CODEC:
+            yield from self._objects().iter(digest, size, offset=offset)
+            return
         h = hashlib.sha256()
         position = 0
         for raw, _ in self._decoded(blob_id, digest):
@@ -430,6 +469,12 @@ class BlobStore:
         if total != size:
             raise IntegrityError(f"blob {digest} is corrupt: {total} bytes stored, "
                                   f"{size} expected")
+
+    def _objects(self) -> ObjectStore:
+        if self.objects is None:
+            raise IntegrityError("a blob of this registry is kept in an object store, and the "
+                                 "registry records none", hint="Run: adapterhub verify")
+        return self.objects
 
     # -- maintenance ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from registry_db.errors import RegistryError
 
 #: the alembic revision this version of the code expects (a test checks it is the head)
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 BUSY_TIMEOUT_S = 300
 WRITE_OPTION = "registry_db_write"
 _PG_LOCK_KEY = 0x61646872  # "adhr": pg_advisory_xact_lock key for migrations

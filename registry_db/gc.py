@@ -10,13 +10,18 @@
    its commit references them, and renews ``touched_at`` of every blob it relies on, so a
    sweep never takes a blob from under a push in flight. (On PostgreSQL the sweep also takes
    an exclusive advisory lock that commits share.)
+5. **Objects** (``s3`` backend), after that transaction commits: objects that no complete
+   blob row names and that were last written before the grace window are deleted: those of
+   the blobs just removed, and orphans a crashed push left (a push writes the object before
+   its row, and writes it again, renewing its date, when it sends the bytes).
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
@@ -31,6 +36,7 @@ from registry_db.refs import validate_key
 
 if TYPE_CHECKING:
     from registry_db.access import Caller
+    from registry_db.objectstore import ObjectStore
     from registry_db.service import RegistryService
 
 
@@ -100,9 +106,27 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
                           kept_for_lineage=tuple(ref[i] for i in sorted(deleted & marked)),
                           blobs_removed=len(blobs), bytes_freed=freed,
                           uploads_removed=len(uploads))
+        if store.objects is not None:
+            report = replace(report, objects_removed=len(_unnamed_objects(s, store.objects,
+                                                                          cutoff)))
         s.add(Event(at=now, action="gc", actor=caller.actor, token_id=caller.token_id,
                     detail=json.dumps(report.to_dict(), sort_keys=True)))
-        return report
+    if store.objects is not None and not dry_run:
+        with service.db.read() as s:
+            doomed = _unnamed_objects(s, store.objects, cutoff)
+        store.objects.delete(doomed)
+    return report
+
+
+def _unnamed_objects(s, objects: ObjectStore, cutoff: datetime) -> list[str]:
+    """Digests of the objects older than ``cutoff`` that no complete blob row names."""
+    listed = [(digest, modified) for digest, _, modified in objects.stored()
+              if modified < cutoff]
+    named: set[str] = set()
+    for batch in batched([digest for digest, _ in listed]):
+        named |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
+                                                         Blob.complete)))
+    return [digest for digest, _ in listed if digest not in named]
 
 
 def _retire(s, rows, names: dict[int, str], deleted: set[int], keep_last: int,

@@ -228,3 +228,13 @@ class Token(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class Setting(Base):
+    """A registry-wide setting chosen once (``blob_backend``: ``db`` or ``s3://BUCKET/PREFIX``,
+    recorded by ``adapterhub init --blobs``). Never credentials."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str]

@@ -130,6 +130,7 @@ class GcReport:
     blobs_removed: int
     bytes_freed: int  # stored bytes
     uploads_removed: int  # abandoned partial uploads
+    objects_removed: int = 0  # object-store objects no blob row names (s3 backend)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -140,7 +141,8 @@ class GcReport:
                    purged=tuple(data["purged"]),
                    kept_for_lineage=tuple(data["kept_for_lineage"]),
                    blobs_removed=data["blobs_removed"], bytes_freed=data["bytes_freed"],
-                   uploads_removed=data["uploads_removed"])
+                   uploads_removed=data["uploads_removed"],
+                   objects_removed=data.get("objects_removed", 0))
 
 
 @dataclass(frozen=True)

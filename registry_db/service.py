@@ -34,8 +34,9 @@ from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityEr
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
                                 MissingParentsError, PermissionDeniedError, RefError)
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
-                                VersionTensor)
+from registry_db.models import (Blob, Event, Lineage, Repository, Setting, Tag, Version,
+                                VersionLabel, VersionTensor)
+from registry_db.objectstore import Location, ObjectStore
 from registry_db.records import CommitResult, EventInfo, GcReport, Usage, VerifyReport, VersionInfo
 from registry_db.rows import version_infos
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
@@ -60,6 +61,13 @@ def label_rows(labels: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _objects(db: Database) -> ObjectStore | None:
+    """The registry's object store, as ``init --blobs`` recorded it (None: the db backend)."""
+    with db.read() as s:
+        where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
+    return None if where in (None, "db") else ObjectStore(Location.parse(where))
+
+
 class RegistryService:
     """One registry database. ``url`` is any SQLAlchemy URL or a path (a SQLite file).
 
@@ -69,7 +77,7 @@ class RegistryService:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.db = Database(url)
-        self.blobs = BlobService(self.db, BlobStore(self.db))
+        self.blobs = BlobService(self.db, BlobStore(self.db, _objects(self.db)))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
         self.url = self.db.url
@@ -360,13 +368,42 @@ class RegistryService:
             self.db.vacuum()
         return report
 
-    def verify(self, *, caller: Caller) -> VerifyReport:
+    def verify(self, *, caller: Caller, deep: bool = False) -> VerifyReport:
         """Re-hash every blob and check every reference and size (see
-        :func:`registry_db.verify.check`); ``admin`` on the whole registry."""
+        :func:`registry_db.verify.check`; ``deep`` re-hashes object-store blobs too);
+        ``admin`` on the whole registry."""
         from registry_db.verify import check
 
         caller.require_all("admin")
-        return check(self)
+        return check(self, deep=deep)
+
+    @property
+    def blob_backend(self) -> str:
+        """``db`` or the ``s3://BUCKET/PREFIX`` the registry keeps its blobs in."""
+        objects = self.blobs.store.objects
+        return "db" if objects is None else str(objects.location)
+
+    def choose_blob_backend(self, where: str, *, caller: Caller) -> str:
+        """Record where this registry keeps its blobs, once: ``db`` or ``s3://BUCKET/PREFIX``
+        (the bucket must be reachable). Choosing again the same is a no-op; changing it once
+        blobs are stored is refused. ``admin`` on the whole registry."""
+        caller.require_all("admin")
+        objects = None if where == "db" else ObjectStore(Location.parse(where))
+        chosen = "db" if objects is None else str(objects.location)
+        if chosen == self.blob_backend:
+            return chosen
+        if objects is not None:
+            objects.check_bucket()
+        with self.db.write() as s:
+            if s.scalar(select(func.count()).select_from(Blob)):
+                raise ConflictError(f"this registry already stores blobs in "
+                                    f"{self.blob_backend}; its blob backend is chosen once",
+                                    hint="Create a new registry for the other backend")
+            s.merge(Setting(key="blob_backend", value=chosen))
+            s.add(Event(at=utcnow(), action="init", actor=caller.actor,
+                        token_id=caller.token_id, detail=json.dumps({"blobs": chosen})))
+        self.blobs.store.objects = objects
+        return chosen
 
     def usage(self) -> Usage:
         """How much the registry holds, in aggregate (counts and bytes, no names)."""

@@ -413,6 +413,7 @@ def gc(body: dict = Depends(json_object), reg: Registry = Depends(registry)) -> 
 
 
 @router.post("/api/v1/verify")
-def verify(reg: Registry = Depends(registry)) -> Response:
-    """Re-hash every blob and check every reference (``adapterhub verify --from URL``)."""
-    return json_response(reg.verify().to_dict())
+def verify(deep: bool = Query(False), reg: Registry = Depends(registry)) -> Response:
+    """Re-hash every blob and check every reference (``adapterhub verify --from URL``;
+    ``?deep=true`` re-hashes object-store blobs too)."""
+    return json_response(reg.verify(deep=deep).to_dict())

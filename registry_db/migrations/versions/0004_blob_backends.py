@@ -1,0 +1,29 @@
+"""blob backends: registry-wide settings (where blobs live: the database or an object store)
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-04 13:30:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "settings",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_settings")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("settings")
