@@ -19,7 +19,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from sqlalchemy import delete, func, insert, select, update
@@ -35,7 +35,7 @@ from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityEr
                                 InvalidRequestError)
 from registry_db.models import Blob, Chunk
 from registry_db.objectstore import CODEC as OBJECT_CODEC
-from registry_db.objectstore import ObjectStore
+from registry_db.objectstore import PART_SIZE, ObjectStore
 from registry_db.records import BlobInfo, UploadInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -45,6 +45,8 @@ _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
 MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
 MAX_CHUNK_BYTES = 64 << 20
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+MAX_PARTS = 10_000  # S3's limit of parts in a multipart upload
+PRESIGN_SECONDS = 3600  # how long a presigned URL works
 
 
 def check_digest(digest: str) -> str:
@@ -52,6 +54,11 @@ def check_digest(digest: str) -> str:
         raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
                                   f"sha256:<64 lowercase hex>")
     return digest
+
+
+def part_size(size: int) -> int:
+    """The part size of a presigned upload of ``size`` bytes (within S3's part limit)."""
+    return max(PART_SIZE, -(-size // MAX_PARTS))
 
 
 def _info(blob: Blob) -> BlobInfo:
@@ -240,10 +247,14 @@ class BlobStore:
     # -- resumable uploads ------------------------------------------------------------------
 
     def begin_upload(self, digest: str, size: int, owner: str, *, itemsize: int = 1,
-                     chunk_size: int | None = None) -> UploadInfo:
+                     chunk_size: int | None = None, presigned: bool = False) -> UploadInfo:
         """Open a resumable upload of ``digest`` that belongs to ``owner``; its id is random,
-        so nobody can guess another caller's upload."""
+        so nobody can guess another caller's upload. ``presigned`` (with an object store):
+        the chunks go straight to the store, as parts of a staging object, through the
+        presigned URLs in the answer."""
         check_digest(digest)
+        if presigned and self.objects is not None:
+            return self._begin_presigned(digest, size, owner)
         chunk_size = chunk_size or codec.CHUNK_SIZE
         if not 0 <= size <= MAX_BLOB_BYTES or not 0 < chunk_size <= MAX_CHUNK_BYTES:
             raise InvalidRequestError(f"invalid upload size {size} / chunk size {chunk_size}: "
@@ -257,17 +268,34 @@ class BlobStore:
                        upload_id=upload_id, owner=owner))
             return UploadInfo(upload_id, digest, size, chunk_size, ())
 
+    def _begin_presigned(self, digest: str, size: int, owner: str) -> UploadInfo:
+        part = part_size(size)
+        if not 0 <= size <= MAX_BLOB_BYTES:
+            raise InvalidRequestError(f"invalid upload size {size}: a blob holds 0 to "
+                                      f"{MAX_BLOB_BYTES} bytes")
+        upload_id = secrets.token_urlsafe(24)
+        multipart = self._objects().begin_multipart(upload_id)
+        now = utcnow()
+        with self.db.write() as s:
+            s.add(Blob(digest=digest, size=size, stored_size=0, codec=OBJECT_CODEC,
+                       chunk_size=part, complete=False, created_at=now, touched_at=now,
+                       upload_id=upload_id, owner=owner, object_upload=multipart))
+        return self.upload_status(upload_id, owner)
+
     def own_upload(self, digest: str, size: int, owner: str, *,
-                   chunk_size: int | None = None) -> UploadInfo | None:
+                   chunk_size: int | None = None, presigned: bool = False
+                   ) -> UploadInfo | None:
         """The newest unfinished upload of the same blob (same size and chunk size) that
         ``owner`` opened, so a client that lost its upload id (a crash, a new process) resends
         only the chunks the registry lacks. Never another caller's upload."""
         check_digest(digest)
-        chunk_size = chunk_size or codec.CHUNK_SIZE
+        presigned = presigned and self.objects is not None
+        chunk_size = part_size(size) if presigned else chunk_size or codec.CHUNK_SIZE
         with self.db.read() as s:
             upload_id = s.scalar(select(Blob.upload_id).where(
                 Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
-                Blob.chunk_size == chunk_size, Blob.owner == owner)
+                Blob.chunk_size == chunk_size, Blob.owner == owner,
+                Blob.object_upload.is_not(None) if presigned else Blob.object_upload.is_(None))
                 .order_by(Blob.id.desc()).limit(1))
         if upload_id is None:
             return None
@@ -282,13 +310,25 @@ class BlobStore:
             blob = self._upload(s, upload_id, owner)
             received = tuple(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob.id)
                                        .order_by(Chunk.index)))
-            return UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
+            info = UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
+            multipart = blob.object_upload
+        if multipart is None:
+            return info
+        objects = self._objects()
+        sizes = {p["PartNumber"] - 1: p["Size"] for p in objects.parts(upload_id, multipart)}
+        received = tuple(i for i in range(info.chunk_count) if sizes.get(i) == min(
+            info.chunk_size, info.size - i * info.chunk_size))
+        return replace(info, received=received, urls=objects.presign_parts(
+            upload_id, multipart, info.chunk_count, PRESIGN_SECONDS))
 
     def upload_chunk(self, upload_id: str, owner: str, index: int,
                      data: bytes | memoryview) -> None:
         """Store chunk ``index`` of an upload (again, if it was sent before)."""
         with self.db.read() as s:
             blob = self._upload(s, upload_id, owner)
+            if blob.object_upload is not None:
+                raise ConflictError("this upload's chunks go to the object store",
+                                    hint="PUT them to the presigned URLs the upload lists")
             count = max(1, -(-blob.size // blob.chunk_size))
             expected = min(blob.chunk_size, blob.size - index * blob.chunk_size)
             blob_codec = blob.codec
@@ -310,7 +350,10 @@ class BlobStore:
             raise ConflictError(f"this upload of {info.digest} is missing chunks "
                                 f"{list(info.missing)[:10]}", hint="Send them, then finish")
         with self.db.read() as s:
-            blob_id = self._upload(s, upload_id, owner).id
+            blob = self._upload(s, upload_id, owner)
+            blob_id, multipart = blob.id, blob.object_upload
+        if multipart is not None:
+            return self._finish_presigned(info, owner, blob_id, multipart)
         h = hashlib.sha256()
         stored = 0
         try:
@@ -348,6 +391,29 @@ class BlobStore:
                 return _info(self._complete(s, info.digest))
             return _info(blob)
 
+    def _finish_presigned(self, info: UploadInfo, owner: str, blob_id: int,
+                          multipart: str) -> BlobInfo:
+        """Verify the staging object (a server-side read of every byte) and make it the
+        blob's object, or discard it: bytes that are not ``digest`` never become it."""
+        actual = self._objects().promote(info.upload_id, multipart, info.digest, info.size)
+        if actual is not None:
+            self._discard(blob_id)
+            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
+                                 f"the upload was discarded", hint="Upload the blob again")
+        with self.db.write() as s:
+            blob = self._upload(s, info.upload_id, owner)
+            if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
+                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
+                return _info(self._complete(s, info.digest))
+            try:
+                with s.begin_nested():
+                    blob.complete, blob.stored_size, blob.touched_at = True, blob.size, utcnow()
+                    blob.upload_id = blob.owner = blob.object_upload = None
+            except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
+                s.execute(delete(Blob).where(Blob.id == blob.id))
+                return _info(self._complete(s, info.digest))
+            return _info(blob)
+
     @staticmethod
     def _upload(s: Session, upload_id: str, owner: str) -> Blob:
         blob = None
@@ -361,7 +427,7 @@ class BlobStore:
         return blob
 
     def _discard(self, blob_id: int) -> None:
-        with self.db.write() as s:
+        with self.db.write() as s:  # (a presigned upload's staging object is gone already)
             s.execute(delete(Chunk).where(Chunk.blob_id == blob_id))
             s.execute(delete(Blob).where(Blob.id == blob_id, Blob.complete.is_(False)))
 

@@ -13,7 +13,9 @@
 5. **Objects** (``s3`` backend), after that transaction commits: objects that no complete
    blob row names and that were last written before the grace window are deleted: those of
    the blobs just removed, and orphans a crashed push left (a push writes the object before
-   its row, and writes it again, renewing its date, when it sends the bytes).
+   its row, and writes it again, renewing its date, when it sends the bytes); then the
+   staging uploads of presigned uploads that no open upload row names (a client or hub killed
+   mid-upload), opened before the grace window, are aborted.
 """
 
 from __future__ import annotations
@@ -114,7 +116,12 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
     if store.objects is not None and not dry_run:
         with service.db.read() as s:
             doomed = _unnamed_objects(s, store.objects, cutoff)
+            open_uploads = set(s.scalars(select(Blob.upload_id).where(
+                Blob.object_upload.is_not(None))))
         store.objects.delete(doomed)
+        for upload_id, multipart, initiated in list(store.objects.staged()):
+            if upload_id not in open_uploads and initiated < cutoff:
+                store.objects.abort(upload_id, multipart)
     return report
 
 

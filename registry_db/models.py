@@ -157,6 +157,8 @@ class Blob(Base):
     #: an upload in progress: its unguessable id and the caller that opened it
     upload_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     owner: Mapped[str | None] = mapped_column(String(64))
+    #: a presigned upload's multipart upload id in the object store (``s3`` backend)
+    object_upload: Mapped[str | None]
 
 
 class BlobGrant(Base):

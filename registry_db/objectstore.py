@@ -17,7 +17,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Union
@@ -142,6 +142,123 @@ class ObjectStore:
                                                "Quiet": True})
         except self._errors() as exc:
             raise _failed(exc, "delete objects") from None
+
+    # -- presigned uploads: parts go to a staging object, the hub verifies and copies it ----
+
+    def staging_key(self, upload_id: str) -> str:
+        return f"{self.location.prefix}/uploads/{upload_id}".lstrip("/")
+
+    def begin_multipart(self, upload_id: str) -> str:
+        """Open a multipart upload of the staging object; its S3 upload id."""
+        try:
+            return self.s3.create_multipart_upload(Bucket=self.location.bucket,
+                                                   Key=self.staging_key(upload_id))["UploadId"]
+        except self._errors() as exc:
+            raise _failed(exc, "open a multipart upload") from None
+
+    def presign_parts(self, upload_id: str, multipart: str, count: int,
+                      expires: int) -> tuple[str, ...]:
+        """Presigned ``PUT`` URLs for parts ``1 … count`` (chunk ``i`` is part ``i + 1``)."""
+        return tuple(self.s3.generate_presigned_url(
+            "upload_part", ExpiresIn=expires,
+            Params={"Bucket": self.location.bucket, "Key": self.staging_key(upload_id),
+                    "UploadId": multipart, "PartNumber": i + 1}) for i in range(count))
+
+    def parts(self, upload_id: str, multipart: str) -> list[dict[str, Any]]:
+        """The parts received so far (``PartNumber``, ``ETag``, ``Size``)."""
+        found: list[dict[str, Any]] = []
+        try:
+            pages = self.s3.get_paginator("list_parts").paginate(
+                Bucket=self.location.bucket, Key=self.staging_key(upload_id),
+                UploadId=multipart)
+            for page in pages:
+                found += page.get("Parts", [])
+        except self._errors() as exc:
+            if _status(exc) == 404:
+                return []
+            raise _failed(exc, "list the parts of an upload") from None
+        return found
+
+    def promote(self, upload_id: str, multipart: str, digest: str, size: int) -> str | None:
+        """Complete the staging object, read it back hashing every byte, and copy it to the
+        blob's key if it matches. Returns None on success, else what the bytes hash to. The
+        staging object is removed either way."""
+        staging = {"Bucket": self.location.bucket, "Key": self.staging_key(upload_id)}
+        parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]}
+                 for p in sorted(self.parts(upload_id, multipart),
+                                 key=lambda p: p["PartNumber"])]
+        try:
+            self.s3.complete_multipart_upload(**staging, UploadId=multipart,
+                                              MultipartUpload={"Parts": parts})
+            h = hashlib.sha256()
+            position = 0
+            body = self.s3.get_object(**staging)["Body"]
+            for piece in body.iter_chunks(READ_SIZE):
+                h.update(piece)
+                position += len(piece)
+            actual = "sha256:" + h.hexdigest()
+            if position == size and actual == digest:
+                self.s3.copy(staging, self.location.bucket, self.key(digest))
+                return None
+            return f"{actual} ({position} bytes)"
+        except self._errors() as exc:
+            raise _failed(exc, f"verify the upload of blob {digest}") from None
+        finally:
+            self.abort(upload_id, multipart)
+
+    def abort(self, upload_id: str, multipart: str) -> None:
+        """Drop a staging upload and object (absent ones are fine)."""
+        key = self.staging_key(upload_id)
+        for call in (lambda: self.s3.abort_multipart_upload(
+                         Bucket=self.location.bucket, Key=key, UploadId=multipart),
+                     lambda: self.s3.delete_object(Bucket=self.location.bucket, Key=key)):
+            try:
+                call()
+            except self._errors() as exc:
+                if _status(exc) != 404:
+                    raise _failed(exc, "remove a staging upload") from None
+
+    def staged(self) -> Iterator[tuple[str, str, datetime]]:
+        """``(upload id, S3 upload id, initiated)`` of every open staging upload."""
+        root = self.staging_key("")
+        try:
+            pages = self.s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=root)
+            for page in pages:
+                for item in page.get("Uploads", ()):
+                    yield item["Key"][len(root):], item["UploadId"], item["Initiated"]
+        except self._errors() as exc:
+            raise _failed(exc, f"list uploads in {self.location}") from None
+
+    def presign_get(self, digest: str, expires: int) -> str:
+        """A presigned ``GET`` URL of the blob's object."""
+        return self._presign_get(self.key(digest), expires)
+
+    def _presign_get(self, key: str, expires: int) -> str:
+        return self.s3.generate_presigned_url(
+            "get_object", ExpiresIn=expires, Params={"Bucket": self.location.bucket, "Key": key})
+
+    def rendered_url(self, sha256: str, size: int, pieces: Callable[[], Iterable[bytes]],
+                     expires: int) -> str:
+        """A presigned ``GET`` URL of a file the hub renders (a PEFT safetensors file
+        assembled from tensor blobs), kept as the object ``PREFIX/rendered/sha256/…`` of its
+        sha256: written from ``pieces()`` the first time, a redirect every time. These
+        objects are a cache; deleting them is safe."""
+        key = f"{self.location.prefix}/rendered/sha256/{sha256[:2]}/{sha256[2:]}".lstrip("/")
+        try:
+            head = self.s3.head_object(Bucket=self.location.bucket, Key=key)
+            stored = int(head["ContentLength"])
+        except self._errors() as exc:
+            if _status(exc) != 404:
+                raise _failed(exc, f"look up rendered file {sha256}") from None
+            stored = None
+        if stored != size:
+            source = io.BufferedReader(_IterReader(pieces()), PART_SIZE)
+            try:
+                self.s3.upload_fileobj(source, self.location.bucket, key)
+            except self._errors() as exc:
+                raise _failed(exc, f"store rendered file {sha256}") from None
+        return self._presign_get(key, expires)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ class UploadInfo:
     size: int
     chunk_size: int
     received: tuple[int, ...]
+    #: with an object store: presigned URLs to ``PUT`` chunk ``i`` to, straight to the store
+    urls: tuple[str, ...] = ()
 
     @property
     def chunk_count(self) -> int:

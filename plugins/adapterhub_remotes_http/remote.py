@@ -7,6 +7,11 @@ earlier process left unfinished) and sends only the others. The hub re-hashes ev
 Pulling: small blobs arrive in framed streams, large ones with ``Range`` requests that resume
 where a dropped connection stopped; the client hashes every blob before handing it on (and
 the receiving registry hashes it again).
+
+A hub that keeps blobs in an object store hands out presigned URLs: large uploads ``PUT``
+their chunks straight to the store (the hub verifies the whole blob when the upload
+finishes), and large downloads are redirected (``307``) to the store. Requests to those URLs
+carry no hub token.
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ class HttpRemote(Remote):
         self.client = HubClient(self.url)
         self._blobs: dict[str, tuple[str, int]] = {}  # digest → (repository, size) seen
         self._repository: str | None = None
+        self._store_client: httpx.Client | None = None
 
     def close(self) -> None:
         self.client.close()
+        if self._store_client is not None:
+            self._store_client.close()
 
     # -- reading versions -------------------------------------------------------------------
 
@@ -110,7 +118,8 @@ class HttpRemote(Remote):
                       report: ProgressCallback) -> None:
         for _ in range(3):  # again from the start if the hub dropped the upload (gc)
             info = self.client.post_json("/api/v1/uploads", {
-                "digest": digest, "size": len(view), "itemsize": itemsize})
+                "digest": digest, "size": len(view), "itemsize": itemsize,
+                "presigned": True})
             if info["complete"]:
                 report(len(view))
                 return
@@ -121,14 +130,40 @@ class HttpRemote(Remote):
             try:
                 for i in range(count):
                     if i not in received:
-                        self._put_chunk(upload, i, view[i * chunk:(i + 1) * chunk])
-                        report(len(view[i * chunk:(i + 1) * chunk]))
+                        piece = view[i * chunk:(i + 1) * chunk]
+                        if info.get("urls"):
+                            self._put_presigned(info["urls"][i], piece)
+                        else:
+                            self._put_chunk(upload, i, piece)
+                        report(len(piece))
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
                 return
             except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
                 continue
         raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
                             hint="Is a gc with --grace 0 running on the hub? Push again")
+
+    def _put_presigned(self, url: str, data: memoryview) -> None:
+        """Send one chunk to the object store (retrying: a part can be sent again)."""
+        for attempt in range(self.client.retries + 1):
+            try:
+                response = self._store().put(url, content=bytes(data))
+            except httpx.TransportError as exc:
+                if attempt == self.client.retries:
+                    raise self.client.unreachable(exc) from None
+            else:
+                if response.status_code < 300:
+                    return
+                if response.status_code < 500 or attempt == self.client.retries:
+                    raise RegistryError(f"the object store refused an upload: HTTP "
+                                        f"{response.status_code} {response.text[:200]}")
+            self.client.pause(attempt)
+
+    def _store(self) -> httpx.Client:
+        """A client for presigned object-store URLs (no hub token)."""
+        if self._store_client is None:
+            self._store_client = httpx.Client(timeout=self.client.http.timeout)
+        return self._store_client
 
     def _put_chunk(self, upload: str, index: int, data: memoryview) -> None:
         """Send one chunk; if the connection keeps failing, ask the hub whether it arrived
@@ -240,10 +275,14 @@ class HttpRemote(Remote):
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
         data = bytearray()
         failures = 0
+        http, url = self.client.http, path
         while True:
             headers = {"Range": f"bytes={len(data)}-"} if data else {}
             try:
-                with self.client.http.stream("GET", path, headers=headers) as response:
+                with http.stream("GET", url, headers=headers) as response:
+                    if response.status_code in (302, 307) and http is self.client.http:
+                        http, url = self._store(), response.headers["location"]
+                        continue  # the object store serves it, without the hub's token
                     if response.status_code >= 400:
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):

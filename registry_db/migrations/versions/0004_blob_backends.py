@@ -1,4 +1,5 @@
 """blob backends: registry-wide settings (where blobs live: the database or an object store)
+and the object store's id of a presigned upload
 
 Revision ID: 0004
 Revises: 0003
@@ -23,7 +24,11 @@ def upgrade() -> None:
         sa.Column("value", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_settings")),
     )
+    with op.batch_alter_table("blobs") as batch:
+        batch.add_column(sa.Column("object_upload", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("blobs") as batch:
+        batch.drop_column("object_upload")
     op.drop_table("settings")
