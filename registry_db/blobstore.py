@@ -311,11 +311,16 @@ class BlobStore:
             received = tuple(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob.id)
                                        .order_by(Chunk.index)))
             info = UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
-            multipart = blob.object_upload
+            blob_id, multipart = blob.id, blob.object_upload
         if multipart is None:
             return info
         objects = self._objects()
-        sizes = {p["PartNumber"] - 1: p["Size"] for p in objects.parts(upload_id, multipart)}
+        parts = objects.parts(upload_id, multipart)
+        if parts is None:  # a hub died while finishing it: the client starts again
+            self._discard(blob_id)
+            raise AdapterNotFoundError(f"upload {upload_id!r} was interrupted on the hub",
+                                       hint="Start a new upload")
+        sizes = {p["PartNumber"] - 1: p["Size"] for p in parts}
         received = tuple(i for i in range(info.chunk_count) if sizes.get(i) == min(
             info.chunk_size, info.size - i * info.chunk_size))
         return replace(info, received=received, urls=objects.presign_parts(

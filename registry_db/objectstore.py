@@ -164,8 +164,10 @@ class ObjectStore:
             Params={"Bucket": self.location.bucket, "Key": self.staging_key(upload_id),
                     "UploadId": multipart, "PartNumber": i + 1}) for i in range(count))
 
-    def parts(self, upload_id: str, multipart: str) -> list[dict[str, Any]]:
-        """The parts received so far (``PartNumber``, ``ETag``, ``Size``)."""
+    def parts(self, upload_id: str, multipart: str) -> list[dict[str, Any]] | None:
+        """The parts received so far (``PartNumber``, ``ETag``, ``Size``); None when the
+        multipart upload is gone (finished or aborted by a hub that died before recording
+        it)."""
         found: list[dict[str, Any]] = []
         try:
             pages = self.s3.get_paginator("list_parts").paginate(
@@ -175,7 +177,7 @@ class ObjectStore:
                 found += page.get("Parts", [])
         except self._errors() as exc:
             if _status(exc) == 404:
-                return []
+                return None
             raise _failed(exc, "list the parts of an upload") from None
         return found
 
@@ -185,7 +187,7 @@ class ObjectStore:
         staging object is removed either way."""
         staging = {"Bucket": self.location.bucket, "Key": self.staging_key(upload_id)}
         parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]}
-                 for p in sorted(self.parts(upload_id, multipart),
+                 for p in sorted(self.parts(upload_id, multipart) or [],
                                  key=lambda p: p["PartNumber"])]
         try:
             self.s3.complete_multipart_upload(**staging, UploadId=multipart,
@@ -354,4 +356,4 @@ def _status(exc: Any) -> int | None:
     response = getattr(exc, "response", None) or {}
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     code = response.get("Error", {}).get("Code")
-    return 404 if code in ("404", "NoSuchKey", "NotFound") else status
+    return 404 if code in ("404", "NoSuchKey", "NotFound", "NoSuchUpload") else status

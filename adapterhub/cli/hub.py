@@ -28,8 +28,11 @@ from adapterhub.cli.output import emit_json, table
               metavar="SECONDS", help="Close idle keep-alive connections after this long.")
 @click.option("--max-concurrency", type=click.IntRange(1), default=256, show_default=True,
               help="Connections and requests in flight before new ones get 503.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Hub processes on this port; each is a stateless replica of the registry "
+                   "(use PostgreSQL, and an object store for blobs: docs/objectstore.md).")
 def serve(db: str | None, host: str, port: int, auth: str, header_timeout: float,
-          body_timeout: float, keep_alive: float, max_concurrency: int) -> None:
+          body_timeout: float, keep_alive: float, max_concurrency: int, workers: int) -> None:
     """Serve the registry over HTTP: the native API (push/pull --to/--from http://...), the
     Hugging Face Hub protocol (HF_ENDPOINT=http://host:port) and an HTML view at /.
 
@@ -41,7 +44,7 @@ def serve(db: str | None, host: str, port: int, auth: str, header_timeout: float
 
     click.echo(f"adapterhub hub on http://{host}:{port} (auth {auth}); Ctrl-C stops it",
                err=True)
-    run(db, host=host, port=port, settings=Settings(
+    run(db, host=host, port=port, workers=workers, settings=Settings(
         auth=auth, header_timeout=header_timeout, body_timeout=body_timeout,
         keep_alive=keep_alive, max_concurrency=max_concurrency))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -12,6 +14,7 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
 
 from adapterhub.errors import RegistryError
 from adapterhub.hub import errors
@@ -23,6 +26,7 @@ from adapterhub.registry import Registry
 
 #: bytes of request line and headers a client may send (uvicorn's h11 limit)
 MAX_HEADER_BYTES = 16 * 1024
+_DB_ENV, _SETTINGS_ENV = "ADAPTERHUB_HUB_DB", "ADAPTERHUB_HUB_SETTINGS"  # for --workers
 
 
 def create_app(db: str | os.PathLike[str] | None = None, *,
@@ -93,11 +97,11 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def server_config(app, *, host: str, port: int, settings: Settings,
-                  workers: int = 1) -> uvicorn.Config:
+def server_config(app, *, host: str, port: int, settings: Settings, workers: int = 1,
+                  http: str | None = None) -> uvicorn.Config:
     """The uvicorn configuration every hub runs with (``serve`` and the tests alike)."""
-    protocol = type("HubProtocol", (GuardedH11Protocol,),
-                    {"header_timeout": settings.header_timeout})
+    protocol = http or type("HubProtocol", (GuardedH11Protocol,),
+                            {"header_timeout": settings.header_timeout})
     return uvicorn.Config(app, host=host, port=port, http=protocol, log_level="warning",
                           access_log=False, lifespan="on",
                           timeout_keep_alive=settings.keep_alive,
@@ -116,8 +120,36 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
-def serve(db: str | None, *, host: str, port: int, settings: Settings) -> None:
-    """Run the hub with uvicorn until interrupted."""
+class WorkerProtocol(GuardedH11Protocol):
+    """:class:`GuardedH11Protocol` in a ``--workers`` process (uvicorn imports it by name,
+    so its timeout comes from the environment the parent set)."""
+
+    header_timeout = float(os.environ.get(_SETTINGS_ENV + "_HEADER_TIMEOUT", "10"))
+
+
+def worker_app():
+    """uvicorn's app factory in each ``--workers`` process: the hub over the registry and
+    settings the parent put in the environment (each process opens its own connections)."""
     configure_logging()
-    app = create_app(db, settings=settings)
-    uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+    settings = Settings(**json.loads(os.environ[_SETTINGS_ENV]))
+    return create_app(os.environ.get(_DB_ENV) or None, settings=settings)
+
+
+def serve(db: str | None, *, host: str, port: int, settings: Settings,
+          workers: int = 1) -> None:
+    """Run the hub with uvicorn until interrupted; ``workers`` > 1 runs that many processes
+    on one socket (the registry's database and object store are shared, so each process
+    is a stateless replica)."""
+    configure_logging()
+    if workers == 1:
+        app = create_app(db, settings=settings)
+        uvicorn.Server(server_config(app, host=host, port=port, settings=settings)).run()
+        return
+    os.environ[_DB_ENV] = "" if db is None else str(db)
+    os.environ[_SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+    os.environ[_SETTINGS_ENV + "_HEADER_TIMEOUT"] = str(settings.header_timeout)
+    config = server_config("adapterhub.hub.app:worker_app", host=host, port=port,
+                           settings=settings, workers=workers,
+                           http="adapterhub.hub.app:WorkerProtocol")
+    config.factory = True
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
