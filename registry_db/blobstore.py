@@ -33,9 +33,9 @@ from registry_db.database import Database, batched
 from registry_db.digests import is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)
-from registry_db.models import Blob, Chunk
+from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
-from registry_db.objectstore import PART_SIZE, ObjectStore
+from registry_db.objectstore import PART_SIZE, Location, ObjectStore
 from registry_db.records import BlobInfo, UploadInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -54,6 +54,14 @@ def check_digest(digest: str) -> str:
         raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
                                   f"sha256:<64 lowercase hex>")
     return digest
+
+
+def recorded_objects(db: Database) -> ObjectStore | None:
+    """The registry's object store as ``init --blobs`` (or ``blobs migrate``) recorded it;
+    None: the ``db`` backend."""
+    with db.read() as s:
+        where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
+    return None if where in (None, "db") else ObjectStore(Location.parse(where))
 
 
 def part_size(size: int) -> int:
@@ -542,6 +550,8 @@ class BlobStore:
                                   f"{size} expected")
 
     def _objects(self) -> ObjectStore:
+        if self.objects is None:  # moved there by blobs migrate since this process started
+            self.objects = recorded_objects(self.db)
         if self.objects is None:
             raise IntegrityError("a blob of this registry is kept in an object store, and the "
                                  "registry records none", hint="Run: adapterhub verify")
@@ -561,3 +571,9 @@ class BlobStore:
         for batch in batched(blob_ids):
             s.execute(delete(Chunk).where(Chunk.blob_id.in_(batch)))
             s.execute(delete(Blob).where(Blob.id.in_(batch)))
+
+    @staticmethod
+    def remove_chunks(s: Session, blob_ids: list[int]) -> None:
+        """Drop the chunk rows of blobs kept as objects (left by ``blobs migrate``)."""
+        for batch in batched(blob_ids):
+            s.execute(delete(Chunk).where(Chunk.blob_id.in_(batch)))

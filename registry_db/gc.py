@@ -31,8 +31,9 @@ from sqlalchemy import delete, select
 from registry_db.clock import utcnow
 from registry_db.database import batched
 from registry_db.errors import InvalidRequestError
-from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
+from registry_db.models import (Blob, Chunk, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
+from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
 
@@ -101,6 +102,11 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
         store = service.blobs.store
         freed = sum(b.stored_size for b in blobs) + store.stored_bytes(s, uploads)
         store.remove(s, [b.id for b in blobs] + uploads)
+        moved = list(s.scalars(select(Chunk.blob_id).distinct().join(
+            Blob, Blob.id == Chunk.blob_id).where(Blob.complete, Blob.codec == OBJECT_CODEC,
+                                                  Blob.touched_at < cutoff)))
+        freed += store.stored_bytes(s, moved)
+        store.remove_chunks(s, moved)  # left by blobs migrate (the blobs are objects now)
         service.blobs.forget_grants(s, [b.digest for b in blobs])
 
         report = GcReport(dry_run=dry_run, retired=tuple(ref[i] for i in sorted(retired)),

@@ -218,3 +218,16 @@ class EventInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class MigrateReport:
+    """What ``blobs migrate`` moved into the object store."""
+
+    to: str
+    blobs_moved: int
+    bytes_moved: int
+    blobs_already_there: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

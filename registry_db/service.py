@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
-from registry_db.blobstore import BlobStore
+from registry_db.blobstore import BlobStore, recorded_objects
 from registry_db.clock import utcnow
 from registry_db.database import Database, batched
 from registry_db.digests import canonical_json, is_digest
@@ -37,7 +37,8 @@ from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
 from registry_db.models import (Blob, Event, Lineage, Repository, Setting, Tag, Version,
                                 VersionLabel, VersionTensor)
 from registry_db.objectstore import Location, ObjectStore
-from registry_db.records import CommitResult, EventInfo, GcReport, Usage, VerifyReport, VersionInfo
+from registry_db.records import (CommitResult, EventInfo, GcReport, MigrateReport, Usage,
+                                 VerifyReport, VersionInfo)
 from registry_db.rows import version_infos
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
@@ -61,13 +62,6 @@ def label_rows(labels: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _objects(db: Database) -> ObjectStore | None:
-    """The registry's object store, as ``init --blobs`` recorded it (None: the db backend)."""
-    with db.read() as s:
-        where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
-    return None if where in (None, "db") else ObjectStore(Location.parse(where))
-
-
 class RegistryService:
     """One registry database. ``url`` is any SQLAlchemy URL or a path (a SQLite file).
 
@@ -77,7 +71,7 @@ class RegistryService:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.db = Database(url)
-        self.blobs = BlobService(self.db, BlobStore(self.db, _objects(self.db)))
+        self.blobs = BlobService(self.db, BlobStore(self.db, recorded_objects(self.db)))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
         self.url = self.db.url
@@ -404,6 +398,14 @@ class RegistryService:
                         token_id=caller.token_id, detail=json.dumps({"blobs": chosen})))
         self.blobs.store.objects = objects
         return chosen
+
+    def migrate_blobs(self, to: str, *, caller: Caller,
+                      progress: Callable[[int], None] | None = None) -> MigrateReport:
+        """Move the blobs kept in the database into the object store ``to``, resumable,
+        every byte verified (see :mod:`registry_db.blobmove`); ``admin`` on the registry."""
+        from registry_db.blobmove import migrate
+
+        return migrate(self, to, caller=caller, progress=progress)
 
     def usage(self) -> Usage:
         """How much the registry holds, in aggregate (counts and bytes, no names)."""

@@ -153,3 +153,71 @@ def test_backend_is_chosen_once(registry_url, s3_env):
 def test_invalid_locations_are_refused(bad):
     with pytest.raises(InvalidRequestError):
         Location.parse(bad)
+
+
+def test_blobs_migrate_moves_every_blob_resumably_while_readers_are_served(
+        registry_url, s3_env, seaweed, run, monkeypatch):
+    import json
+    import threading
+
+    from registry_db.blobmove import migrate
+
+    tensors = {f"t{i}": tensor_bytes(50 + i, 2048 * (i + 1)) for i in range(6)}
+    with RegistryService(registry_url) as service:
+        push_raw(service, "team/old", tensors)
+        reader = RegistryService(registry_url)  # a process opened before the move
+        assert reader.blob_backend == "db"
+        # an earlier, interrupted run: one blob moved, the rest still chunk rows
+        first = digest_of(tensors["t0"])
+        store = service.blobs.store
+        original_iter, calls = store.iter, []
+
+        def interrupted(digest, **kw):  # the connection drops at the second blob
+            calls.append(digest)
+            if len(calls) == 2:
+                raise ConnectionError("interrupted")
+            return original_iter(digest, **kw)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "iter", interrupted)
+            with pytest.raises(ConnectionError):
+                migrate(service, s3_env, caller=LOCAL)
+        assert store.info(first).codec == CODEC
+
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def read_all() -> None:
+        while not stop.is_set():
+            try:
+                for digest, data in reader.blobs.read_many(
+                        [digest_of(d) for d in tensors.values()], caller=LOCAL):
+                    assert digest_of(data) == digest
+                reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=read_all)
+    thread.start()
+    try:
+        report = json.loads(run("blobs", "migrate", "--to", s3_env, "--db", registry_url,
+                                "--json").stdout)
+    finally:
+        stop.set()
+        thread.join()
+    assert (report["blobs_moved"], report["blobs_already_there"]) == (5, 1)
+    assert report["bytes_moved"] == sum(len(d) for d in tensors.values()) - len(tensors["t0"])
+    assert not errors and reads[0] > 0
+    assert _objects(seaweed, s3_env) == {_key(s3_env, digest_of(d)): len(d)
+                                         for d in tensors.values()}
+    # the reader that opened before the move now reads from the objects
+    assert reader.blobs.read(digest_of(tensors["t3"]), caller=LOCAL) == tensors["t3"]
+    reader.close()
+    with RegistryService(registry_url) as service:
+        assert service.blob_backend == s3_env
+        again = service.migrate_blobs(s3_env, caller=LOCAL)  # nothing left to move
+        assert (again.blobs_moved, again.blobs_already_there) == (0, 6)
+        report = service.gc(caller=LOCAL, grace=timedelta(0))  # drops the leftover chunks
+        assert report.blobs_removed == 0 and report.bytes_freed > 0
+        with service.db.read() as s:
+            assert s.query(Chunk).count() == 0
+        assert service.verify(caller=LOCAL, deep=True).ok

@@ -254,6 +254,30 @@ def gc(prefix: str | None, keep_last: int | None, keep_tagged: bool, per_label: 
                    f"descend from")
 
 
+@cli.group()
+def blobs() -> None:
+    """Where the registry's blobs live (see docs/objectstore.md)."""
+
+
+@blobs.command("migrate")
+@click.option("--to", "to", required=True, metavar="s3://BUCKET/PREFIX",
+              help="The object store the blobs move to (it becomes the registry's backend).")
+@json_option
+@db_option
+def blobs_migrate(to: str, as_json: bool, db: str | None) -> None:
+    """Move the blobs kept in the database into an object store: every byte verified,
+    readers served throughout; run it again to resume after an interruption."""
+    from adapterhub.registry import Registry
+
+    with Registry(db) as reg:
+        report = reg.migrate_blobs(to)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(f"{report.blobs_moved} blob(s), {human_size(report.bytes_moved)} moved to "
+                   f"{report.to} ({report.blobs_already_there} were there already)")
+
+
 @cli.command()
 @click.option("--deep", is_flag=True, help="Also download and re-hash blobs kept in an "
               "object store (otherwise their existence and size are checked).")

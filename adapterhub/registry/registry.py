@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from adapterhub.registry.sources import Source
     from registry_db import (Caller, CommitResult, EventInfo, GcReport, RemoteInfo, Usage,
                              VerifyReport, VersionInfo)
+    from registry_db.records import MigrateReport
 
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"
@@ -280,6 +281,12 @@ class Registry:
         default) or ``s3://BUCKET/PREFIX`` (an S3-compatible store reached with the standard
         AWS variables and profiles). Returns the backend."""
         return self.service.choose_blob_backend(where, caller=self.caller)
+
+    def migrate_blobs(self, to: str) -> MigrateReport:
+        """Move the blobs kept in the database into the object store ``to``
+        (``s3://BUCKET/PREFIX``), which becomes the registry's blob backend: resumable (run
+        it again after an interruption), every byte verified, readers served throughout."""
+        return self.service.migrate_blobs(to, caller=self.caller)
 
     @property
     def blob_backend(self) -> str:
