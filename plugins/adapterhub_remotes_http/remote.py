@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 SMALL = 4 << 20  # bytes: blobs below this go in bundles
 BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
+PARTS_IN_FLIGHT = 4  # presigned parts sent at once
 ERROR_FRAME = 2**64 - 1
 
 
@@ -127,15 +128,18 @@ class HttpRemote(Remote):
             count = max(1, -(-len(view) // chunk))
             received = set(info["received"])
             report(sum(len(view[i * chunk:(i + 1) * chunk]) for i in received))
+            todo = [i for i in range(count) if i not in received]
             try:
-                for i in range(count):
-                    if i not in received:
-                        piece = view[i * chunk:(i + 1) * chunk]
-                        if info.get("urls"):
-                            self._put_presigned(info["urls"][i], piece)
-                        else:
-                            self._put_chunk(upload, i, piece)
-                        report(len(piece))
+                if info.get("urls"):  # straight to the object store, parts in parallel
+                    self._store()
+                    with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+                        for size in pool.map(lambda i: self._put_presigned(
+                                info["urls"][i], view[i * chunk:(i + 1) * chunk]), todo):
+                            report(size)
+                for i in todo if not info.get("urls") else ():
+                    piece = view[i * chunk:(i + 1) * chunk]
+                    self._put_chunk(upload, i, piece)
+                    report(len(piece))
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
                 return
             except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
@@ -143,8 +147,9 @@ class HttpRemote(Remote):
         raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
                             hint="Is a gc with --grace 0 running on the hub? Push again")
 
-    def _put_presigned(self, url: str, data: memoryview) -> None:
-        """Send one chunk to the object store (retrying: a part can be sent again)."""
+    def _put_presigned(self, url: str, data: memoryview) -> int:
+        """Send one chunk to the object store (retrying: a part can be sent again); its
+        size."""
         for attempt in range(self.client.retries + 1):
             try:
                 response = self._store().put(url, content=bytes(data))
@@ -153,7 +158,7 @@ class HttpRemote(Remote):
                     raise self.client.unreachable(exc) from None
             else:
                 if response.status_code < 300:
-                    return
+                    return len(data)
                 if response.status_code < 500 or attempt == self.client.retries:
                     raise RegistryError(f"the object store refused an upload: HTTP "
                                         f"{response.status_code} {response.text[:200]}")
