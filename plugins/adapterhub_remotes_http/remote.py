@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 SMALL = 4 << 20  # bytes: blobs below this go in bundles
 BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
-PARTS_IN_FLIGHT = 4  # presigned parts sent at once
+PARTS_IN_FLIGHT = 4  # presigned parts sent (or ranges fetched) at once
+RANGE_PIECE = 16 << 20  # bytes per ranged GET of a redirected download
 ERROR_FRAME = 2**64 - 1
 
 
@@ -275,6 +276,36 @@ class HttpRemote(Remote):
                 report(size)
         return [(digest, received[digest]) for digest in digests]
 
+    def _read_ranges(self, url: str, digest: str, size: int,
+                     report: ProgressCallback) -> bytes:
+        """A redirected blob from the object store, :data:`PARTS_IN_FLIGHT` ranges at once
+        (each retried on its own), hashed once whole."""
+        data = bytearray(size)
+        view = memoryview(data)
+
+        def fetch(start: int) -> int:
+            end = min(size, start + RANGE_PIECE)
+            for attempt in range(self.client.retries + 1):
+                try:
+                    response = self._store().get(url, headers={"Range":
+                                                               f"bytes={start}-{end - 1}"})
+                    if response.status_code == 206 and len(response.content) == end - start:
+                        view[start:end] = response.content
+                        return end - start
+                    if response.status_code < 500 and response.status_code != 206:
+                        raise RegistryError(f"the object store refused a download: HTTP "
+                                            f"{response.status_code} {response.text[:200]}")
+                except httpx.TransportError as exc:
+                    if attempt == self.client.retries:
+                        raise self.client.unreachable(exc) from None
+                self.client.pause(attempt)
+            raise RegistryError(f"the object store kept failing to send blob {digest}")
+
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+            for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
+                report(got)
+        return self._checked(digest, bytes(data))
+
     def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytes:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
@@ -287,6 +318,8 @@ class HttpRemote(Remote):
                 with http.stream("GET", url, headers=headers) as response:
                     if response.status_code in (302, 307) and http is self.client.http:
                         http, url = self._store(), response.headers["location"]
+                        if size > RANGE_PIECE:  # the store serves ranges in parallel
+                            return self._read_ranges(url, digest, size, report)
                         continue  # the object store serves it, without the hub's token
                     if response.status_code >= 400:
                         response.read()
