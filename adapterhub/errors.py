@@ -17,7 +17,7 @@ from typing import Any
 from registry_db.errors import (AdapterHubError, AdapterNotFoundError, AuthenticationError,
                                 ConflictError, FormatError, IntegrityError, InvalidRequestError,
                                 LimitExceededError, ManifestError, MissingBlobsError,
-                                MissingParentsError, PermissionDeniedError,
+                                MissingParentsError, ObjectStoreError, PermissionDeniedError,
                                 RangeNotSatisfiableError, RefError, RegistryError, error_class)
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "InvalidRequestError",
     "LimitExceededError",
     "ManifestError", "MergeError", "NoRecipeError", "MethodNotAllowedError", "MissingBlobsError",
-    "MissingParentsError",
+    "MissingParentsError", "ObjectStoreError",
     "OutputExistsError", "PermissionDeniedError", "PluginLoadError", "PreconditionFailedError",
     "PromotionError", "QuantizationError", "RangeNotSatisfiableError", "RefError",
     "RegistrationError", "RegistryError", "RepoNotFoundError", "RequestTimeoutError",

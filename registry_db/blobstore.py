@@ -1,4 +1,9 @@
-"""Content-addressed blobs inside the database: chunk rows, compressed, hashed both ways.
+"""Content-addressed blobs, in one of two backends chosen once per registry.
+
+``db`` (the default): chunk rows inside the database, compressed, hashed both ways. ``s3``
+(:mod:`registry_db.objectstore`): one immutable object per blob in an S3-compatible store, its
+row in the database marked ``codec = "s3"``; resumable uploads are staged as chunk rows and
+become an object when they finish.
 
 Bytes are checked against their sha256 digest before anything is stored (``write``,
 ``finish_upload``) and again on every read (``read``, ``iter``), so corruption is reported
@@ -14,7 +19,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from sqlalchemy import delete, func, insert, select, update
@@ -28,7 +33,9 @@ from registry_db.database import Database, batched
 from registry_db.digests import is_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)
-from registry_db.models import Blob, Chunk
+from registry_db.models import Blob, Chunk, Setting
+from registry_db.objectstore import CODEC as OBJECT_CODEC
+from registry_db.objectstore import PART_SIZE, Location, ObjectStore
 from registry_db.records import BlobInfo, StoredBlob, UploadInfo
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -38,6 +45,8 @@ _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
 MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
 MAX_CHUNK_BYTES = 64 << 20
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+MAX_PARTS = 10_000  # S3's limit of parts in a multipart upload
+PRESIGN_SECONDS = 3600  # how long a presigned URL works
 
 
 def check_digest(digest: str) -> str:
@@ -45,6 +54,19 @@ def check_digest(digest: str) -> str:
         raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
                                   f"sha256:<64 lowercase hex>")
     return digest
+
+
+def recorded_objects(db: Database) -> ObjectStore | None:
+    """The registry's object store as ``init --blobs`` (or ``blobs migrate``) recorded it;
+    None: the ``db`` backend."""
+    with db.read() as s:
+        where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
+    return None if where in (None, "db") else ObjectStore(Location.parse(where))
+
+
+def part_size(size: int) -> int:
+    """The part size of a presigned upload of ``size`` bytes (within S3's part limit)."""
+    return max(PART_SIZE, -(-size // MAX_PARTS))
 
 
 def _info(blob: Blob) -> BlobInfo:
@@ -85,14 +107,19 @@ class _Job:
     hashed: Future[str]
     chunks: list[Future[bytes]]
 
+    view: memoryview
+
     @classmethod
-    def submit(cls, digest: str, view: memoryview, itemsize: int) -> _Job:
+    def submit(cls, digest: str, view: memoryview, itemsize: int, *, encode: bool) -> _Job:
+        pool = _pool()
+        if not encode:  # an object store keeps the raw bytes
+            return cls(digest, len(view), OBJECT_CODEC, [], pool.submit(_sha256, view), [],
+                       view)
         pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
         chosen = codec.codec_for(itemsize, *map(len, pieces))
-        pool = _pool()
         return cls(digest, len(view), chosen, [len(p) for p in pieces],
                    pool.submit(_sha256, view),
-                   [pool.submit(codec.encode, piece, chosen) for piece in pieces])
+                   [pool.submit(codec.encode, piece, chosen) for piece in pieces], view)
 
 
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
@@ -141,10 +168,12 @@ def _check_stored(blob: StoredBlob) -> None:
 
 
 class BlobStore:
-    """The blobs of one registry database."""
+    """The blobs of one registry database; ``objects`` is its object store when the registry
+    keeps blobs in one (the ``s3`` backend), else None (the ``db`` backend)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, objects: ObjectStore | None = None) -> None:
         self.db = db
+        self.objects = objects
 
     # -- what is there ---------------------------------------------------------------------
 
@@ -190,7 +219,8 @@ class BlobStore:
             if check_digest(digest) in seen:
                 continue
             seen.add(digest)
-            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize))
+            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize,
+                                     encode=self.objects is None))
             size += len(data)
             if size >= _BATCH_BYTES:
                 in_flight.append(batch)
@@ -208,12 +238,20 @@ class BlobStore:
             if actual != job.digest:
                 raise IntegrityError(f"bytes sent for blob {job.digest} hash to {actual}",
                                       hint="The source is corrupt or changed while reading")
+        if self.objects is not None:
+            with self.db.read() as s:
+                present = set(s.scalars(select(Blob.digest).where(
+                    Blob.digest.in_([job.digest for job in jobs]), Blob.complete)))
+            for job in jobs:  # the object first: a row never names a missing object
+                if job.digest not in present:
+                    self.objects.put(job.digest, job.view)
         self._insert([StoredBlob(job.digest, job.size, job.codec, codec.CHUNK_SIZE,
                                  tuple(zip(job.raw_sizes, (f.result() for f in job.chunks))))
                       for job in jobs])
 
     def _insert(self, blobs: list[StoredBlob]) -> None:
-        """Insert verified blobs (their chunks as stored); those already stored are touched."""
+        """Insert verified blobs (their chunks as stored; none for a blob kept as an object);
+        those already stored are touched."""
         now = utcnow()
         with self.db.write() as s:
             digests = [blob.digest for blob in blobs]
@@ -223,9 +261,10 @@ class BlobStore:
                 s.execute(update(Blob).where(Blob.digest.in_(present), Blob.complete)
                           .values(touched_at=now))
             rows = [{"digest": blob.digest, "size": blob.size, "codec": blob.codec,
-                     "stored_size": blob.stored_size, "chunk_size": blob.chunk_size,
-                     "complete": True, "created_at": now, "touched_at": now}
-                    for blob in blobs if blob.digest not in present]
+                     "stored_size": (blob.size if blob.codec == OBJECT_CODEC
+                                     else blob.stored_size),
+                     "chunk_size": blob.chunk_size, "complete": True, "created_at": now,
+                     "touched_at": now} for blob in blobs if blob.digest not in present]
             if not rows:
                 return
             table = Blob.__table__
@@ -274,10 +313,14 @@ class BlobStore:
     # -- resumable uploads ------------------------------------------------------------------
 
     def begin_upload(self, digest: str, size: int, owner: str, *, itemsize: int = 1,
-                     chunk_size: int | None = None) -> UploadInfo:
+                     chunk_size: int | None = None, presigned: bool = False) -> UploadInfo:
         """Open a resumable upload of ``digest`` that belongs to ``owner``; its id is random,
-        so nobody can guess another caller's upload."""
+        so nobody can guess another caller's upload. ``presigned`` (with an object store):
+        the chunks go straight to the store, as parts of a staging object, through the
+        presigned URLs in the answer."""
         check_digest(digest)
+        if presigned and self.objects is not None:
+            return self._begin_presigned(digest, size, owner)
         chunk_size = chunk_size or codec.CHUNK_SIZE
         if not 0 <= size <= MAX_BLOB_BYTES or not 0 < chunk_size <= MAX_CHUNK_BYTES:
             raise InvalidRequestError(f"invalid upload size {size} / chunk size {chunk_size}: "
@@ -291,17 +334,34 @@ class BlobStore:
                        upload_id=upload_id, owner=owner))
             return UploadInfo(upload_id, digest, size, chunk_size, ())
 
+    def _begin_presigned(self, digest: str, size: int, owner: str) -> UploadInfo:
+        part = part_size(size)
+        if not 0 <= size <= MAX_BLOB_BYTES:
+            raise InvalidRequestError(f"invalid upload size {size}: a blob holds 0 to "
+                                      f"{MAX_BLOB_BYTES} bytes")
+        upload_id = secrets.token_urlsafe(24)
+        multipart = self._objects().begin_multipart(upload_id)
+        now = utcnow()
+        with self.db.write() as s:
+            s.add(Blob(digest=digest, size=size, stored_size=0, codec=OBJECT_CODEC,
+                       chunk_size=part, complete=False, created_at=now, touched_at=now,
+                       upload_id=upload_id, owner=owner, object_upload=multipart))
+        return self.upload_status(upload_id, owner)
+
     def own_upload(self, digest: str, size: int, owner: str, *,
-                   chunk_size: int | None = None) -> UploadInfo | None:
+                   chunk_size: int | None = None, presigned: bool = False
+                   ) -> UploadInfo | None:
         """The newest unfinished upload of the same blob (same size and chunk size) that
         ``owner`` opened, so a client that lost its upload id (a crash, a new process) resends
         only the chunks the registry lacks. Never another caller's upload."""
         check_digest(digest)
-        chunk_size = chunk_size or codec.CHUNK_SIZE
+        presigned = presigned and self.objects is not None
+        chunk_size = part_size(size) if presigned else chunk_size or codec.CHUNK_SIZE
         with self.db.read() as s:
             upload_id = s.scalar(select(Blob.upload_id).where(
                 Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
-                Blob.chunk_size == chunk_size, Blob.owner == owner)
+                Blob.chunk_size == chunk_size, Blob.owner == owner,
+                Blob.object_upload.is_not(None) if presigned else Blob.object_upload.is_(None))
                 .order_by(Blob.id.desc()).limit(1))
         if upload_id is None:
             return None
@@ -316,13 +376,30 @@ class BlobStore:
             blob = self._upload(s, upload_id, owner)
             received = tuple(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob.id)
                                        .order_by(Chunk.index)))
-            return UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
+            info = UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
+            blob_id, multipart = blob.id, blob.object_upload
+        if multipart is None:
+            return info
+        objects = self._objects()
+        parts = objects.parts(upload_id, multipart)
+        if parts is None:  # a hub died while finishing it: the client starts again
+            self._discard(blob_id)
+            raise AdapterNotFoundError(f"upload {upload_id!r} was interrupted on the hub",
+                                       hint="Start a new upload")
+        sizes = {p["PartNumber"] - 1: p["Size"] for p in parts}
+        received = tuple(i for i in range(info.chunk_count) if sizes.get(i) == min(
+            info.chunk_size, info.size - i * info.chunk_size))
+        return replace(info, received=received, urls=objects.presign_parts(
+            upload_id, multipart, info.chunk_count, PRESIGN_SECONDS))
 
     def upload_chunk(self, upload_id: str, owner: str, index: int,
                      data: bytes | memoryview) -> None:
         """Store chunk ``index`` of an upload (again, if it was sent before)."""
         with self.db.read() as s:
             blob = self._upload(s, upload_id, owner)
+            if blob.object_upload is not None:
+                raise ConflictError("this upload's chunks go to the object store",
+                                    hint="PUT them to the presigned URLs the upload lists")
             count = max(1, -(-blob.size // blob.chunk_size))
             expected = min(blob.chunk_size, blob.size - index * blob.chunk_size)
             blob_codec = blob.codec
@@ -344,7 +421,10 @@ class BlobStore:
             raise ConflictError(f"this upload of {info.digest} is missing chunks "
                                 f"{list(info.missing)[:10]}", hint="Send them, then finish")
         with self.db.read() as s:
-            blob_id = self._upload(s, upload_id, owner).id
+            blob = self._upload(s, upload_id, owner)
+            blob_id, multipart = blob.id, blob.object_upload
+        if multipart is not None:
+            return self._finish_presigned(info, owner, blob_id, multipart)
         h = hashlib.sha256()
         stored = 0
         try:
@@ -359,15 +439,47 @@ class BlobStore:
             self._discard(blob_id)
             raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
                                  f"the upload was discarded", hint="Upload the blob again")
+        if self.objects is not None:  # the verified staging chunks become the object
+            self.objects.put_stream(info.digest, (raw for raw, _ in
+                                                  self._decoded(blob_id, info.digest)))
+            stored = info.size
         with self.db.write() as s:
             blob = self._upload(s, upload_id, owner)
             if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
+                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
                 s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
                 return _info(self._complete(s, info.digest))
             try:
                 with s.begin_nested():
                     blob.complete, blob.stored_size, blob.touched_at = True, stored, utcnow()
                     blob.upload_id = blob.owner = None
+                    if self.objects is not None:
+                        blob.codec = OBJECT_CODEC
+                        s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
+            except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
+                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
+                s.execute(delete(Blob).where(Blob.id == blob.id))
+                return _info(self._complete(s, info.digest))
+            return _info(blob)
+
+    def _finish_presigned(self, info: UploadInfo, owner: str, blob_id: int,
+                          multipart: str) -> BlobInfo:
+        """Verify the staging object (a server-side read of every byte) and make it the
+        blob's object, or discard it: bytes that are not ``digest`` never become it."""
+        actual = self._objects().promote(info.upload_id, multipart, info.digest, info.size)
+        if actual is not None:
+            self._discard(blob_id)
+            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
+                                 f"the upload was discarded", hint="Upload the blob again")
+        with self.db.write() as s:
+            blob = self._upload(s, info.upload_id, owner)
+            if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
+                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
+                return _info(self._complete(s, info.digest))
+            try:
+                with s.begin_nested():
+                    blob.complete, blob.stored_size, blob.touched_at = True, blob.size, utcnow()
+                    blob.upload_id = blob.owner = blob.object_upload = None
             except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
                 s.execute(delete(Blob).where(Blob.id == blob.id))
                 return _info(self._complete(s, info.digest))
@@ -386,7 +498,7 @@ class BlobStore:
         return blob
 
     def _discard(self, blob_id: int) -> None:
-        with self.db.write() as s:
+        with self.db.write() as s:  # (a presigned upload's staging object is gone already)
             s.execute(delete(Chunk).where(Chunk.blob_id == blob_id))
             s.execute(delete(Blob).where(Blob.id == blob_id, Blob.complete.is_(False)))
 
@@ -418,7 +530,9 @@ class BlobStore:
                 if group and (blob is None or size + blob.size > _READ_BYTES):
                     yield from self._read_group(group)
                     group, size = [], 0
-                if blob is not None and blob.size > _READ_BYTES:
+                if blob is not None and blob.codec == OBJECT_CODEC:
+                    yield digest, self._objects().read(digest, blob.size)
+                elif blob is not None and blob.size > _READ_BYTES:
                     yield digest, bytearray().join(self.iter(digest))
                 elif blob is not None:
                     group.append(blob)
@@ -469,18 +583,33 @@ class BlobStore:
         for row in rows:
             chunks[row.blob_id].append(row)
         for b in blobs:
+            if b.codec == OBJECT_CODEC:  # kept raw in the object store: encoded for the trip
+                yield self._encoded_object(b.digest, b.size)
+                continue
             if [row.index for row in chunks[b.id]] != list(range(len(chunks[b.id]))):
                 raise IntegrityError(f"blob {b.digest} is corrupt: its chunks are not a "
                                       f"complete sequence")
             yield StoredBlob(b.digest, b.size, b.codec, b.chunk_size,
                              tuple((row.raw_size, row.data) for row in chunks[b.id]))
 
+    def _encoded_object(self, digest: str, size: int) -> StoredBlob:
+        """A blob of the object store as the database backend would store it (plain zstd),
+        for a receiver that takes blobs as stored."""
+        data = self._objects().read(digest, size)
+        pieces = codec.chunk_views(memoryview(data), codec.CHUNK_SIZE)
+        return StoredBlob(digest, size, "zstd", codec.CHUNK_SIZE,
+                          tuple((len(p), codec.encode(p, "zstd")) for p in pieces))
+
     def iter(self, digest: str, *, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` in chunks. The whole blob is hashed as it goes (the
         chunks before ``offset`` too); a mismatch raises :class:`IntegrityError` after the
         last chunk, so consumers must not trust the data before the iterator is exhausted."""
         with self.db.read() as s:
-            blob_id = self._complete(s, digest).id
+            blob = self._complete(s, digest)
+            blob_id, blob_codec, size = blob.id, blob.codec, blob.size
+        if blob_codec == OBJECT_CODEC:
+            yield from self._objects().iter(digest, size, offset=offset)
+            return
         h = hashlib.sha256()
         position = 0
         for raw, _ in self._decoded(blob_id, digest):
@@ -527,6 +656,14 @@ class BlobStore:
             raise IntegrityError(f"blob {digest} is corrupt: {total} bytes stored, "
                                   f"{size} expected")
 
+    def _objects(self) -> ObjectStore:
+        if self.objects is None:  # moved there by blobs migrate since this process started
+            self.objects = recorded_objects(self.db)
+        if self.objects is None:
+            raise IntegrityError("a blob of this registry is kept in an object store, and the "
+                                 "registry records none", hint="Run: adapterhub verify")
+        return self.objects
+
     # -- maintenance ------------------------------------------------------------------------
 
     def stored_bytes(self, s: Session, blob_ids: list[int]) -> int:
@@ -541,3 +678,9 @@ class BlobStore:
         for batch in batched(blob_ids):
             s.execute(delete(Chunk).where(Chunk.blob_id.in_(batch)))
             s.execute(delete(Blob).where(Blob.id.in_(batch)))
+
+    @staticmethod
+    def remove_chunks(s: Session, blob_ids: list[int]) -> None:
+        """Drop the chunk rows of blobs kept as objects (left by ``blobs migrate``)."""
+        for batch in batched(blob_ids):
+            s.execute(delete(Chunk).where(Chunk.blob_id.in_(batch)))

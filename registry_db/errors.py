@@ -199,3 +199,12 @@ class PermissionDeniedError(RegistryError):
     status = 403
     default_hint = ("Ask the hub's admin for a token with the scope shown (adapterhub token "
                     "create --scope LEVEL:NAMESPACE)")
+
+
+class ObjectStoreError(RegistryError):
+    """The registry's object store (S3-compatible) cannot be reached or refused a request."""
+
+    code = "ObjectStoreUnavailable"
+    status = 502
+    default_hint = ("Check AWS_ENDPOINT_URL, AWS_REGION and the credentials (AWS_ACCESS_KEY_ID "
+                    "/ AWS_SECRET_ACCESS_KEY or an AWS profile) of this process")

@@ -12,13 +12,20 @@
    an exclusive advisory lock that commits share.)
    Xet uploads (:mod:`registry_db.xet`) older than ``grace`` that no version uses are
    forgotten first, so their xorbs and shards are swept with the other blobs.
+5. **Objects** (``s3`` backend), after that transaction commits: objects that no complete
+   blob row names and that were last written before the grace window are deleted: those of
+   the blobs just removed, and orphans a crashed push left (a push writes the object before
+   its row, and writes it again, renewing its date, when it sends the bytes); then the
+   staging uploads of presigned uploads that no open upload row names (a client or hub killed
+   mid-upload), opened before the grace window, are aborted.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
@@ -27,14 +34,16 @@ from registry_db.clock import utcnow
 from registry_db.database import batched
 from registry_db.errors import InvalidRequestError
 from registry_db.files import forget_versions, part_blobs
-from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
+from registry_db.models import (Blob, Chunk, Event, Lineage, Repository, Tag, Version, VersionLabel,
                                 VersionTensor)
+from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.records import GcReport
 from registry_db.refs import validate_key
 from registry_db.xet import XetStore
 
 if TYPE_CHECKING:
     from registry_db.access import Caller
+    from registry_db.objectstore import ObjectStore
     from registry_db.service import RegistryService
 
 
@@ -100,6 +109,11 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
         store = service.blobs.store
         freed = sum(b.stored_size for b in blobs) + store.stored_bytes(s, uploads)
         store.remove(s, [b.id for b in blobs] + uploads)
+        moved = list(s.scalars(select(Chunk.blob_id).distinct().join(
+            Blob, Blob.id == Chunk.blob_id).where(Blob.complete, Blob.codec == OBJECT_CODEC,
+                                                  Blob.touched_at < cutoff)))
+        freed += store.stored_bytes(s, moved)
+        store.remove_chunks(s, moved)  # left by blobs migrate (the blobs are objects now)
         service.blobs.forget_grants(s, [b.digest for b in blobs])
 
         report = GcReport(dry_run=dry_run, retired=tuple(ref[i] for i in sorted(retired)),
@@ -107,9 +121,32 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
                           kept_for_lineage=tuple(ref[i] for i in sorted(deleted & marked)),
                           blobs_removed=len(blobs), bytes_freed=freed,
                           uploads_removed=len(uploads))
+        if store.objects is not None:
+            report = replace(report, objects_removed=len(_unnamed_objects(s, store.objects,
+                                                                          cutoff)))
         s.add(Event(at=now, action="gc", actor=caller.actor, token_id=caller.token_id,
                     detail=json.dumps(report.to_dict(), sort_keys=True)))
-        return report
+    if store.objects is not None and not dry_run:
+        with service.db.read() as s:
+            doomed = _unnamed_objects(s, store.objects, cutoff)
+            open_uploads = set(s.scalars(select(Blob.upload_id).where(
+                Blob.object_upload.is_not(None))))
+        store.objects.delete(doomed)
+        for upload_id, multipart, initiated in list(store.objects.staged()):
+            if upload_id not in open_uploads and initiated < cutoff:
+                store.objects.abort(upload_id, multipart)
+    return report
+
+
+def _unnamed_objects(s, objects: ObjectStore, cutoff: datetime) -> list[str]:
+    """Digests of the objects older than ``cutoff`` that no complete blob row names."""
+    listed = [(digest, modified) for digest, _, modified in objects.stored()
+              if modified < cutoff]
+    named: set[str] = set()
+    for batch in batched([digest for digest, _ in listed]):
+        named |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
+                                                         Blob.complete)))
+    return [digest for digest, _ in listed if digest not in named]
 
 
 def _retire(s, rows, names: dict[int, str], deleted: set[int], keep_last: int,

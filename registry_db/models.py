@@ -157,6 +157,8 @@ class Blob(Base):
     #: an upload in progress: its unguessable id and the caller that opened it
     upload_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     owner: Mapped[str | None] = mapped_column(String(64))
+    #: a presigned upload's multipart upload id in the object store (``s3`` backend)
+    object_upload: Mapped[str | None]
 
 
 class BlobGrant(Base):
@@ -228,3 +230,13 @@ class Token(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class Setting(Base):
+    """A registry-wide setting chosen once (``blob_backend``: ``db`` or ``s3://BUCKET/PREFIX``,
+    recorded by ``adapterhub init --blobs``). Never credentials."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str]

@@ -109,6 +109,8 @@ class UploadInfo:
     size: int
     chunk_size: int
     received: tuple[int, ...]
+    #: with an object store: presigned URLs to ``PUT`` chunk ``i`` to, straight to the store
+    urls: tuple[str, ...] = ()
 
     @property
     def chunk_count(self) -> int:
@@ -147,6 +149,7 @@ class GcReport:
     blobs_removed: int
     bytes_freed: int  # stored bytes
     uploads_removed: int  # abandoned partial uploads
+    objects_removed: int = 0  # object-store objects no blob row names (s3 backend)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -157,7 +160,8 @@ class GcReport:
                    purged=tuple(data["purged"]),
                    kept_for_lineage=tuple(data["kept_for_lineage"]),
                    blobs_removed=data["blobs_removed"], bytes_freed=data["bytes_freed"],
-                   uploads_removed=data["uploads_removed"])
+                   uploads_removed=data["uploads_removed"],
+                   objects_removed=data.get("objects_removed", 0))
 
 
 @dataclass(frozen=True)
@@ -231,3 +235,16 @@ class EventInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class MigrateReport:
+    """What ``blobs migrate`` moved into the object store."""
+
+    to: str
+    blobs_moved: int
+    bytes_moved: int
+    blobs_already_there: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,18 +27,20 @@ from sqlalchemy.orm import Session
 from registry_db import reads
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
-from registry_db.blobstore import BlobStore
+from registry_db.blobstore import BlobStore, recorded_objects
 from registry_db.clock import utcnow
 from registry_db.database import Database, batched
 from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (AdapterNotFoundError, IntegrityError,
+from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError, LimitExceededError, MissingBlobsError,
                                 MissingParentsError, PermissionDeniedError, RefError)
 from registry_db.files import KeptFile, check_parts, files_of, insert_files
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (Blob, Event, Lineage, Repository, Tag, Version, VersionLabel,
-                                VersionTensor)
-from registry_db.records import CommitResult, EventInfo, GcReport, Usage, VerifyReport, VersionInfo
+from registry_db.models import (Blob, Event, Lineage, Repository, Setting, Tag, Version,
+                                VersionLabel, VersionTensor)
+from registry_db.objectstore import Location, ObjectStore
+from registry_db.records import (CommitResult, EventInfo, GcReport, MigrateReport, Usage,
+                                 VerifyReport, VersionInfo)
 from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.rows import session_rows, version_infos
@@ -72,7 +74,7 @@ class RegistryService:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         self.db = Database(url)
-        self.blobs = BlobService(self.db, BlobStore(self.db))
+        self.blobs = BlobService(self.db, BlobStore(self.db, recorded_objects(self.db)))
         self.tokens = TokenStore(self.db)
         self.remotes = RemoteStore(self.db)
         self.xet = XetStore(self.db, self.blobs.store)
@@ -341,13 +343,50 @@ class RegistryService:
             self.db.vacuum()
         return report
 
-    def verify(self, *, caller: Caller) -> VerifyReport:
+    def verify(self, *, caller: Caller, deep: bool = False) -> VerifyReport:
         """Re-hash every blob and check every reference and size (see
-        :func:`registry_db.verify.check`); ``admin`` on the whole registry."""
+        :func:`registry_db.verify.check`; ``deep`` re-hashes object-store blobs too);
+        ``admin`` on the whole registry."""
         from registry_db.verify import check
 
         caller.require_all("admin")
-        return check(self)
+        return check(self, deep=deep)
+
+    @property
+    def blob_backend(self) -> str:
+        """``db`` or the ``s3://BUCKET/PREFIX`` the registry keeps its blobs in."""
+        objects = self.blobs.store.objects
+        return "db" if objects is None else str(objects.location)
+
+    def choose_blob_backend(self, where: str, *, caller: Caller) -> str:
+        """Record where this registry keeps its blobs, once: ``db`` or ``s3://BUCKET/PREFIX``
+        (the bucket must be reachable). Choosing again the same is a no-op; changing it once
+        blobs are stored is refused. ``admin`` on the whole registry."""
+        caller.require_all("admin")
+        objects = None if where == "db" else ObjectStore(Location.parse(where))
+        chosen = "db" if objects is None else str(objects.location)
+        if chosen == self.blob_backend:
+            return chosen
+        if objects is not None:
+            objects.check_bucket()
+        with self.db.write() as s:
+            if s.scalar(select(func.count()).select_from(Blob)):
+                raise ConflictError(f"this registry already stores blobs in "
+                                    f"{self.blob_backend}; its blob backend is chosen once",
+                                    hint="Create a new registry for the other backend")
+            s.merge(Setting(key="blob_backend", value=chosen))
+            s.add(Event(at=utcnow(), action="init", actor=caller.actor,
+                        token_id=caller.token_id, detail=json.dumps({"blobs": chosen})))
+        self.blobs.store.objects = objects
+        return chosen
+
+    def migrate_blobs(self, to: str, *, caller: Caller,
+                      progress: Callable[[int], None] | None = None) -> MigrateReport:
+        """Move the blobs kept in the database into the object store ``to``, resumable,
+        every byte verified (see :mod:`registry_db.blobmove`); ``admin`` on the registry."""
+        from registry_db.blobmove import migrate
+
+        return migrate(self, to, caller=caller, progress=progress)
 
     def ping(self) -> None:
         """One round trip to the database (raises :class:`RegistryError` if it is down)."""

@@ -1,5 +1,8 @@
 """``verify``: re-hash every stored blob and check every reference.
 
+Blobs in the database are always re-hashed. Blobs in an object store (``s3`` backend) are
+checked for existence and size; ``deep`` downloads and re-hashes them too.
+
 Problems found (each names the blob and the versions it affects):
 ``corrupt-blob`` (bytes do not match the digest, or do not decode), ``missing-blob`` (a version
 references a blob that is not stored), ``size`` (a tensor's dtype and shape do not need exactly
@@ -22,13 +25,15 @@ from registry_db.digests import sha256_digest
 from registry_db.errors import AdapterNotFoundError, FormatError, IntegrityError
 from registry_db.manifest import Manifest
 from registry_db.models import Blob, Lineage, Repository, Version, VersionTensor
+from registry_db.objectstore import CODEC as OBJECT_CODEC
+from registry_db.objectstore import ObjectStore
 from registry_db.records import Problem, VerifyReport
 
 if TYPE_CHECKING:
     from registry_db.service import RegistryService
 
 
-def check(service: RegistryService) -> VerifyReport:
+def check(service: RegistryService, *, deep: bool = False) -> VerifyReport:
     problems: list[Problem] = []
     with service.db.read() as s:
         names = dict(s.execute(select(Repository.id, Repository.name)).all())
@@ -37,7 +42,8 @@ def check(service: RegistryService) -> VerifyReport:
         tensor_rows = s.execute(select(VersionTensor.version_id, VersionTensor.name,
                                        VersionTensor.blob_digest)).all()
         lineage = s.execute(select(Lineage.version_id, Lineage.parent_digest)).all()
-        blobs = s.execute(select(Blob.id, Blob.digest, Blob.size, Blob.complete)).all()
+        blobs = s.execute(select(Blob.id, Blob.digest, Blob.size, Blob.complete,
+                                 Blob.codec)).all()
 
     def ref(row) -> str:
         return f"{names[row.repository_id]}@{row.number}" + (
@@ -87,10 +93,14 @@ def check(service: RegistryService) -> VerifyReport:
                                 f"{', '.join(users[digest][:3])}", blob=digest,
                                 versions=tuple(users[digest])))
     checked = 0
+    store = service.blobs.store
     for digest, blob in sorted(complete.items()):
         try:
-            for _ in service.blobs.store.iter(digest):
-                pass
+            if blob.codec == OBJECT_CODEC and not deep:
+                _check_object(store.objects, digest, blob.size)
+            else:
+                for _ in store.iter(digest):
+                    pass
         except (IntegrityError, AdapterNotFoundError) as exc:
             used = ", ".join(users[digest][:3]) or "no version"
             problems.append(Problem("corrupt-blob", f"{exc.message}; used by {used}",
@@ -100,3 +110,17 @@ def check(service: RegistryService) -> VerifyReport:
                         blobs_checked=len(complete), bytes_checked=checked,
                         unreferenced_blobs=len(set(complete) - set(users)),
                         partial_uploads=sum(1 for b in blobs if not b.complete))
+
+
+def _check_object(objects: ObjectStore | None, digest: str, size: int) -> None:
+    """The object of a blob exists and holds ``size`` bytes."""
+    if objects is None:
+        raise IntegrityError(f"blob {digest} is kept in an object store, and the registry "
+                             f"records none")
+    found = objects.size(digest)
+    if found is None:
+        raise IntegrityError(f"blob {digest} is missing from the object store "
+                             f"{objects.location}")
+    if found != size:
+        raise IntegrityError(f"blob {digest} is corrupt in the object store: it holds "
+                             f"{found} bytes, {size} expected")

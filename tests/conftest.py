@@ -58,3 +58,28 @@ def run(tmp_path, monkeypatch):
         return result
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3-compatible server (SeaweedFS ``weed mini``) for the session (see
+    tests/helpers/s3_server.py); fails loudly when the binary is missing."""
+    from helpers.s3_server import SeaweedServer
+
+    server = SeaweedServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch):
+    """The standard AWS variables pointing at the session's SeaweedFS, and a fresh bucket:
+    yields ``s3://BUCKET/reg``."""
+    import uuid
+
+    for key, value in seaweed.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    seaweed.create_bucket(bucket)
+    return f"s3://{bucket}/reg"

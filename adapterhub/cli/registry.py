@@ -17,19 +17,23 @@ from adapterhub.contracts.progress import human_size
 
 
 @cli.command()
+@click.option("--blobs", metavar="BACKEND", help="Where blobs live, chosen once per "
+              "registry: db (in the database, the default) or s3://BUCKET/PREFIX (credentials "
+              "and endpoint from the standard AWS variables and profiles).")
 @db_option
 @json_option
-def init(db: str | None, as_json: bool) -> None:
+def init(blobs: str | None, db: str | None, as_json: bool) -> None:
     """Create the registry (or upgrade its schema)."""
     from adapterhub.registry import Registry
 
     with Registry(db) as reg:
+        backend = reg.choose_blob_backend(blobs) if blobs else reg.blob_backend
         usage = reg.usage()
         if as_json:
-            emit_json({"url": reg.url, **usage.to_dict()})
+            emit_json({"url": reg.url, "blobs": backend, **usage.to_dict()})
         else:
             click.echo(f"registry ready: {reg.url} ({usage.versions} versions in "
-                       f"{usage.repositories} repositories)")
+                       f"{usage.repositories} repositories; blobs in {backend})")
 
 
 @cli.command()
@@ -250,17 +254,43 @@ def gc(prefix: str | None, keep_last: int | None, keep_tagged: bool, per_label: 
                    f"descend from")
 
 
+@cli.group()
+def blobs() -> None:
+    """Where the registry's blobs live (see docs/objectstore.md)."""
+
+
+@blobs.command("migrate")
+@click.option("--to", "to", required=True, metavar="s3://BUCKET/PREFIX",
+              help="The object store the blobs move to (it becomes the registry's backend).")
+@json_option
+@db_option
+def blobs_migrate(to: str, as_json: bool, db: str | None) -> None:
+    """Move the blobs kept in the database into an object store: every byte verified,
+    readers served throughout; run it again to resume after an interruption."""
+    from adapterhub.registry import Registry
+
+    with Registry(db) as reg:
+        report = reg.migrate_blobs(to)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(f"{report.blobs_moved} blob(s), {human_size(report.bytes_moved)} moved to "
+                   f"{report.to} ({report.blobs_already_there} were there already)")
+
+
 @cli.command()
+@click.option("--deep", is_flag=True, help="Also download and re-hash blobs kept in an "
+              "object store (otherwise their existence and size are checked).")
 @json_option
 @from_option
 @db_option
-def verify(as_json: bool, where: str | None, db: str | None) -> None:
+def verify(deep: bool, as_json: bool, where: str | None, db: str | None) -> None:
     """Re-hash every blob and check every reference (exit 1 on any problem)."""
     from adapterhub.errors import IntegrityError
     from adapterhub.registry import open_registry
 
     with open_registry(where, db=db) as reg:
-        report = reg.verify()
+        report = reg.verify(deep=deep)
     if as_json:
         emit_json(report.to_dict())
         if not report.ok:

@@ -14,6 +14,10 @@ clients cache by it and a pinned commit always means the same bytes. Revisions:
 Files are rendered by :mod:`adapterhub.io.formats.repo` (PEFT layout when PEFT can express the
 method, native otherwise, plus ``adapter.json``). ``ETag``/``X-Linked-Etag`` are the sha256
 of the file, so a client's blob cache is content-addressed.
+
+With an object store (the ``s3`` blob backend), LFS files are answered with a ``302`` to a
+presigned URL, as huggingface.co redirects to its CDN: the hub renders such a file once and
+keeps it as an object, and every download after that is only a redirect.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ router = APIRouter()
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 NUMBER_RE = re.compile(r"^v([1-9][0-9]{0,17})$")
 TREE_PAGE = 1000
+REDIRECT_SECONDS = 3600  # how long a presigned download URL works
 
 
 def commit_id(version: VersionInfo) -> str:
@@ -241,6 +246,10 @@ def resolve_file(request: Request, namespace: str, name: str, revision: str, pat
                "X-Linked-Etag": f'"{found.etag}"', "X-Linked-Size": str(found.size),
                "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0",
                "Content-Disposition": f"inline; filename*=UTF-8''{quote(path.rsplit('/')[-1])}"}
+    objects = reg.service.blobs.store.objects
+    if objects is not None and found.lfs:
+        url = objects.rendered_url(found.sha256, found.size, found.iter, REDIRECT_SECONDS)
+        return Response(b"", status_code=302, headers={**headers, "Location": url})
     media = "application/json" if path.endswith(".json") else "application/octet-stream"
     span = byte_range(request.headers.get("range"), found.size) if found.size else None
     status, (start, end) = (200, (0, found.size - 1)) if span is None else (206, span)

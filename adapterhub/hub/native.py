@@ -196,12 +196,18 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 def read_blob(request: Request, namespace: str, name: str, digest: str,
               reg: Registry = Depends(registry)) -> Response:
     """One blob's bytes (one the caller may see); ``Range: bytes=N-`` resumes an
-    interrupted download (206)."""
+    interrupted download (206). A blob in an object store is a ``307`` redirect to a
+    presigned URL: the bytes do not pass through the hub."""
     full_name(namespace, name)
     blobs, who = reg.service.blobs, reg.caller
     if not is_digest(digest):
         raise InvalidRequestError(f"invalid blob digest {digest[:80]!r}")
     info = blobs.info(digest, caller=who)
+    url = blobs.download_url(digest, caller=who)
+    if url is not None:
+        return Response(status_code=307, headers={
+            "Location": url, "X-Linked-Size": str(info.size),
+            "ETag": f'"{digest.removeprefix("sha256:")}"'})
     span = byte_range(request.headers.get("range"), info.size)
     start, end = span or (0, info.size - 1)
 
@@ -351,20 +357,27 @@ def begin_upload(body: dict = Depends(json_object),
     """Start (or resume one of the caller's own) upload of one large blob;
     ``{"complete": true}`` when the caller may use the blob already."""
     digest, size, itemsize = body.get("digest"), body.get("size"), body.get("itemsize", 1)
+    presigned = body.get("presigned", False)
     if not (isinstance(digest, str) and is_digest(digest) and type(size) is int
-            and size >= 0 and type(itemsize) is int and 1 <= itemsize <= 8):
+            and size >= 0 and type(itemsize) is int and 1 <= itemsize <= 8
+            and isinstance(presigned, bool)):
         raise InvalidRequestError("an upload needs 'digest' (sha256:<hex>), 'size' (bytes) "
-                                  "and optionally 'itemsize' (1-8)")
+                                  "and optionally 'itemsize' (1-8) and 'presigned' (boolean)")
     info = reg.service.blobs.begin_upload(digest, size, caller=reg.caller,
-                                          itemsize=itemsize)
+                                          itemsize=itemsize, presigned=presigned)
     if info is None:
         return {"complete": True, "digest": digest}
     return _upload(info)
 
 
 def _upload(info) -> dict[str, Any]:
-    return {"complete": False, "upload_id": info.upload_id, "digest": info.digest,
-            "size": info.size, "chunk_size": info.chunk_size, "received": list(info.received)}
+    """An upload's state; ``urls`` (a presigned upload): where chunk ``i`` is ``PUT``."""
+    answer = {"complete": False, "upload_id": info.upload_id, "digest": info.digest,
+              "size": info.size, "chunk_size": info.chunk_size,
+              "received": list(info.received)}
+    if info.urls:
+        answer["urls"] = list(info.urls)
+    return answer
 
 
 @router.get("/api/v1/uploads/{upload_id}")
@@ -460,6 +473,7 @@ def gc(body: dict = Depends(json_object), reg: Registry = Depends(registry)) -> 
 
 
 @router.post("/api/v1/verify")
-def verify(reg: Registry = Depends(registry)) -> Response:
-    """Re-hash every blob and check every reference (``adapterhub verify --from URL``)."""
-    return json_response(reg.verify().to_dict())
+def verify(deep: bool = Query(False), reg: Registry = Depends(registry)) -> Response:
+    """Re-hash every blob and check every reference (``adapterhub verify --from URL``;
+    ``?deep=true`` re-hashes object-store blobs too)."""
+    return json_response(reg.verify(deep=deep).to_dict())

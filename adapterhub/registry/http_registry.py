@@ -97,7 +97,8 @@ class HttpRegistry:
                 "prefix": prefix, "dry_run": dry_run, "grace_s": grace.total_seconds()}
         return GcReport.from_dict(self.client.post_json("/api/v1/gc", body))
 
-    def verify(self) -> VerifyReport:
+    def verify(self, *, deep: bool = False) -> VerifyReport:
         from registry_db import VerifyReport
 
-        return VerifyReport.from_dict(self.client.post_json("/api/v1/verify", {}))
+        path = "/api/v1/verify?deep=true" if deep else "/api/v1/verify"
+        return VerifyReport.from_dict(self.client.post_json(path, {}))

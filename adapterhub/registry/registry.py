@@ -39,6 +39,7 @@ if TYPE_CHECKING:
                              RemoteInfo, Usage, VerifyReport, VersionInfo)
     from registry_db.files import KeptFile
     from registry_db.reads import SqliteReader
+    from registry_db.records import MigrateReport
 
 DB_ENV = "ADAPTERHUB_DB"
 HOME_ENV = "ADAPTERHUB_HOME"
@@ -342,9 +343,27 @@ class Registry:
                                keep_tagged=keep_tagged, per_label=per_label, prefix=prefix,
                                dry_run=dry_run, grace=grace)
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every blob and check every reference; see ``report.problems``."""
-        return self.service.verify(caller=self.caller)
+    def choose_blob_backend(self, where: str) -> str:
+        """Record, once, where this registry keeps its blobs: ``db`` (in the database, the
+        default) or ``s3://BUCKET/PREFIX`` (an S3-compatible store reached with the standard
+        AWS variables and profiles). Returns the backend."""
+        return self.service.choose_blob_backend(where, caller=self.caller)
+
+    def migrate_blobs(self, to: str) -> MigrateReport:
+        """Move the blobs kept in the database into the object store ``to``
+        (``s3://BUCKET/PREFIX``), which becomes the registry's blob backend: resumable (run
+        it again after an interruption), every byte verified, readers served throughout."""
+        return self.service.migrate_blobs(to, caller=self.caller)
+
+    @property
+    def blob_backend(self) -> str:
+        """``db`` or the ``s3://BUCKET/PREFIX`` this registry keeps its blobs in."""
+        return self.service.blob_backend
+
+    def verify(self, *, deep: bool = False) -> VerifyReport:
+        """Re-hash every blob and check every reference; see ``report.problems``. Blobs in an
+        object store are checked for existence and size, and re-hashed with ``deep``."""
+        return self.service.verify(caller=self.caller, deep=deep)
 
     def promote(self, ref: str, tag: str, conditions: Iterable[str] = ()) -> VersionInfo:
         """Move ``tag`` to ``ref`` if every condition (``'METRIC>=X'``) holds on its metrics.

@@ -70,7 +70,13 @@ class DatabaseRemote(Remote):
                 progress(len(data))
             yield digest, data
 
-    stored_reads = stored_writes = True
+    stored_reads = True
+
+    @property
+    def stored_writes(self) -> bool:
+        """Chunks arriving as stored are kept as they are only by the database backend (an
+        object store keeps raw bytes: those blobs come raw)."""
+        return self.service.blobs.store.objects is None
 
     def download_stored(self, digests: Iterable[str], *,
                         progress: ProgressCallback | None = None) -> Iterator[StoredBlob]:

@@ -10,6 +10,11 @@ at a time); the receiving registry decodes and hashes every chunk once and keeps
 bytes. Otherwise (:meth:`HttpRemote.download_blobs`): small blobs arrive in framed streams,
 large ones with ``Range`` requests that resume where a dropped connection stopped; the
 client hashes every blob before handing it on.
+
+A hub that keeps blobs in an object store hands out presigned URLs: large uploads ``PUT``
+their chunks straight to the store (the hub verifies the whole blob when the upload
+finishes), and large downloads are redirected (``307``) to the store. Requests to those URLs
+carry no hub token.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ SMALL = 4 << 20  # bytes: blobs below this go in bundles
 BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
 STREAMS = 2  # stored-blob streams in flight while the caller stores what arrived
+PARTS_IN_FLIGHT = 4  # presigned parts sent (or ranges fetched) at once
+RANGE_PIECE = 16 << 20  # bytes per ranged GET of a redirected download
 ERROR_FRAME = 2**64 - 1
 
 
@@ -49,9 +56,12 @@ class HttpRemote(Remote):
         self.client = HubClient(self.url)
         self._blobs: dict[str, tuple[str, int]] = {}  # digest → (repository, size) seen
         self._repository: str | None = None
+        self._store_client: httpx.Client | None = None
 
     def close(self) -> None:
         self.client.close()
+        if self._store_client is not None:
+            self._store_client.close()
 
     # -- reading versions -------------------------------------------------------------------
 
@@ -114,7 +124,8 @@ class HttpRemote(Remote):
                       report: ProgressCallback) -> None:
         for _ in range(3):  # again from the start if the hub dropped the upload (gc)
             info = self.client.post_json("/api/v1/uploads", {
-                "digest": digest, "size": len(view), "itemsize": itemsize})
+                "digest": digest, "size": len(view), "itemsize": itemsize,
+                "presigned": True})
             if info["complete"]:
                 report(len(view))
                 return
@@ -122,17 +133,47 @@ class HttpRemote(Remote):
             count = max(1, -(-len(view) // chunk))
             received = set(info["received"])
             report(sum(len(view[i * chunk:(i + 1) * chunk]) for i in received))
+            todo = [i for i in range(count) if i not in received]
             try:
-                for i in range(count):
-                    if i not in received:
-                        self._put_chunk(upload, i, view[i * chunk:(i + 1) * chunk])
-                        report(len(view[i * chunk:(i + 1) * chunk]))
+                if info.get("urls"):  # straight to the object store, parts in parallel
+                    self._store()
+                    with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+                        for size in pool.map(lambda i: self._put_presigned(
+                                info["urls"][i], view[i * chunk:(i + 1) * chunk]), todo):
+                            report(size)
+                for i in todo if not info.get("urls") else ():
+                    piece = view[i * chunk:(i + 1) * chunk]
+                    self._put_chunk(upload, i, piece)
+                    report(len(piece))
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
                 return
             except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
                 continue
         raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
                             hint="Is a gc with --grace 0 running on the hub? Push again")
+
+    def _put_presigned(self, url: str, data: memoryview) -> int:
+        """Send one chunk to the object store (retrying: a part can be sent again); its
+        size."""
+        for attempt in range(self.client.retries + 1):
+            try:
+                response = self._store().put(url, content=bytes(data))
+            except httpx.TransportError as exc:
+                if attempt == self.client.retries:
+                    raise self.client.unreachable(exc) from None
+            else:
+                if response.status_code < 300:
+                    return len(data)
+                if response.status_code < 500 or attempt == self.client.retries:
+                    raise RegistryError(f"the object store refused an upload: HTTP "
+                                        f"{response.status_code} {response.text[:200]}")
+            self.client.pause(attempt)
+
+    def _store(self) -> httpx.Client:
+        """A client for presigned object-store URLs (no hub token)."""
+        if self._store_client is None:
+            self._store_client = httpx.Client(timeout=self.client.http.timeout)
+        return self._store_client
 
     def _put_chunk(self, upload: str, index: int, data: memoryview) -> None:
         """Send one chunk; if the connection keeps failing, ask the hub whether it arrived
@@ -297,15 +338,51 @@ class HttpRemote(Remote):
                 report(size)
         return [(digest, received[digest]) for digest in digests]
 
+    def _read_ranges(self, url: str, digest: str, size: int,
+                     report: ProgressCallback) -> bytes:
+        """A redirected blob from the object store, :data:`PARTS_IN_FLIGHT` ranges at once
+        (each retried on its own), hashed once whole."""
+        data = bytearray(size)
+        view = memoryview(data)
+
+        def fetch(start: int) -> int:
+            end = min(size, start + RANGE_PIECE)
+            for attempt in range(self.client.retries + 1):
+                try:
+                    response = self._store().get(url, headers={"Range":
+                                                               f"bytes={start}-{end - 1}"})
+                    if response.status_code == 206 and len(response.content) == end - start:
+                        view[start:end] = response.content
+                        return end - start
+                    if response.status_code < 500 and response.status_code != 206:
+                        raise RegistryError(f"the object store refused a download: HTTP "
+                                            f"{response.status_code} {response.text[:200]}")
+                except httpx.TransportError as exc:
+                    if attempt == self.client.retries:
+                        raise self.client.unreachable(exc) from None
+                self.client.pause(attempt)
+            raise RegistryError(f"the object store kept failing to send blob {digest}")
+
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+            for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
+                report(got)
+        return self._checked(digest, bytes(data))
+
     def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
         data = bytearray()
         failures = 0
+        http, url = self.client.http, path
         while True:
             headers = {"Range": f"bytes={len(data)}-"} if data else {}
             try:
-                with self.client.http.stream("GET", path, headers=headers) as response:
+                with http.stream("GET", url, headers=headers) as response:
+                    if response.status_code in (302, 307) and http is self.client.http:
+                        http, url = self._store(), response.headers["location"]
+                        if size > RANGE_PIECE:  # the store serves ranges in parallel
+                            return self._read_ranges(url, digest, size, report)
+                        continue  # the object store serves it, without the hub's token
                     if response.status_code >= 400:
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):

@@ -1,0 +1,156 @@
+"""Object-store benchmark, one run, one machine, loopback: pushing and pulling a 50 MB and a
+1 GB adapter through ``adapterhub serve`` on the ``s3`` blob backend (presigned uploads,
+redirected downloads; the client hashes every blob, the hub verifies every upload with a read
+of every byte) vs plain boto3 ``upload_file`` / ``download_file`` of the same bytes to the
+same SeaweedFS. Ratios are hub throughput over plain S3 throughput (1.0: as fast as plain
+S3). Also the hub's CPU seconds per GB pulled (with redirects it only authorizes and signs).
+Writes ``benchmarks/results/objectstore.json``.
+
+Run: ``python -m benchmarks objectstore`` (``ADAPTERHUB_BENCH_OBJECTSTORE_SIZES=50`` for the
+50 MB case only).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import machine, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+TENSOR_MB = 64  # each adapter is tensors of at most this size (the 50 MB one: 5 x 10 MB)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tensors(total_mb: int, seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    size = min(TENSOR_MB, max(1, total_mb // 5)) << 20
+    return {f"t{i}": rng.randbytes(size) for i in range(max(1, (total_mb << 20) // size))}
+
+
+def _hub(db: str, port: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--db", db,
+                             "--port", str(port)], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the hub did not start; see {log}")
+
+
+def _case(total_mb: int, url: str, hub_pid: int, client, bucket: str,
+          tmp: Path) -> dict[str, Any]:
+    from adapterhub_remotes_http.remote import HttpRemote
+    from registry_db import Manifest, TensorEntry
+    from registry_db.digests import sha256_digest
+
+    tensors = _tensors(total_mb, total_mb)
+    nbytes = sum(map(len, tensors.values()))
+    manifest = Manifest(method={"name": "lora", "version": 1, "config": {"r": 16}},
+                        base_model={"name": "bench", "revision": None, "fingerprint": None,
+                                    "modules": {}},
+                        tensors={name: TensorEntry(sha256_digest(data), "U8", (len(data),))
+                                 for name, data in tensors.items()},
+                        labels={}, parents=(), metrics={})
+    with HttpRemote(url) as remote:
+        start = time.perf_counter()
+        missing = remote.missing_blobs(e.digest for e in manifest.tensors.values())
+        remote.upload_blobs((e.digest, tensors[n], 1) for n, e in manifest.tensors.items()
+                            if e.digest in missing)
+        version = remote.commit(f"bench/o{total_mb}", manifest).version
+        push_s = time.perf_counter() - start
+
+        cpu = _cpu_seconds(hub_pid)
+        start = time.perf_counter()
+        resolved = remote.resolve(version.ref)
+        got = dict(remote.download_blobs([e.digest for e in resolved.manifest.tensors.values()]))
+        pull_s = time.perf_counter() - start
+        hub_cpu = _cpu_seconds(hub_pid) - cpu
+    assert sum(map(len, got.values())) == nbytes
+
+    source = tmp / f"plain-{total_mb}.bin"
+    with source.open("wb") as fh:
+        for data in tensors.values():
+            fh.write(data)
+    del tensors, got
+    key = f"plain/{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    client.upload_file(str(source), bucket, key)
+    plain_up_s = time.perf_counter() - start
+    start = time.perf_counter()
+    client.download_file(bucket, key, str(tmp / "plain-back.bin"))
+    plain_down_s = time.perf_counter() - start
+    for path in (source, tmp / "plain-back.bin"):
+        path.unlink()
+    mb = nbytes / 1e6
+    return {"bytes": nbytes, "blobs": len(manifest.tensors),
+            "hub_push_MBps": round(mb / push_s, 1), "hub_pull_MBps": round(mb / pull_s, 1),
+            "plain_upload_MBps": round(mb / plain_up_s, 1),
+            "plain_download_MBps": round(mb / plain_down_s, 1),
+            "push_ratio": round(plain_up_s / push_s, 3),
+            "pull_ratio": round(plain_down_s / pull_s, 3),
+            "hub_cpu_s_per_GB_pulled": round(hub_cpu / (nbytes / 1e9), 4)}
+
+
+def main() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "tests"))  # the suite's SeaweedFS fixture, reused
+    from helpers.s3_server import SeaweedServer
+
+    from registry_db import Caller, RegistryService
+    from registry_db.objectstore import PART_SIZE
+
+    sizes = [int(s) for s in os.environ.get("ADAPTERHUB_BENCH_OBJECTSTORE_SIZES",
+                                            "50,1000").split(",")]
+    server = SeaweedServer()
+    server.start()
+    os.environ.update(server.env())
+    hub = None
+    try:
+        client = server.client()
+        bucket = "bench-objectstore"
+        client.create_bucket(Bucket=bucket)
+        with tempfile.TemporaryDirectory(prefix="adapterhub-bench-s3-") as tmp:
+            db = str(Path(tmp) / "hub.db")
+            with RegistryService(db) as service:
+                service.choose_blob_backend(f"s3://{bucket}/hub",
+                                            caller=Caller.local_user("bench"))
+                os.environ["ADAPTERHUB_TOKEN"] = service.tokens.create(["admin"])[0]
+            from helpers.hub_server import free_port
+
+            port = free_port()
+            hub = _hub(db, port, Path(tmp) / "hub.log")
+            cases = {f"{mb}MB": _case(mb, f"http://127.0.0.1:{port}", hub.pid, client,
+                                      bucket, Path(tmp)) for mb in sizes}
+    finally:
+        if hub is not None:
+            hub.terminate()
+            hub.wait(30)
+        server.stop()
+    import boto3
+
+    result = {"what": "push/pull through adapterhub serve (s3 backend, presigned) vs plain "
+                      "boto3 upload_file/download_file, same SeaweedFS, loopback",
+              "cases": cases, "part_size": PART_SIZE, "boto3": boto3.__version__,
+              "machine": machine()}
+    print(write_result("objectstore", result))
+    for name, case in cases.items():
+        print(f"{name}: push {case['push_ratio']}x, pull {case['pull_ratio']}x of plain S3; "
+              f"hub CPU {case['hub_cpu_s_per_GB_pulled']} s/GB pulled")
+    return result
