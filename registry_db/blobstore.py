@@ -2,8 +2,8 @@
 
 ``db`` (the default): chunk rows inside the database, compressed, hashed both ways. ``s3``
 (:mod:`registry_db.objectstore`): one immutable object per blob in an S3-compatible store, its
-row in the database marked ``codec = "s3"``; resumable uploads are staged as chunk rows and
-become an object when they finish.
+row in the database marked ``codec = "s3"``. Resumable uploads of large blobs are in
+:mod:`registry_db.uploads`.
 
 Bytes are checked against their sha256 digest before anything is stored (``write``,
 ``finish_upload``) and again on every read (``read``, ``iter``), so corruption is reported
@@ -14,46 +14,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Union
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.clock import utcnow
 from registry_db.database import Database, batched
-from registry_db.digests import is_digest
-from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
-                                InvalidRequestError)
+from registry_db.errors import AdapterNotFoundError, IntegrityError
 from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
-from registry_db.objectstore import PART_SIZE, Location, ObjectStore
-from registry_db.records import BlobInfo, StoredBlob, UploadInfo
+from registry_db.objectstore import Location, ObjectStore
+from registry_db.records import BlobInfo, StoredBlob
+from registry_db.uploads import (MAX_BLOB_BYTES, MAX_CHUNK_BYTES, Uploads, blob_info,
+                                 check_digest)
 
 Buffer = Union[bytes, bytearray, memoryview]
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
-MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
-MAX_CHUNK_BYTES = 64 << 20
-UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-MAX_PARTS = 10_000  # S3's limit of parts in a multipart upload
-PRESIGN_SECONDS = 3600  # how long a presigned URL works
-
-
-def check_digest(digest: str) -> str:
-    if not is_digest(digest):
-        raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
-                                  f"sha256:<64 lowercase hex>")
-    return digest
 
 
 def recorded_objects(db: Database) -> ObjectStore | None:
@@ -62,15 +47,6 @@ def recorded_objects(db: Database) -> ObjectStore | None:
     with db.read() as s:
         where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
     return None if where in (None, "db") else ObjectStore(Location.parse(where))
-
-
-def part_size(size: int) -> int:
-    """The part size of a presigned upload of ``size`` bytes (within S3's part limit)."""
-    return max(PART_SIZE, -(-size // MAX_PARTS))
-
-
-def _info(blob: Blob) -> BlobInfo:
-    return BlobInfo(blob.digest, blob.size, blob.stored_size, blob.codec)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -167,7 +143,7 @@ def _check_stored(blob: StoredBlob) -> None:
                                   "the source")
 
 
-class BlobStore:
+class BlobStore(Uploads):
     """The blobs of one registry database; ``objects`` is its object store when the registry
     keeps blobs in one (the ``s3`` backend), else None (the ``db`` backend)."""
 
@@ -188,7 +164,7 @@ class BlobStore:
 
     def info(self, digest: str) -> BlobInfo:
         with self.db.read() as s:
-            return _info(self._complete(s, digest))
+            return blob_info(self._complete(s, digest))
 
     @staticmethod
     def _complete(s: Session, digest: str) -> Blob:
@@ -309,198 +285,6 @@ class BlobStore:
         for _, checked in batch:
             checked.result()
         self._insert(list({blob.digest: blob for blob, _ in batch}.values()))
-
-    # -- resumable uploads ------------------------------------------------------------------
-
-    def begin_upload(self, digest: str, size: int, owner: str, *, itemsize: int = 1,
-                     chunk_size: int | None = None, presigned: bool = False) -> UploadInfo:
-        """Open a resumable upload of ``digest`` that belongs to ``owner``; its id is random,
-        so nobody can guess another caller's upload. ``presigned`` (with an object store):
-        the chunks go straight to the store, as parts of a staging object, through the
-        presigned URLs in the answer."""
-        check_digest(digest)
-        if presigned and self.objects is not None:
-            return self._begin_presigned(digest, size, owner)
-        chunk_size = chunk_size or codec.CHUNK_SIZE
-        if not 0 <= size <= MAX_BLOB_BYTES or not 0 < chunk_size <= MAX_CHUNK_BYTES:
-            raise InvalidRequestError(f"invalid upload size {size} / chunk size {chunk_size}: "
-                                      f"a blob holds 0 to {MAX_BLOB_BYTES} bytes")
-        now = utcnow()
-        with self.db.write() as s:
-            chosen = codec.codec_for(itemsize, chunk_size, size % chunk_size)
-            upload_id = secrets.token_urlsafe(24)
-            s.add(Blob(digest=digest, size=size, stored_size=0, codec=chosen,
-                       chunk_size=chunk_size, complete=False, created_at=now, touched_at=now,
-                       upload_id=upload_id, owner=owner))
-            return UploadInfo(upload_id, digest, size, chunk_size, ())
-
-    def _begin_presigned(self, digest: str, size: int, owner: str) -> UploadInfo:
-        part = part_size(size)
-        if not 0 <= size <= MAX_BLOB_BYTES:
-            raise InvalidRequestError(f"invalid upload size {size}: a blob holds 0 to "
-                                      f"{MAX_BLOB_BYTES} bytes")
-        upload_id = secrets.token_urlsafe(24)
-        multipart = self._objects().begin_multipart(upload_id)
-        now = utcnow()
-        with self.db.write() as s:
-            s.add(Blob(digest=digest, size=size, stored_size=0, codec=OBJECT_CODEC,
-                       chunk_size=part, complete=False, created_at=now, touched_at=now,
-                       upload_id=upload_id, owner=owner, object_upload=multipart))
-        return self.upload_status(upload_id, owner)
-
-    def own_upload(self, digest: str, size: int, owner: str, *,
-                   chunk_size: int | None = None, presigned: bool = False
-                   ) -> UploadInfo | None:
-        """The newest unfinished upload of the same blob (same size and chunk size) that
-        ``owner`` opened, so a client that lost its upload id (a crash, a new process) resends
-        only the chunks the registry lacks. Never another caller's upload."""
-        check_digest(digest)
-        presigned = presigned and self.objects is not None
-        chunk_size = part_size(size) if presigned else chunk_size or codec.CHUNK_SIZE
-        with self.db.read() as s:
-            upload_id = s.scalar(select(Blob.upload_id).where(
-                Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
-                Blob.chunk_size == chunk_size, Blob.owner == owner,
-                Blob.object_upload.is_not(None) if presigned else Blob.object_upload.is_(None))
-                .order_by(Blob.id.desc()).limit(1))
-        if upload_id is None:
-            return None
-        try:
-            return self.upload_status(upload_id, owner)
-        except AdapterNotFoundError:  # finished or collected meanwhile
-            return None
-
-    def upload_status(self, upload_id: str, owner: str) -> UploadInfo:
-        """Which chunks of an upload the registry holds (to resume after a failure)."""
-        with self.db.read() as s:
-            blob = self._upload(s, upload_id, owner)
-            received = tuple(s.scalars(select(Chunk.index).where(Chunk.blob_id == blob.id)
-                                       .order_by(Chunk.index)))
-            info = UploadInfo(upload_id, blob.digest, blob.size, blob.chunk_size, received)
-            blob_id, multipart = blob.id, blob.object_upload
-        if multipart is None:
-            return info
-        objects = self._objects()
-        parts = objects.parts(upload_id, multipart)
-        if parts is None:  # a hub died while finishing it: the client starts again
-            self._discard(blob_id)
-            raise AdapterNotFoundError(f"upload {upload_id!r} was interrupted on the hub",
-                                       hint="Start a new upload")
-        sizes = {p["PartNumber"] - 1: p["Size"] for p in parts}
-        received = tuple(i for i in range(info.chunk_count) if sizes.get(i) == min(
-            info.chunk_size, info.size - i * info.chunk_size))
-        return replace(info, received=received, urls=objects.presign_parts(
-            upload_id, multipart, info.chunk_count, PRESIGN_SECONDS))
-
-    def upload_chunk(self, upload_id: str, owner: str, index: int,
-                     data: bytes | memoryview) -> None:
-        """Store chunk ``index`` of an upload (again, if it was sent before)."""
-        with self.db.read() as s:
-            blob = self._upload(s, upload_id, owner)
-            if blob.object_upload is not None:
-                raise ConflictError("this upload's chunks go to the object store",
-                                    hint="PUT them to the presigned URLs the upload lists")
-            count = max(1, -(-blob.size // blob.chunk_size))
-            expected = min(blob.chunk_size, blob.size - index * blob.chunk_size)
-            blob_codec = blob.codec
-        if not 0 <= index < count or len(data) != expected:
-            raise InvalidRequestError(f"chunk {index} of this upload must be {expected} bytes "
-                                      f"(chunks 0..{count - 1}); got {len(data)}")
-        stored = codec.encode(data, blob_codec)
-        with self.db.write() as s:
-            blob = self._upload(s, upload_id, owner)
-            s.execute(delete(Chunk).where(Chunk.blob_id == blob.id, Chunk.index == index))
-            s.add(Chunk(blob_id=blob.id, index=index, raw_size=len(data), data=stored))
-            blob.touched_at = utcnow()
-
-    def finish_upload(self, upload_id: str, owner: str) -> BlobInfo:
-        """Re-hash everything received; mark the blob stored (or, when the same bytes are
-        stored already, drop this copy), or discard the upload on a mismatch."""
-        info = self.upload_status(upload_id, owner)
-        if info.missing:
-            raise ConflictError(f"this upload of {info.digest} is missing chunks "
-                                f"{list(info.missing)[:10]}", hint="Send them, then finish")
-        with self.db.read() as s:
-            blob = self._upload(s, upload_id, owner)
-            blob_id, multipart = blob.id, blob.object_upload
-        if multipart is not None:
-            return self._finish_presigned(info, owner, blob_id, multipart)
-        h = hashlib.sha256()
-        stored = 0
-        try:
-            for raw, size in self._decoded(blob_id, info.digest):
-                h.update(raw)
-                stored += size
-        except IntegrityError:
-            self._discard(blob_id)
-            raise
-        actual = "sha256:" + h.hexdigest()
-        if actual != info.digest:
-            self._discard(blob_id)
-            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
-                                 f"the upload was discarded", hint="Upload the blob again")
-        if self.objects is not None:  # the verified staging chunks become the object
-            self.objects.put_stream(info.digest, (raw for raw, _ in
-                                                  self._decoded(blob_id, info.digest)))
-            stored = info.size
-        with self.db.write() as s:
-            blob = self._upload(s, upload_id, owner)
-            if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
-                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
-                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
-                return _info(self._complete(s, info.digest))
-            try:
-                with s.begin_nested():
-                    blob.complete, blob.stored_size, blob.touched_at = True, stored, utcnow()
-                    blob.upload_id = blob.owner = None
-                    if self.objects is not None:
-                        blob.codec = OBJECT_CODEC
-                        s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
-            except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
-                s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
-                s.execute(delete(Blob).where(Blob.id == blob.id))
-                return _info(self._complete(s, info.digest))
-            return _info(blob)
-
-    def _finish_presigned(self, info: UploadInfo, owner: str, blob_id: int,
-                          multipart: str) -> BlobInfo:
-        """Verify the staging object (a server-side read of every byte) and make it the
-        blob's object, or discard it: bytes that are not ``digest`` never become it."""
-        actual = self._objects().promote(info.upload_id, multipart, info.digest, info.size)
-        if actual is not None:
-            self._discard(blob_id)
-            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
-                                 f"the upload was discarded", hint="Upload the blob again")
-        with self.db.write() as s:
-            blob = self._upload(s, info.upload_id, owner)
-            if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
-                s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup
-                return _info(self._complete(s, info.digest))
-            try:
-                with s.begin_nested():
-                    blob.complete, blob.stored_size, blob.touched_at = True, blob.size, utcnow()
-                    blob.upload_id = blob.owner = blob.object_upload = None
-            except SAIntegrityError:  # PostgreSQL: a concurrent finish of the same digest won
-                s.execute(delete(Blob).where(Blob.id == blob.id))
-                return _info(self._complete(s, info.digest))
-            return _info(blob)
-
-    @staticmethod
-    def _upload(s: Session, upload_id: str, owner: str) -> Blob:
-        blob = None
-        if isinstance(upload_id, str) and UPLOAD_ID_RE.fullmatch(upload_id):
-            blob = s.scalar(select(Blob).where(Blob.upload_id == upload_id,
-                                               Blob.complete.is_(False)))
-        if blob is None or blob.owner != owner:
-            raise AdapterNotFoundError(f"no upload {str(upload_id)[:64]!r} in progress",
-                                       hint="It finished, or gc removed it after it was "
-                                            "abandoned; start a new upload")
-        return blob
-
-    def _discard(self, blob_id: int) -> None:
-        with self.db.write() as s:  # (a presigned upload's staging object is gone already)
-            s.execute(delete(Chunk).where(Chunk.blob_id == blob_id))
-            s.execute(delete(Blob).where(Blob.id == blob_id, Blob.complete.is_(False)))
 
     # -- reading ----------------------------------------------------------------------------
 

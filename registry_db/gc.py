@@ -109,11 +109,12 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
         store = service.blobs.store
         freed = sum(b.stored_size for b in blobs) + store.stored_bytes(s, uploads)
         store.remove(s, [b.id for b in blobs] + uploads)
-        moved = list(s.scalars(select(Chunk.blob_id).distinct().join(
-            Blob, Blob.id == Chunk.blob_id).where(Blob.complete, Blob.codec == OBJECT_CODEC,
-                                                  Blob.touched_at < cutoff)))
-        freed += store.stored_bytes(s, moved)
-        store.remove_chunks(s, moved)  # left by blobs migrate (the blobs are objects now)
+        if store.objects is not None:  # chunk rows left by blobs migrate
+            moved = list(s.scalars(select(Chunk.blob_id).distinct().join(
+                Blob, Blob.id == Chunk.blob_id).where(
+                    Blob.complete, Blob.codec == OBJECT_CODEC, Blob.touched_at < cutoff)))
+            freed += store.stored_bytes(s, moved)
+            store.remove_chunks(s, moved)
         service.blobs.forget_grants(s, [b.digest for b in blobs])
 
         report = GcReport(dry_run=dry_run, retired=tuple(ref[i] for i in sorted(retired)),
