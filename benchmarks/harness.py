@@ -17,6 +17,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -143,6 +144,40 @@ def best_of(times: int, cmd: list[str], out: Path, inputs: tuple[Path, ...],
         shutil.rmtree(out)
     return {"wall_s": min(r["wall_s"] for r in runs), "cpu_s": min(r["cpu_s"] for r in runs),
             "peak_anon_mb": max(r["peak_anon_mb"] for r in runs), "runs": runs}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path | None = None) -> None:
+    """Wait until ``url/health`` answers 200; raises if the server exits or a minute passes."""
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the server at {url} did not start" + (f"; see {log}" if log else ""))
+
+
+def start_hub(db: Path | str, port: int, log: Path, *options: str) -> subprocess.Popen:
+    """``adapterhub serve`` on ``db`` (extra CLI ``options``), answering on ``port``."""
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--db", str(db),
+                             "--port", str(port), *options], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+    return proc
 
 
 def minilm(**overrides: Any):

@@ -14,37 +14,19 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import repeat
+from benchmarks.harness import free_port, repeat, start_hub
 from benchmarks.registry import build_adapter
 
 RESULTS = Path(__file__).parent / "results" / "hub.json"
 REPEAT = 5
 CLIENTS = 16
 SHOW_S = 10.0
-
-
-def start_hub(db: Path, port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--db", str(db),
-                             "--port", str(port)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the hub did not start; see {log}")
 
 
 def show_rps(url: str, token: str, ref: str) -> dict[str, Any]:
@@ -71,14 +53,6 @@ def show_rps(url: str, token: str, ref: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     return {"clients": CLIENTS, "seconds": round(seconds, 2), "requests": sum(counts),
             "failures": sum(failures), "requests_per_s": round(sum(counts) / seconds, 1)}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> dict[str, Any]:

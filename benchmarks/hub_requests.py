@@ -21,13 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.harness import machine, write_result
+from benchmarks.harness import free_port, machine, wait_healthy, write_result
 
 CONNECTIONS, SECONDS, ROUNDS = 16, 5, 3
 ROUTES = {"health": "/health", "resolve": "/api/v1/resolve?ref=team/bot",
@@ -46,19 +45,6 @@ def ensure_wrk() -> str:
     return path
 
 
-def wait_for(url: str, proc: subprocess.Popen) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited")
-        time.sleep(0.1)
-    raise RuntimeError(f"server for {url} did not start")
-
-
 def rps(wrk: str, url: str, token: str) -> float:
     out = subprocess.run([wrk, "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "-H",
                           f"Authorization: Bearer {token}", url],
@@ -66,14 +52,6 @@ def rps(wrk: str, url: str, token: str) -> float:
     if "Non-2xx" in out:
         raise RuntimeError(f"errors under load on {url}:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> dict[str, Any]:
@@ -102,8 +80,8 @@ def main() -> dict[str, Any]:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 hub_url, bare_url = f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{bare_port}"
-                wait_for(hub_url, hub)
-                wait_for(bare_url, bare)
+                wait_healthy(hub_url, hub)
+                wait_healthy(bare_url, bare)
                 for path in ROUTES.values():  # warm: the first api/models renders the files
                     httpx.get(hub_url + path, headers={"Authorization": f"Bearer {token}"})
                 samples: dict[str, list[float]] = {"bare": [], **{k: [] for k in ROUTES}}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import machine, write_result
+from benchmarks.harness import free_port, machine, start_hub, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_MB = 64  # each adapter is tensors of at most this size (the 50 MB one: 5 x 10 MB)
@@ -37,22 +36,6 @@ def _tensors(total_mb: int, seed: int) -> dict[str, bytes]:
     rng = random.Random(seed)
     size = min(TENSOR_MB, max(1, total_mb // 5)) << 20
     return {f"t{i}": rng.randbytes(size) for i in range(max(1, (total_mb << 20) // size))}
-
-
-def _hub(db: str, port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli", "serve", "--db", db,
-                             "--port", str(port)], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the hub did not start; see {log}")
 
 
 def _case(total_mb: int, url: str, hub_pid: int, client, bucket: str,
@@ -132,10 +115,9 @@ def main() -> dict[str, Any]:
                 service.choose_blob_backend(f"s3://{bucket}/hub",
                                             caller=Caller.local_user("bench"))
                 os.environ["ADAPTERHUB_TOKEN"] = service.tokens.create(["admin"])[0]
-            from helpers.hub_server import free_port
 
             port = free_port()
-            hub = _hub(db, port, Path(tmp) / "hub.log")
+            hub = start_hub(db, port, Path(tmp) / "hub.log")
             cases = {f"{mb}MB": _case(mb, f"http://127.0.0.1:{port}", hub.pid, client,
                                       bucket, Path(tmp)) for mb in sizes}
     finally:

@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import alternate, machine, measure, median_ms, write_result
-from benchmarks.hub import free_port, start_hub
+from benchmarks.harness import (alternate, free_port, machine, measure, median_ms, start_hub,
+                                write_result)
 from benchmarks.registry import build_adapter
 
 REPEAT = 7

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import machine, measure, repeat, tree_anon_kib, write_result
-from benchmarks.hub import free_port, start_hub
+from benchmarks.harness import (free_port, machine, measure, repeat, start_hub, tree_anon_kib,
+                                write_result)
 from benchmarks.registry import build_adapter
 
 REPEAT = 5
