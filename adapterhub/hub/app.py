@@ -18,7 +18,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from adapterhub.errors import RegistryError
 from adapterhub.hub import errors
 from adapterhub.hub.auth import TokenCache
-from adapterhub.hub.context import AUTH_MODES, Hub, Settings
+from adapterhub.hub.context import AUTH_MODES, HubState, Settings
 from adapterhub.hub.guard import Guard
 from adapterhub.hub.observe import Metrics, Observe
 from adapterhub.hub.render import RenderCache
@@ -44,10 +44,11 @@ def create_app(db: str | os.PathLike[str] | None = None, *,
     app = FastAPI(title="adapterhub", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
     xet = hf_xet.xet_service(service)
-    hub = Hub(registry=registry, settings=settings, renders=RenderCache(render_cache_bytes),
-              metrics=metrics, tokens=TokenCache(settings.token_cache),
-              inline_reads=service.db.dialect == "sqlite", xet=xet, xet_stats=XetStats(),
-              started=time.time())
+    hub = HubState(registry=registry, settings=settings,
+                   renders=RenderCache(render_cache_bytes), metrics=metrics,
+                   tokens=TokenCache(settings.token_cache),
+                   inline_reads=service.db.dialect == "sqlite", xet=xet, xet_stats=XetStats(),
+                   started=time.time())
     app.state.hub = hub
     errors.install(app)
     app.include_router(hf_xet.xet_routes(registry.service, xet, hub.xet_stats))

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from fastapi import Request
 
 from adapterhub.errors import AuthenticationError
-from adapterhub.hub.context import Hub, hub_of
+from adapterhub.hub.context import HubState, hub_of
 from adapterhub.registry import Registry
 from registry_db import Caller
 from registry_db.access import TokenInfo
@@ -61,13 +61,13 @@ def _secret(header: str) -> str:
     return secret.strip()
 
 
-def _caller(hub: Hub, token: TokenInfo) -> Caller:
+def _caller(hub: HubState, token: TokenInfo) -> Caller:
     if token.state != "active":
         raise AuthenticationError(f"the token {token.prefix}… is {token.state}")
     return Caller.for_token(token, public_read=hub.auth == "read-public")
 
 
-def cached_caller(hub: Hub, header: str | None) -> Caller | None:
+def cached_caller(hub: HubState, header: str | None) -> Caller | None:
     """:func:`authenticate` when it needs no database lookup (no header, or a token in the
     cache), else None. Cheap enough to run on the event loop."""
     if not header:
@@ -76,7 +76,7 @@ def cached_caller(hub: Hub, header: str | None) -> Caller | None:
     return None if token is None else _caller(hub, token)
 
 
-def authenticate(hub: Hub, header: str | None) -> Caller:
+def authenticate(hub: HubState, header: str | None) -> Caller:
     """The caller an ``Authorization`` header names (anonymous without one); raises
     :class:`AuthenticationError` for a malformed header or an unknown, expired or revoked
     token."""

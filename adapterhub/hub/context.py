@@ -42,7 +42,10 @@ class Settings:
 
 
 @dataclass
-class Hub:
+class HubState:
+    """What one hub process holds beside its settings: the registry it serves, caches
+    (rendered files, tokens), counters and the Xet service (``app.state.hub``)."""
+
     registry: Registry
     settings: Settings
     renders: RenderCache
@@ -62,13 +65,13 @@ class Hub:
         return self.settings.auth
 
 
-def hub_of(request: Request) -> Hub:
+def hub_of(request: Request) -> HubState:
     return request.app.state.hub
 
 
 async def small_read(request: Request, read: Callable[..., T], *args: Any) -> T:
     """``read(*args)``, a bounded read of the store (a ref, a repository's name), on the
-    event loop or in a worker thread as :attr:`Hub.inline_reads` says."""
+    event loop or in a worker thread as :attr:`HubState.inline_reads` says."""
     if hub_of(request).inline_reads:
         return read(*args)
     return await run_in_threadpool(read, *args)

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from adapterhub.errors import (AdapterHubError, InvalidRequestError, LimitExceededError,
                                RequestTimeoutError)
 from adapterhub.hub.auth import CALLER_KEY, authenticate, cached_caller
-from adapterhub.hub.context import Hub
+from adapterhub.hub.context import HubState
 from adapterhub.hub.errors import error_response
 from adapterhub.xet import XetLimits
 from registry_db.codec import CHUNK_SIZE
@@ -96,7 +96,7 @@ def _authorization(scope: dict) -> str | None:
 class Guard:
     """ASGI middleware: authentication before work, body limits and body timeouts."""
 
-    def __init__(self, app: Any, hub: Hub) -> None:
+    def __init__(self, app: Any, hub: HubState) -> None:
         self.app = app
         self.hub = hub
 
