@@ -322,7 +322,8 @@ class BlobStore(Uploads):
                     group.append(blob)
                     size += blob.size
 
-    def _read_group(self, blobs: list) -> Iterator[tuple[str, bytearray]]:
+    def _chunk_rows(self, blobs: list) -> dict[int, list]:
+        """The chunk rows of ``blobs`` in one query, by blob id, in order."""
         with self.db.read() as s:
             rows = s.execute(select(Chunk.blob_id, Chunk.index, Chunk.raw_size, Chunk.data)
                              .where(Chunk.blob_id.in_([b.id for b in blobs]))
@@ -330,6 +331,10 @@ class BlobStore(Uploads):
         chunks: dict[int, list] = {b.id: [] for b in blobs}
         for row in rows:
             chunks[row.blob_id].append(row)
+        return chunks
+
+    def _read_group(self, blobs: list) -> Iterator[tuple[str, bytearray]]:
+        chunks = self._chunk_rows(blobs)
         futures = [_pool().submit(_decode_blob, b.digest, b.size, b.codec, chunks[b.id])
                    for b in blobs]
         for blob, future in zip(blobs, futures, strict=True):
@@ -359,13 +364,7 @@ class BlobStore(Uploads):
                     group.append(blob)
 
     def _read_stored_group(self, blobs: list) -> Iterator[StoredBlob]:
-        with self.db.read() as s:
-            rows = s.execute(select(Chunk.blob_id, Chunk.index, Chunk.raw_size, Chunk.data)
-                             .where(Chunk.blob_id.in_([b.id for b in blobs]))
-                             .order_by(Chunk.blob_id, Chunk.index)).all()
-        chunks: dict[int, list] = {b.id: [] for b in blobs}
-        for row in rows:
-            chunks[row.blob_id].append(row)
+        chunks = self._chunk_rows(blobs)
         for b in blobs:
             if b.codec == OBJECT_CODEC:  # kept raw in the object store: encoded for the trip
                 yield self._encoded_object(b.digest, b.size)

@@ -204,7 +204,8 @@ def trtllm_applied_logits(peft_dir: Path, out: Path) -> torch.Tensor:
 def test_float32_arrays_reproduce_peft_outputs(peft_dirs, tmp_path, name):
     export(peft_dirs / name, tmp_path / "out", "--dtype", "float32")
     torch.testing.assert_close(trtllm_applied_logits(peft_dirs / name, tmp_path / "out"),
-                               torch.load(peft_dirs / name / "logits.pt"), atol=1e-5, rtol=1e-5)
+                               torch.load(peft_dirs / name / "logits.pt", weights_only=True),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_dora_magnitudes_are_normalized_against_the_base(peft_dirs, tmp_path):
@@ -224,8 +225,8 @@ def test_dora_magnitudes_are_normalized_against_the_base(peft_dirs, tmp_path):
         config = got[1][0]
         assert (config[:, 3] == (config[:, 0] != 2)).all()  # DoRA rows; the filled k is not
     torch.testing.assert_close(trtllm_applied_logits(peft_dirs / "dora", tmp_path / "float32"),
-                               torch.load(peft_dirs / "dora" / "logits.pt"), atol=1e-5,
-                               rtol=1e-5)
+                               torch.load(peft_dirs / "dora" / "logits.pt", weights_only=True),
+                               atol=1e-5, rtol=1e-5)
     result = runner.invoke(cli, ["check", str(tmp_path / "pkg"), "--target", "trtllm"])
     assert result.exit_code == 0 and "--dora_plugin enable" in result.output
 

@@ -237,24 +237,7 @@ def read_blobs(namespace: str, name: str, body: dict = Depends(json_object),
     the caller may see)."""
     full_name(namespace, name)
     blobs = reg.service.blobs.read_many(digest_list(body), caller=reg.caller)  # checks them all now
-
-    def frames() -> Iterator[bytes]:
-        pending: list[bytes] = []  # small frames go out together (fewer thread hops)
-        size = 0
-        try:
-            for _, data in blobs:
-                pending += [struct.pack("<Q", len(data)), data]
-                size += len(data)
-                if size >= FRAME_BATCH:
-                    yield b"".join(pending)
-                    pending, size = [], 0
-        except AdapterHubError as exc:
-            error = json.dumps({"error": exc.message, "hint": exc.hint, "code": exc.code})
-            pending.append(struct.pack("<QQ", ERROR_FRAME, len(error)) + error.encode())
-        if pending:
-            yield b"".join(pending)
-
-    return StreamingResponse(frames(), media_type="application/octet-stream")
+    return framed((([struct.pack("<Q", len(data)), data], len(data)) for _, data in blobs))
 
 
 @router.post("/api/v1/repos/{namespace}/{name}/blobs/stored")
@@ -265,18 +248,29 @@ def read_stored(namespace: str, name: str, body: dict = Depends(json_object),
     full_name(namespace, name)
     blobs = reg.service.blobs.read_stored(digest_list(body), caller=reg.caller)
 
-    def frames() -> Iterator[bytes]:
+    def frames() -> Iterator[tuple[list[bytes], int]]:
+        for blob in blobs:
+            header = json.dumps({"digest": blob.digest, "size": blob.size,
+                                 "codec": blob.codec, "chunk_size": blob.chunk_size,
+                                 "chunks": [[raw, len(data)] for raw, data in blob.chunks]
+                                 }).encode()
+            yield ([struct.pack("<Q", len(header)), header,
+                    *(data for _, data in blob.chunks)], blob.stored_size)
+
+    return framed(frames())
+
+
+def framed(frames: Iterator[tuple[list[bytes], int]]) -> StreamingResponse:
+    """A stream of frames (``(pieces, size)``), small ones sent together (fewer thread hops);
+    an error while reading ends the stream with an error frame the client raises."""
+
+    def body() -> Iterator[bytes]:
         pending: list[bytes] = []
         size = 0
         try:
-            for blob in blobs:
-                header = json.dumps({"digest": blob.digest, "size": blob.size,
-                                     "codec": blob.codec, "chunk_size": blob.chunk_size,
-                                     "chunks": [[raw, len(data)] for raw, data in blob.chunks]
-                                     }).encode()
-                pending += [struct.pack("<Q", len(header)), header,
-                            *(data for _, data in blob.chunks)]
-                size += blob.stored_size
+            for pieces, length in frames:
+                pending += pieces
+                size += length
                 if size >= FRAME_BATCH:
                     yield b"".join(pending)
                     pending, size = [], 0
@@ -286,7 +280,7 @@ def read_stored(namespace: str, name: str, body: dict = Depends(json_object),
         if pending:
             yield b"".join(pending)
 
-    return StreamingResponse(frames(), media_type="application/octet-stream")
+    return StreamingResponse(body(), media_type="application/octet-stream")
 
 
 # -- writing ------------------------------------------------------------------------------
