@@ -38,6 +38,7 @@ from registry_db.models import (Blob, Chunk, Event, Lineage, Repository, Tag, Ve
                                 VersionTensor)
 from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.records import GcReport
+from registry_db.uploads import DIRECT
 from registry_db.refs import validate_key
 from registry_db.xet import XetStore
 
@@ -140,13 +141,14 @@ def collect(service: RegistryService, *, keep_last: int | None, keep_tagged: boo
 
 
 def _unnamed_objects(s, objects: ObjectStore, cutoff: datetime) -> list[str]:
-    """Digests of the objects older than ``cutoff`` that no complete blob row names."""
+    """Digests of the objects older than ``cutoff`` that no complete blob row names, nor a
+    direct presigned upload still open (its object is the blob's, waiting to be finished)."""
     listed = [(digest, modified) for digest, _, modified in objects.stored()
               if modified < cutoff]
     named: set[str] = set()
     for batch in batched([digest for digest, _ in listed]):
-        named |= set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
-                                                         Blob.complete)))
+        named |= set(s.scalars(select(Blob.digest).where(
+            Blob.digest.in_(batch), Blob.complete | (Blob.object_upload == DIRECT))))
     return [digest for digest, _ in listed if digest not in named]
 
 

@@ -9,14 +9,27 @@ AWS variables and profiles (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 
 Reads hash the whole object and raise :class:`IntegrityError` on a mismatch or a missing
 object, so bytes altered behind the registry's back are refused, not served.
+
+Clients write a blob's object themselves only through a presigned ``PUT`` that carries the
+blob's SHA-256 as the signed ``x-amz-checksum-sha256`` query parameter, and only on a store
+that :attr:`ObjectStore.checks_sha256` has seen refuse both other bytes and a URL whose
+checksum was removed: then no bytes but the blob's can ever land at its key, and nobody has to
+read them back. Any other store gets parts of a staging object, read back before they become
+the blob.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
 import re
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+from functools import cached_property
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +43,8 @@ if TYPE_CHECKING:
 Buffer = Union[bytes, bytearray, memoryview]
 CODEC = "s3"  # the Blob.codec of a blob whose bytes are an object, not chunk rows
 PART_SIZE = 16 << 20  # multipart part size (S3's minimum part is 5 MiB)
+DIRECT_MAX = 1 << 30  # blobs up to this size go in one checksummed PUT (S3 allows 5 GiB)
+CHECKSUM_PARAM = "x-amz-checksum-sha256"
 READ_SIZE = 8 << 20
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _KEY_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
@@ -78,8 +93,37 @@ def _client() -> BaseClient:
     style = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
     config = Config(s3={"addressing_style": style}, retries={"max_attempts": 5,
                                                              "mode": "standard"},
-                    max_pool_connections=32)
-    return boto3.session.Session().client("s3", config=config)
+                    max_pool_connections=32, signature_version="s3v4")
+    client = boto3.session.Session().client("s3", config=config)
+    client.meta.events.register("before-sign.s3.PutObject", _checksum_in_query)
+    return client
+
+
+def _checksum_in_query(request: Any, **kwargs: Any) -> None:
+    """Move a presigned ``PUT``'s SHA-256 checksum from the headers into the query string
+    before it is signed: clients (``huggingface_hub`` among them) send no extra headers, and
+    as a signed query parameter it cannot be dropped without breaking the signature."""
+    value = request.headers.get(CHECKSUM_PARAM)
+    if value is None or not request.context.get("is_presign_request"):
+        return
+    del request.headers[CHECKSUM_PARAM]
+    separator = "&" if "?" in request.url else "?"
+    request.url += f"{separator}{CHECKSUM_PARAM}={urllib.parse.quote(value, safe='')}"
+
+
+def _checksum(digest: str) -> str:
+    """The S3 checksum value (base64 of the raw SHA-256) of a ``sha256:<hex>`` digest."""
+    return base64.b64encode(bytes.fromhex(digest.removeprefix("sha256:"))).decode()
+
+
+def _put_status(url: str, data: bytes) -> int:
+    """The HTTP status of a ``PUT`` of ``data`` to a presigned URL."""
+    request = urllib.request.Request(url, data=data, method="PUT")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _failed(exc: Exception, what: str) -> ObjectStoreError:
@@ -143,7 +187,42 @@ class ObjectStore:
         except self._errors() as exc:
             raise _failed(exc, "delete objects") from None
 
-    # -- presigned uploads: parts go to a staging object, the hub verifies and copies it ----
+    # -- presigned uploads ------------------------------------------------------------------
+
+    @cached_property
+    def checks_sha256(self) -> bool:
+        """Whether clients may write blob objects through checksummed presigned ``PUT`` requests:
+        the store refused a probe ``PUT`` of other bytes than its signed checksum, and the
+        same URL with the checksum removed (its signature no longer matches). Probed once
+        per process, with a throwaway key."""
+        key = f"{self.location.prefix}/probe/{secrets.token_hex(16)}".lstrip("/")
+        url = self._presign_put(key, _checksum(_sha256(b"adapterhub checksum probe")), 300)
+        parts = urllib.parse.urlsplit(url)
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+                 if k != CHECKSUM_PARAM]
+        stripped = parts._replace(query=urllib.parse.urlencode(query)).geturl()
+        try:
+            return (_put_status(url, b"other bytes") == 400
+                    and _put_status(stripped, b"other bytes") in (400, 403))
+        except OSError as exc:
+            raise _failed(exc, "answer a presigned upload") from None
+        finally:
+            try:
+                self.s3.delete_object(Bucket=self.location.bucket, Key=key)
+            except self._errors():
+                pass  # (nothing was written, or the store refuses deletes: not ours to fix)
+
+    def presign_put(self, digest: str, expires: int) -> str:
+        """A presigned ``PUT`` of the blob's object that the store accepts only with exactly
+        the blob's bytes (use only when :attr:`checks_sha256`)."""
+        return self._presign_put(self.key(digest), _checksum(digest), expires)
+
+    def _presign_put(self, key: str, checksum: str, expires: int) -> str:
+        return self.s3.generate_presigned_url(
+            "put_object", ExpiresIn=expires,
+            Params={"Bucket": self.location.bucket, "Key": key, "ChecksumSHA256": checksum})
+
+    # staging: parts go to a staging object, the hub verifies and copies it
 
     def staging_key(self, upload_id: str) -> str:
         return f"{self.location.prefix}/uploads/{upload_id}".lstrip("/")

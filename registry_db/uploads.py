@@ -3,8 +3,12 @@
 An upload belongs to the caller that opened it (its id is random). On the ``db`` backend its
 chunks arrive as chunk rows and the whole blob is re-hashed when it finishes (an object store
 registry then writes the verified bytes as the blob's object). A *presigned* upload (``s3``
-backend) sends its chunks straight to the store as parts of a staging object; finishing reads
-every byte of that object back and hashes it before it becomes the blob.
+backend) sends its bytes straight to the store: on a store that enforces presigned checksums
+(:attr:`~registry_db.objectstore.ObjectStore.checks_sha256`), a blob of up to
+:data:`~registry_db.objectstore.DIRECT_MAX` bytes is one ``PUT`` to its own key that the store
+accepts only with exactly the blob's bytes, so finishing only checks the object is there;
+otherwise its chunks are parts of a staging object, and finishing reads every byte of that
+object back and hashes it before it becomes the blob.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityEr
                                 InvalidRequestError)
 from registry_db.models import Blob, Chunk
 from registry_db.objectstore import CODEC as OBJECT_CODEC
-from registry_db.objectstore import PART_SIZE
+from registry_db.objectstore import DIRECT_MAX, PART_SIZE
 from registry_db.records import BlobInfo, UploadInfo
 
 if TYPE_CHECKING:
@@ -38,6 +42,9 @@ MAX_CHUNK_BYTES = 64 << 20
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_PARTS = 10_000  # S3's limit of parts in a multipart upload
 PRESIGN_SECONDS = 3600  # how long a presigned URL works
+#: ``Blob.object_upload`` of a presigned upload sent as one checksummed ``PUT`` to the blob's
+#: key (otherwise it holds the staging object's S3 multipart upload id)
+DIRECT = "put"
 
 
 def check_digest(digest: str) -> str:
@@ -86,13 +93,21 @@ class Uploads:
                        upload_id=upload_id, owner=owner))
             return UploadInfo(upload_id, digest, size, chunk_size, ())
 
+    def _direct(self, size: int) -> bool:
+        """Whether a presigned upload of ``size`` bytes is one checksummed ``PUT``."""
+        return size <= DIRECT_MAX and self._objects().checks_sha256
+
+    def _presigned_chunk(self, size: int) -> int:
+        return max(1, size) if self._direct(size) else part_size(size)
+
     def _begin_presigned(self, digest: str, size: int, owner: str) -> UploadInfo:
-        part = part_size(size)
         if not 0 <= size <= MAX_BLOB_BYTES:
             raise InvalidRequestError(f"invalid upload size {size}: a blob holds 0 to "
                                       f"{MAX_BLOB_BYTES} bytes")
+        part = self._presigned_chunk(size)
         upload_id = secrets.token_urlsafe(24)
-        multipart = self._objects().begin_multipart(upload_id)
+        multipart = (DIRECT if self._direct(size)
+                     else self._objects().begin_multipart(upload_id))
         now = utcnow()
         with self.db.write() as s:
             s.add(Blob(digest=digest, size=size, stored_size=0, codec=OBJECT_CODEC,
@@ -108,7 +123,8 @@ class Uploads:
         only the chunks the registry lacks. Never another caller's upload."""
         check_digest(digest)
         presigned = presigned and self.objects is not None
-        chunk_size = part_size(size) if presigned else chunk_size or codec.CHUNK_SIZE
+        chunk_size = (self._presigned_chunk(size) if presigned
+                      else chunk_size or codec.CHUNK_SIZE)
         with self.db.read() as s:
             upload_id = s.scalar(select(Blob.upload_id).where(
                 Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
@@ -133,6 +149,10 @@ class Uploads:
         if multipart is None:
             return info
         objects = self._objects()
+        if multipart == DIRECT:  # only the blob's bytes can be at its key
+            present = objects.size(info.digest) == info.size
+            return replace(info, received=(0,) if present else (),
+                           urls=(objects.presign_put(info.digest, PRESIGN_SECONDS),))
         parts = objects.parts(upload_id, multipart)
         if parts is None:  # a hub died while finishing it: the client starts again
             self._discard(blob_id)
@@ -216,13 +236,18 @@ class Uploads:
 
     def _finish_presigned(self, info: UploadInfo, owner: str, blob_id: int,
                           multipart: str) -> BlobInfo:
-        """Verify the staging object (a server-side read of every byte) and make it the
-        blob's object, or discard it: bytes that are not ``digest`` never become it."""
-        actual = self._objects().promote(info.upload_id, multipart, info.digest, info.size)
-        if actual is not None:
-            self._discard(blob_id)
-            raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
-                                 f"the upload was discarded", hint="Upload the blob again")
+        """Make the upload the blob: a direct upload's object is there (the store took
+        only the blob's bytes); a staging object is verified (a server-side read of every
+        byte) and copied to the blob's key, or discarded: bytes that are not ``digest``
+        never become it."""
+        if multipart != DIRECT:
+            actual = self._objects().promote(info.upload_id, multipart, info.digest,
+                                             info.size)
+            if actual is not None:
+                self._discard(blob_id)
+                raise IntegrityError(f"the bytes received hash to {actual}, not "
+                                     f"{info.digest}; the upload was discarded",
+                                     hint="Upload the blob again")
         with self.db.write() as s:
             blob = self._upload(s, info.upload_id, owner)
             if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):

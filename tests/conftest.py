@@ -60,26 +60,50 @@ def run(tmp_path, monkeypatch):
     return invoke
 
 
-@pytest.fixture(scope="session")
-def seaweed():
-    """A real S3-compatible server (SeaweedFS ``weed mini``) for the session (see
-    tests/helpers/s3_server.py); fails loudly when the binary is missing."""
+def _seaweed(open: bool):
     from helpers.s3_server import SeaweedServer
 
-    server = SeaweedServer()
+    server = SeaweedServer(open=open)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3-compatible server (SeaweedFS ``weed mini``, checking signatures) for the
+    session (see tests/helpers/s3_server.py); fails loudly when the binary is missing."""
+    server = _seaweed(open=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def open_seaweed():
+    """A SeaweedFS that accepts unsigned requests (no access control): presigned checksums
+    protect nothing there, so the registry verifies uploads by reading them back."""
+    server = _seaweed(open=True)
+    yield server
+    server.stop()
+
+
+def _bucket_env(server, monkeypatch) -> str:
+    import uuid
+
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    server.create_bucket(bucket)
+    return f"s3://{bucket}/reg"
 
 
 @pytest.fixture
 def s3_env(seaweed, monkeypatch):
     """The standard AWS variables pointing at the session's SeaweedFS, and a fresh bucket:
     yields ``s3://BUCKET/reg``."""
-    import uuid
+    return _bucket_env(seaweed, monkeypatch)
 
-    for key, value in seaweed.env().items():
-        monkeypatch.setenv(key, value)
-    bucket = f"t-{uuid.uuid4().hex[:20]}"
-    seaweed.create_bucket(bucket)
-    return f"s3://{bucket}/reg"
+
+@pytest.fixture
+def open_s3_env(open_seaweed, monkeypatch):
+    """:func:`s3_env` on the SeaweedFS without access control."""
+    return _bucket_env(open_seaweed, monkeypatch)

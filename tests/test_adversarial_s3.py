@@ -2,8 +2,11 @@
 presigned uploads and redirected downloads, and what an attacker gets from them.
 
 The store boundary still decides who gets a URL: no URL for a blob the caller cannot see; a
-presigned upload for digest X that receives other bytes never becomes blob X; a client killed
-in the middle of a presigned multipart upload leaves no version, and gc reclaims the rest.
+presigned upload for digest X that receives other bytes never becomes blob X, on a store that
+enforces the signed checksum (the store refuses the bytes, or the URL stripped of its
+checksum) and on one that does not (the hub reads the staging object back and discards it); a
+client killed in the middle of a presigned multipart upload leaves no version, and gc reclaims
+the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 from datetime import timedelta
 
 import httpx
@@ -28,16 +32,29 @@ from registry_db import RegistryService
 from registry_db.objectstore import PART_SIZE, Location
 
 
-@pytest.fixture
-def s3_hub(registry_url, s3_env, tmp_path):
+def _hub(registry_url: str, location: str, log_path):
     with RegistryService(registry_url) as service:
-        service.choose_blob_backend(s3_env, caller=LOCAL)
+        service.choose_blob_backend(location, caller=LOCAL)
         tokens = {"writer": service.tokens.create(["write:team"])[0],
                   "reader": service.tokens.create(["read:team"])[0],
                   "outsider": service.tokens.create(["write:other"])[0],
                   "admin": service.tokens.create(["admin"])[0]}
-    with HubProcess(registry_url, log_path=tmp_path / "hub.log") as hub:
-        hub.tokens = tokens
+    hub = HubProcess(registry_url, log_path=log_path)
+    hub.tokens = tokens
+    return hub
+
+
+@pytest.fixture
+def s3_hub(registry_url, s3_env, tmp_path):
+    """A hub on a store that checks signatures and presigned checksums."""
+    with _hub(registry_url, s3_env, tmp_path / "hub.log") as hub:
+        yield hub
+
+
+@pytest.fixture
+def open_s3_hub(registry_url, open_s3_env, tmp_path):
+    """A hub on a store without access control: uploads go to staging objects."""
+    with _hub(registry_url, open_s3_env, tmp_path / "hub.log") as hub:
         yield hub
 
 
@@ -104,22 +121,58 @@ def test_no_url_for_a_blob_the_caller_cannot_see(s3_hub, tmp_path, monkeypatch):
 
 
 def test_presigned_upload_of_other_bytes_never_becomes_the_blob(s3_hub, s3_env, seaweed):
+    """On a store that enforces the signed checksum the upload is one PUT to the blob's own
+    key: the store refuses other bytes, and the URL without its checksum."""
     data, other = tensor_bytes(40, 4 << 20), tensor_bytes(41, 4 << 20)
     digest = digest_of(data)
+    location = Location.parse(s3_env)
     with _client(s3_hub, "writer") as writer:
         begun = writer.post("/api/v1/uploads", json={"digest": digest, "size": len(data),
                                                      "presigned": True}).json()
-        assert len(begun["urls"]) == 1
-        assert httpx.put(begun["urls"][0], content=other, timeout=60).status_code == 200
+        assert len(begun["urls"]) == 1 and begun["chunk_size"] == len(data)
+        url = begun["urls"][0]
+        assert f"/reg/blobs/sha256/{digest[7:9]}/" in url  # the blob's key, not staging
+        refused = httpx.put(url, content=other, timeout=60)
+        assert refused.status_code == 400 and "BadDigest" in refused.text
+        parts = urllib.parse.urlsplit(url)
+        stripped = parts._replace(query=urllib.parse.urlencode(
+            [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+             if k != "x-amz-checksum-sha256"])).geturl()
+        assert httpx.put(stripped, content=other, timeout=60).status_code == 403
+        assert httpx.put(url.split("?")[0], content=other, timeout=60).status_code == 403
         # the hub's chunk door is shut for a presigned upload: the bytes must go to the store
-        refused = writer.put(f"/api/v1/uploads/{begun['upload_id']}/chunks/0", content=data)
-        assert refused.status_code == 409
+        assert writer.put(f"/api/v1/uploads/{begun['upload_id']}/chunks/0",
+                          content=other).status_code == 409
+        finish = writer.post(f"/api/v1/uploads/{begun['upload_id']}/finish")
+        assert finish.status_code == 409 and "missing chunks" in finish.json()["error"]
+        assert writer.post("/api/v1/blobs/missing",
+                           json={"digests": [digest]}).json()["missing"] == [digest]
+        listed = seaweed.client().list_objects_v2(Bucket=location.bucket, Prefix="reg/")
+        assert listed.get("KeyCount", 0) == 0
+        assert httpx.put(url, content=data, timeout=60).status_code == 200
+        finished = writer.post(f"/api/v1/uploads/{begun['upload_id']}/finish").json()
+        assert finished["digest"] == digest and finished["size"] == len(data)
+        assert writer.post("/api/v1/blobs/missing",
+                           json={"digests": [digest]}).json()["missing"] == []
+
+
+def test_staged_upload_of_other_bytes_never_becomes_the_blob(open_s3_hub, open_s3_env,
+                                                              open_seaweed):
+    """On a store that takes any bytes (no access control), the parts go to a staging
+    object that the hub reads back before it becomes the blob."""
+    data, other = tensor_bytes(40, 4 << 20), tensor_bytes(41, 4 << 20)
+    digest = digest_of(data)
+    with _client(open_s3_hub, "writer") as writer:
+        begun = writer.post("/api/v1/uploads", json={"digest": digest, "size": len(data),
+                                                     "presigned": True}).json()
+        assert len(begun["urls"]) == 1 and "/uploads/" in begun["urls"][0]
+        assert httpx.put(begun["urls"][0], content=other, timeout=60).status_code == 200
         finish = writer.post(f"/api/v1/uploads/{begun['upload_id']}/finish")
         assert finish.status_code == 422 and "discarded" in finish.json()["error"]
         assert writer.post("/api/v1/blobs/missing",
                            json={"digests": [digest]}).json()["missing"] == [digest]
-    location = Location.parse(s3_env)
-    listed = seaweed.client().list_objects_v2(Bucket=location.bucket, Prefix="reg/")
+    location = Location.parse(open_s3_env)
+    listed = open_seaweed.client().list_objects_v2(Bucket=location.bucket, Prefix="reg/")
     assert listed.get("KeyCount", 0) == 0  # neither blob X nor the staging object
 
 
@@ -138,18 +191,18 @@ _UPLOADER = textwrap.dedent("""
 
 
 def test_sigkill_during_multipart_upload_leaves_no_version_and_gc_reclaims(
-        s3_hub, s3_env, seaweed, registry_url):
+        open_s3_hub, open_s3_env, open_seaweed, registry_url):
     size = 3 * PART_SIZE + 10
     digest = "sha256:" + hashlib.sha256(b"never sent").hexdigest()
-    client = subprocess.Popen([sys.executable, "-c", _UPLOADER, s3_hub.url,
-                               s3_hub.tokens["writer"], digest, str(size)],
+    client = subprocess.Popen([sys.executable, "-c", _UPLOADER, open_s3_hub.url,
+                               open_s3_hub.tokens["writer"], digest, str(size)],
                               stdout=subprocess.PIPE, text=True)
     upload_id = client.stdout.readline().strip()
     assert upload_id
     os.kill(client.pid, signal.SIGKILL)
     client.wait()
-    location = Location.parse(s3_env)
-    s3 = seaweed.client()
+    location = Location.parse(open_s3_env)
+    s3 = open_seaweed.client()
     assert s3.list_multipart_uploads(Bucket=location.bucket).get("Uploads")
     with RegistryService(registry_url) as service:
         assert service.list_versions(caller=LOCAL) == []

