@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -40,6 +41,7 @@ BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
 STREAMS = 2  # stored-blob streams in flight while the caller stores what arrived
 PARTS_IN_FLIGHT = 4  # presigned parts sent (or ranges fetched) at once
+AHEAD = 64 << 20  # bytes of large blobs in flight at once (object-store uploads, downloads)
 RANGE_PIECE = 16 << 20  # bytes per ranged GET of a redirected download
 ERROR_FRAME = 2**64 - 1
 
@@ -95,21 +97,34 @@ class HttpRemote(Remote):
 
     def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
                      progress: ProgressCallback | None = None) -> None:
+        """Small blobs in bundles; large ones as resumable uploads, several at once (up to
+        :data:`AHEAD` bytes) when their bytes go straight to an object store."""
         report = progress or (lambda n: None)
         bundle: list[tuple[str, memoryview, int]] = []
         size = 0
-        for digest, data, itemsize in blobs:
-            view = memoryview(data).cast("B")
-            if len(view) >= SMALL:
-                self._upload_large(digest, view, itemsize, report)
-                continue
-            bundle.append((digest, view, itemsize))
-            size += len(view)
-            if size >= BUNDLE:
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="adapterhub-push") as pool:
+            sending: deque[tuple[Future[None], int]] = deque()
+            for digest, data, itemsize in blobs:
+                view = memoryview(data).cast("B")
+                if len(view) < SMALL:
+                    bundle.append((digest, view, itemsize))
+                    size += len(view)
+                    if size >= BUNDLE:
+                        self._send_bundle(bundle, report)
+                        bundle, size = [], 0
+                    continue
+                info = self._begin_upload(digest, view, itemsize)
+                if not info.get("urls"):
+                    self._upload_large(digest, view, itemsize, report, info)
+                    continue
+                while sending and sum(n for _, n in sending) + len(view) > AHEAD:
+                    sending.popleft()[0].result()
+                sending.append((pool.submit(self._upload_large, digest, view, itemsize,
+                                            report, info), len(view)))
+            if bundle:
                 self._send_bundle(bundle, report)
-                bundle, size = [], 0
-        if bundle:
-            self._send_bundle(bundle, report)
+            for future, _ in sending:
+                future.result()
 
     def _send_bundle(self, bundle: list[tuple[str, memoryview, int]],
                      report: ProgressCallback) -> None:
@@ -120,12 +135,14 @@ class HttpRemote(Remote):
                             headers={"Content-Type": "application/octet-stream"})
         report(sum(len(v) for _, v, _ in bundle))
 
+    def _begin_upload(self, digest: str, view: memoryview, itemsize: int) -> dict:
+        return self.client.post_json("/api/v1/uploads", {
+            "digest": digest, "size": len(view), "itemsize": itemsize, "presigned": True})
+
     def _upload_large(self, digest: str, view: memoryview, itemsize: int,
-                      report: ProgressCallback) -> None:
+                      report: ProgressCallback, info: dict | None = None) -> None:
         for _ in range(3):  # again from the start if the hub dropped the upload (gc)
-            info = self.client.post_json("/api/v1/uploads", {
-                "digest": digest, "size": len(view), "itemsize": itemsize,
-                "presigned": True})
+            info = info or self._begin_upload(digest, view, itemsize)
             if info["complete"]:
                 report(len(view))
                 return
@@ -148,7 +165,7 @@ class HttpRemote(Remote):
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
                 return
             except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
-                continue
+                info = None
         raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
                             hint="Is a gc with --grace 0 running on the hub? Push again")
 
@@ -156,8 +173,10 @@ class HttpRemote(Remote):
         """Send one chunk to the object store (retrying: a part can be sent again); its
         size."""
         for attempt in range(self.client.retries + 1):
-            try:
-                response = self._store().put(url, content=bytes(data))
+            pieces = (data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+            try:  # (streamed from the caller's buffer, with a length: S3 takes no chunking)
+                response = self._store().put(url, content=pieces,
+                                             headers={"Content-Length": str(len(data))})
             except httpx.TransportError as exc:
                 if attempt == self.client.retries:
                     raise self.client.unreachable(exc) from None
@@ -207,7 +226,8 @@ class HttpRemote(Remote):
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes]]:
         """Small blobs in bundles (the next bundle is fetched while the caller stores the
-        current one), large ones one by one, all in the order asked."""
+        current one), large ones several at once (up to :data:`AHEAD` bytes ahead), all in
+        the order asked."""
         report = progress or (lambda n: None)
         plan: list[list[str]] = []  # a bundle of small blobs, or [one large blob]
         run: list[str] = []
@@ -229,12 +249,24 @@ class HttpRemote(Remote):
         def small(group: list[str]) -> bool:
             return self._blobs.get(group[0], (None, SMALL))[1] < SMALL
 
-        with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool:
+        def size(index: int) -> int:
+            return self._blobs[plan[index][0]][1]
+
+        with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool, \
+                ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="adapterhub-pull") as big:
             ahead: Future | None = None
+            fetching: dict[int, Future[bytearray]] = {}  # large blobs, by place in the plan
             for index, group in enumerate(plan):
-                if not small(group):
-                    yield group[0], self._read_large(group[0], self._blobs[group[0]][1],
-                                                     report)
+                if not small(group):  # this one, and the next ones within AHEAD bytes
+                    end, budget = index, 0
+                    while end < len(plan) and not small(plan[end]) and (
+                            end == index or budget + size(end) <= AHEAD):
+                        if end not in fetching:
+                            fetching[end] = big.submit(self._read_large, plan[end][0],
+                                                       size(end), report)
+                        budget += size(end)
+                        end += 1
+                    yield group[0], fetching.pop(index).result()
                     continue
                 current = ahead or pool.submit(self._read_bundle, group, report)
                 following = plan[index + 1] if index + 1 < len(plan) else None
@@ -339,7 +371,7 @@ class HttpRemote(Remote):
         return [(digest, received[digest]) for digest in digests]
 
     def _read_ranges(self, url: str, digest: str, size: int,
-                     report: ProgressCallback) -> bytes:
+                     report: ProgressCallback) -> bytearray:
         """A redirected blob from the object store, :data:`PARTS_IN_FLIGHT` ranges at once
         (each retried on its own), hashed once whole."""
         data = bytearray(size)
@@ -366,7 +398,8 @@ class HttpRemote(Remote):
         with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
             for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
                 report(got)
-        return self._checked(digest, bytes(data))
+        view.release()  # (the caller may resize the bytes)
+        return self._checked(digest, data)
 
     def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
