@@ -27,7 +27,6 @@ from registry_db.database import Database, batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
 from registry_db.models_hub import VersionFilePart
-from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.records import BlobInfo, StoredBlob, UploadInfo
 
 
@@ -137,19 +136,21 @@ class BlobService:
         self._grant(sent, caller)
 
     def begin_upload(self, digest: str, size: int, *, caller: Caller, itemsize: int = 1,
-                     chunk_size: int | None = None, presigned: bool = False
-                     ) -> UploadInfo | None:
+                     chunk_size: int | None = None, presigned: bool = False,
+                     direct: bool = False) -> UploadInfo | None:
         """Start, or continue the caller's own unfinished, upload of one large blob; None
         when the caller may already use the blob. ``presigned``: with an object store, the
-        answer lists presigned URLs the chunks go to (see :meth:`BlobStore.begin_upload`)."""
+        answer lists presigned URLs the chunks go to; ``direct``: the client sends the
+        headers it lists too (see :meth:`BlobStore.begin_upload`)."""
         caller.require("write")
         if self.visible([digest], caller=caller):
             self.store.touch([digest])
             return None
         return (self.store.own_upload(digest, size, caller.owner, chunk_size=chunk_size,
-                                      presigned=presigned)
+                                      presigned=presigned, direct=direct)
                 or self.store.begin_upload(digest, size, caller.owner, itemsize=itemsize,
-                                           chunk_size=chunk_size, presigned=presigned))
+                                           chunk_size=chunk_size, presigned=presigned,
+                                           direct=direct))
 
     def upload_status(self, upload_id: str, *, caller: Caller) -> UploadInfo:
         caller.require("write")
@@ -196,10 +197,18 @@ class BlobService:
     def download_url(self, digest: str, *, caller: Caller, expires: int = 3600) -> str | None:
         """A presigned URL of the blob's object for a caller who may see it; None when the
         blob is in the database (then read it through the registry)."""
-        self.require_visible([digest], caller=caller)
-        if self.store.objects is None or self.store.info(digest).codec != OBJECT_CODEC:
-            return None
-        return self.store.objects.presign_get(digest, expires)
+        return self.download_urls([digest], caller=caller, expires=expires).get(digest)
+
+    def download_urls(self, digests: Iterable[str], *, caller: Caller,
+                      expires: int = 3600) -> dict[str, str]:
+        """Presigned URLs of the blobs kept as objects, by digest (all must be blobs the
+        caller may see; blobs in the database get none)."""
+        wanted = list(dict.fromkeys(digests))
+        self.require_visible(wanted, caller=caller)
+        if self.store.objects is None:
+            return {}
+        return {digest: self.store.objects.presign_get(digest, expires)
+                for digest in self.store.in_objects(wanted)}
 
     def iter(self, digest: str, *, caller: Caller, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from ``offset`` (see :meth:`BlobStore.iter`)."""

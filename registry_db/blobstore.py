@@ -166,6 +166,15 @@ class BlobStore(Uploads):
         with self.db.read() as s:
             return blob_info(self._complete(s, digest))
 
+    def in_objects(self, digests: list[str]) -> list[str]:
+        """Those of ``digests`` stored as objects (not as chunk rows), in order."""
+        found: set[str] = set()
+        with self.db.read() as s:
+            for batch in batched(digests):
+                found |= set(s.scalars(select(Blob.digest).where(
+                    Blob.digest.in_(batch), Blob.complete, Blob.codec == OBJECT_CODEC)))
+        return [digest for digest in digests if digest in found]
+
     @staticmethod
     def _complete(s: Session, digest: str) -> Blob:
         blob = s.scalar(select(Blob).where(Blob.digest == check_digest(digest), Blob.complete))

@@ -11,11 +11,12 @@ Reads hash the whole object and raise :class:`IntegrityError` on a mismatch or a
 object, so bytes altered behind the registry's back are refused, not served.
 
 Clients write a blob's object themselves only through a presigned ``PUT`` that carries the
-blob's SHA-256 as the signed ``x-amz-checksum-sha256`` query parameter, and only on a store
-that :attr:`ObjectStore.checks_sha256` has seen refuse both other bytes and a URL whose
-checksum was removed: then no bytes but the blob's can ever land at its key, and nobody has to
-read them back. Any other store gets parts of a staging object, read back before they become
-the blob.
+blob's SHA-256 as the signed ``x-amz-checksum-sha256`` query parameter and the upload's id as
+signed object metadata, and only on a store that :attr:`ObjectStore.direct_uploads` has seen
+enforce both: then no bytes but the blob's can land at its key (nobody has to read them back),
+and the metadata proves that this upload's caller sent them, not someone before (an object
+already there says nothing about who has the bytes). Any other store, and clients that cannot
+send headers, get parts of a staging object, read back before they become the blob.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ CODEC = "s3"  # the Blob.codec of a blob whose bytes are an object, not chunk ro
 PART_SIZE = 16 << 20  # multipart part size (S3's minimum part is 5 MiB)
 DIRECT_MAX = 1 << 30  # blobs up to this size go in one checksummed PUT (S3 allows 5 GiB)
 CHECKSUM_PARAM = "x-amz-checksum-sha256"
+UPLOAD_META = "adapterhub-upload"  # object metadata: the upload whose presigned PUT wrote it
 READ_SIZE = 8 << 20
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _KEY_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
@@ -116,9 +118,9 @@ def _checksum(digest: str) -> str:
     return base64.b64encode(bytes.fromhex(digest.removeprefix("sha256:"))).decode()
 
 
-def _put_status(url: str, data: bytes) -> int:
+def _put_status(url: str, data: bytes, headers: dict[str, str]) -> int:
     """The HTTP status of a ``PUT`` of ``data`` to a presigned URL."""
-    request = urllib.request.Request(url, data=data, method="PUT")
+    request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
@@ -190,20 +192,24 @@ class ObjectStore:
     # -- presigned uploads ------------------------------------------------------------------
 
     @cached_property
-    def checks_sha256(self) -> bool:
-        """Whether clients may write blob objects through checksummed presigned ``PUT`` requests:
-        the store refused a probe ``PUT`` of other bytes than its signed checksum, and the
-        same URL with the checksum removed (its signature no longer matches). Probed once
-        per process, with a throwaway key."""
+    def direct_uploads(self) -> bool:
+        """Whether clients may write blob objects themselves (see the module docstring): a
+        probe ``PUT`` through a presigned URL was refused with other bytes than its signed
+        checksum, without the checksum, and without the signed upload header, and accepted
+        and recorded with all three. Probed once per process, on a throwaway key."""
         key = f"{self.location.prefix}/probe/{secrets.token_hex(16)}".lstrip("/")
-        url = self._presign_put(key, _checksum(_sha256(b"adapterhub checksum probe")), 300)
+        body, marker = b"adapterhub probe", secrets.token_hex(8)
+        url, headers = self._presign_put(key, _checksum(_sha256(body)), marker, 300)
         parts = urllib.parse.urlsplit(url)
-        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
-                 if k != CHECKSUM_PARAM]
-        stripped = parts._replace(query=urllib.parse.urlencode(query)).geturl()
+        stripped = parts._replace(query=urllib.parse.urlencode(
+            [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+             if k != CHECKSUM_PARAM])).geturl()
         try:
-            return (_put_status(url, b"other bytes") == 400
-                    and _put_status(stripped, b"other bytes") in (400, 403))
+            refused = (_put_status(url, b"other bytes", headers) == 400
+                       and _put_status(stripped, b"other bytes", headers) in (400, 403)
+                       and _put_status(url, body, {}) in (400, 403))
+            return (refused and _put_status(url, body, headers) == 200
+                    and self._uploader(key) == (len(body), marker))
         except OSError as exc:
             raise _failed(exc, "answer a presigned upload") from None
         finally:
@@ -212,15 +218,34 @@ class ObjectStore:
             except self._errors():
                 pass  # (nothing was written, or the store refuses deletes: not ours to fix)
 
-    def presign_put(self, digest: str, expires: int) -> str:
-        """A presigned ``PUT`` of the blob's object that the store accepts only with exactly
-        the blob's bytes (use only when :attr:`checks_sha256`)."""
-        return self._presign_put(self.key(digest), _checksum(digest), expires)
+    def presign_put(self, digest: str, upload_id: str,
+                    expires: int) -> tuple[str, dict[str, str]]:
+        """A presigned ``PUT`` of the blob's object, and the headers to send with it: the
+        store takes only the blob's bytes, and records ``upload_id`` on the object (use only
+        when :attr:`direct_uploads`)."""
+        return self._presign_put(self.key(digest), _checksum(digest), upload_id, expires)
 
-    def _presign_put(self, key: str, checksum: str, expires: int) -> str:
-        return self.s3.generate_presigned_url(
+    def _presign_put(self, key: str, checksum: str, upload_id: str,
+                     expires: int) -> tuple[str, dict[str, str]]:
+        url = self.s3.generate_presigned_url(
             "put_object", ExpiresIn=expires,
-            Params={"Bucket": self.location.bucket, "Key": key, "ChecksumSHA256": checksum})
+            Params={"Bucket": self.location.bucket, "Key": key, "ChecksumSHA256": checksum,
+                    "Metadata": {UPLOAD_META: upload_id}})
+        return url, {f"x-amz-meta-{UPLOAD_META}": upload_id}
+
+    def uploader(self, digest: str) -> tuple[int, str | None] | None:
+        """The blob object's size and the upload that last wrote it (None if no presigned
+        upload did); None when there is no object."""
+        return self._uploader(self.key(digest))
+
+    def _uploader(self, key: str) -> tuple[int, str | None] | None:
+        try:
+            head = self.s3.head_object(Bucket=self.location.bucket, Key=key)
+        except self._errors() as exc:
+            if _status(exc) == 404:
+                return None
+            raise _failed(exc, "look up an uploaded object") from None
+        return int(head["ContentLength"]), head.get("Metadata", {}).get(UPLOAD_META)
 
     # staging: parts go to a staging object, the hub verifies and copies it
 

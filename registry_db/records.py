@@ -111,6 +111,8 @@ class UploadInfo:
     received: tuple[int, ...]
     #: with an object store: presigned URLs to ``PUT`` chunk ``i`` to, straight to the store
     urls: tuple[str, ...] = ()
+    #: headers to send with each of those ``PUT`` requests
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def chunk_count(self) -> int:

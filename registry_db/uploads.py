@@ -3,12 +3,13 @@
 An upload belongs to the caller that opened it (its id is random). On the ``db`` backend its
 chunks arrive as chunk rows and the whole blob is re-hashed when it finishes (an object store
 registry then writes the verified bytes as the blob's object). A *presigned* upload (``s3``
-backend) sends its bytes straight to the store: on a store that enforces presigned checksums
-(:attr:`~registry_db.objectstore.ObjectStore.checks_sha256`), a blob of up to
-:data:`~registry_db.objectstore.DIRECT_MAX` bytes is one ``PUT`` to its own key that the store
-accepts only with exactly the blob's bytes, so finishing only checks the object is there;
-otherwise its chunks are parts of a staging object, and finishing reads every byte of that
-object back and hashes it before it becomes the blob.
+backend) sends its bytes straight to the store. A *direct* one (a client that sends the
+headers an upload lists, on a store where
+:attr:`~registry_db.objectstore.ObjectStore.direct_uploads`, a blob of up to
+:data:`~registry_db.objectstore.DIRECT_MAX` bytes) is one ``PUT`` to the blob's own key that
+the store accepts only with exactly the blob's bytes and marks with the upload's id: finishing
+checks that mark, and reads nothing back. Otherwise the chunks are parts of a staging object,
+and finishing reads every byte of it back and hashes it before it becomes the blob.
 """
 
 from __future__ import annotations
@@ -72,14 +73,16 @@ class Uploads:
     objects: ObjectStore | None
 
     def begin_upload(self, digest: str, size: int, owner: str, *, itemsize: int = 1,
-                     chunk_size: int | None = None, presigned: bool = False) -> UploadInfo:
+                     chunk_size: int | None = None, presigned: bool = False,
+                     direct: bool = False) -> UploadInfo:
         """Open a resumable upload of ``digest`` that belongs to ``owner``; its id is random,
         so nobody can guess another caller's upload. ``presigned`` (with an object store):
-        the chunks go straight to the store, as parts of a staging object, through the
-        presigned URLs in the answer."""
+        the chunks go straight to the store through the presigned URLs in the answer;
+        ``direct``: the client sends the headers the answer lists, so the upload may be one
+        ``PUT`` to the blob's key (see the module docstring)."""
         check_digest(digest)
         if presigned and self.objects is not None:
-            return self._begin_presigned(digest, size, owner)
+            return self._begin_presigned(digest, size, owner, direct)
         chunk_size = chunk_size or codec.CHUNK_SIZE
         if not 0 <= size <= MAX_BLOB_BYTES or not 0 < chunk_size <= MAX_CHUNK_BYTES:
             raise InvalidRequestError(f"invalid upload size {size} / chunk size {chunk_size}: "
@@ -93,21 +96,19 @@ class Uploads:
                        upload_id=upload_id, owner=owner))
             return UploadInfo(upload_id, digest, size, chunk_size, ())
 
-    def _direct(self, size: int) -> bool:
-        """Whether a presigned upload of ``size`` bytes is one checksummed ``PUT``."""
-        return size <= DIRECT_MAX and self._objects().checks_sha256
+    def _direct(self, size: int, direct: bool) -> bool:
+        """Whether a presigned upload of ``size`` bytes is one ``PUT`` to the blob's key."""
+        return direct and size <= DIRECT_MAX and self._objects().direct_uploads
 
-    def _presigned_chunk(self, size: int) -> int:
-        return max(1, size) if self._direct(size) else part_size(size)
-
-    def _begin_presigned(self, digest: str, size: int, owner: str) -> UploadInfo:
+    def _begin_presigned(self, digest: str, size: int, owner: str,
+                         direct: bool) -> UploadInfo:
         if not 0 <= size <= MAX_BLOB_BYTES:
             raise InvalidRequestError(f"invalid upload size {size}: a blob holds 0 to "
                                       f"{MAX_BLOB_BYTES} bytes")
-        part = self._presigned_chunk(size)
+        direct = self._direct(size, direct)
+        part = max(1, size) if direct else part_size(size)
         upload_id = secrets.token_urlsafe(24)
-        multipart = (DIRECT if self._direct(size)
-                     else self._objects().begin_multipart(upload_id))
+        multipart = DIRECT if direct else self._objects().begin_multipart(upload_id)
         now = utcnow()
         with self.db.write() as s:
             s.add(Blob(digest=digest, size=size, stored_size=0, codec=OBJECT_CODEC,
@@ -116,20 +117,24 @@ class Uploads:
         return self.upload_status(upload_id, owner)
 
     def own_upload(self, digest: str, size: int, owner: str, *,
-                   chunk_size: int | None = None, presigned: bool = False
-                   ) -> UploadInfo | None:
-        """The newest unfinished upload of the same blob (same size and chunk size) that
-        ``owner`` opened, so a client that lost its upload id (a crash, a new process) resends
-        only the chunks the registry lacks. Never another caller's upload."""
+                   chunk_size: int | None = None, presigned: bool = False,
+                   direct: bool = False) -> UploadInfo | None:
+        """The newest unfinished upload of the same blob (same size and chunk size, the same
+        kind) that ``owner`` opened, so a client that lost its upload id (a crash, a new
+        process) resends only the chunks the registry lacks. Never another caller's
+        upload."""
         check_digest(digest)
         presigned = presigned and self.objects is not None
-        chunk_size = (self._presigned_chunk(size) if presigned
+        direct = presigned and self._direct(size, direct)
+        chunk_size = ((max(1, size) if direct else part_size(size)) if presigned
                       else chunk_size or codec.CHUNK_SIZE)
+        kind = (Blob.object_upload == DIRECT if direct
+                else (Blob.object_upload.is_not(None) & (Blob.object_upload != DIRECT))
+                if presigned else Blob.object_upload.is_(None))
         with self.db.read() as s:
             upload_id = s.scalar(select(Blob.upload_id).where(
                 Blob.digest == digest, Blob.complete.is_(False), Blob.size == size,
-                Blob.chunk_size == chunk_size, Blob.owner == owner,
-                Blob.object_upload.is_not(None) if presigned else Blob.object_upload.is_(None))
+                Blob.chunk_size == chunk_size, Blob.owner == owner, kind)
                 .order_by(Blob.id.desc()).limit(1))
         if upload_id is None:
             return None
@@ -149,10 +154,11 @@ class Uploads:
         if multipart is None:
             return info
         objects = self._objects()
-        if multipart == DIRECT:  # only the blob's bytes can be at its key
-            present = objects.size(info.digest) == info.size
-            return replace(info, received=(0,) if present else (),
-                           urls=(objects.presign_put(info.digest, PRESIGN_SECONDS),))
+        if multipart == DIRECT:  # received: this upload's PUT wrote the blob's object
+            url, headers = objects.presign_put(info.digest, upload_id, PRESIGN_SECONDS)
+            ours = objects.uploader(info.digest) == (info.size, upload_id)
+            return replace(info, received=(0,) if ours else (), urls=(url,),
+                           headers=tuple(headers.items()))
         parts = objects.parts(upload_id, multipart)
         if parts is None:  # a hub died while finishing it: the client starts again
             self._discard(blob_id)
@@ -236,10 +242,10 @@ class Uploads:
 
     def _finish_presigned(self, info: UploadInfo, owner: str, blob_id: int,
                           multipart: str) -> BlobInfo:
-        """Make the upload the blob: a direct upload's object is there (the store took
-        only the blob's bytes); a staging object is verified (a server-side read of every
-        byte) and copied to the blob's key, or discarded: bytes that are not ``digest``
-        never become it."""
+        """Make the upload the blob: a direct upload's object is there, written by this
+        upload (the store took only the blob's bytes); a staging object is verified (a
+        server-side read of every byte) and copied to the blob's key, or discarded: bytes
+        that are not ``digest`` never become it."""
         if multipart != DIRECT:
             actual = self._objects().promote(info.upload_id, multipart, info.digest,
                                              info.size)

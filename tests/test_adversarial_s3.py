@@ -27,6 +27,7 @@ from helpers.hub_server import HubProcess
 from helpers.registry_helpers import LOCAL, digest_of, tensor_bytes
 
 from adapterhub.errors import IntegrityError
+from adapterhub.io.safetensors import tensor_bytes as safetensor_bytes
 from adapterhub.registry import Registry
 from registry_db import RegistryService
 from registry_db.objectstore import PART_SIZE, Location
@@ -113,32 +114,45 @@ def test_no_url_for_a_blob_the_caller_cannot_see(s3_hub, tmp_path, monkeypatch):
             assert answer.status_code in (403, 404)
             assert "location" not in answer.headers
             assert "X-Amz" not in answer.text
+            urls = outsider.post(path.rsplit("/", 1)[0] + "/urls",
+                                 json={"digests": [big.digest]})
+            assert urls.status_code in (403, 404) and "X-Amz" not in urls.text
         # nor does asking to upload it hand over the stored blob: it is "missing" to them
         begun = outsider.post("/api/v1/uploads", json={"digest": big.digest,
                                                        "size": big.nbytes,
                                                        "presigned": True}).json()
         assert begun["complete"] is False and begun["urls"]
+    with _client(s3_hub, "reader") as reader:  # all or nothing: with a hidden blob, no URL
+        mixed = reader.post("/api/v1/repos/team/secret/blobs/urls",
+                            json={"digests": [big.digest, "sha256:" + "ab" * 32]})
+        assert mixed.status_code == 404 and "X-Amz" not in mixed.text
+        given = reader.post("/api/v1/repos/team/secret/blobs/urls",
+                            json={"digests": [big.digest]}).json()["urls"]
+        assert list(given) == [big.digest]
+        data = httpx.get(given[big.digest], timeout=60).content
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == big.digest
+    assert httpx.post(f"{s3_hub.url}/api/v1/repos/team/secret/blobs/urls",
+                      json={"digests": [big.digest]}).status_code == 401
 
 
 def test_presigned_upload_of_other_bytes_never_becomes_the_blob(s3_hub, s3_env, seaweed):
-    """On a store that enforces the signed checksum the upload is one PUT to the blob's own
-    key: the store refuses other bytes, and the URL without its checksum."""
+    """On a store that enforces the signed checksum and upload header, the upload is one
+    PUT to the blob's own key: the store refuses other bytes, the URL without its checksum,
+    and a PUT without the header."""
     data, other = tensor_bytes(40, 4 << 20), tensor_bytes(41, 4 << 20)
     digest = digest_of(data)
     location = Location.parse(s3_env)
     with _client(s3_hub, "writer") as writer:
         begun = writer.post("/api/v1/uploads", json={"digest": digest, "size": len(data),
-                                                     "presigned": True}).json()
+                                                     "presigned": True, "direct": True}).json()
         assert len(begun["urls"]) == 1 and begun["chunk_size"] == len(data)
-        url = begun["urls"][0]
+        url, headers = begun["urls"][0], begun["headers"]
         assert f"/reg/blobs/sha256/{digest[7:9]}/" in url  # the blob's key, not staging
-        refused = httpx.put(url, content=other, timeout=60)
+        refused = httpx.put(url, content=other, headers=headers, timeout=60)
         assert refused.status_code == 400 and "BadDigest" in refused.text
-        parts = urllib.parse.urlsplit(url)
-        stripped = parts._replace(query=urllib.parse.urlencode(
-            [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
-             if k != "x-amz-checksum-sha256"])).geturl()
-        assert httpx.put(stripped, content=other, timeout=60).status_code == 403
+        assert httpx.put(_without_checksum(url), content=other, headers=headers,
+                         timeout=60).status_code == 403
+        assert httpx.put(url, content=data, timeout=60).status_code == 403  # no header
         assert httpx.put(url.split("?")[0], content=other, timeout=60).status_code == 403
         # the hub's chunk door is shut for a presigned upload: the bytes must go to the store
         assert writer.put(f"/api/v1/uploads/{begun['upload_id']}/chunks/0",
@@ -149,11 +163,53 @@ def test_presigned_upload_of_other_bytes_never_becomes_the_blob(s3_hub, s3_env, 
                            json={"digests": [digest]}).json()["missing"] == [digest]
         listed = seaweed.client().list_objects_v2(Bucket=location.bucket, Prefix="reg/")
         assert listed.get("KeyCount", 0) == 0
-        assert httpx.put(url, content=data, timeout=60).status_code == 200
+        assert httpx.put(url, content=data, headers=headers, timeout=60).status_code == 200
         finished = writer.post(f"/api/v1/uploads/{begun['upload_id']}/finish").json()
         assert finished["digest"] == digest and finished["size"] == len(data)
         assert writer.post("/api/v1/blobs/missing",
                            json={"digests": [digest]}).json()["missing"] == []
+
+
+def _without_checksum(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(query=urllib.parse.urlencode(
+        [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+         if k != "x-amz-checksum-sha256"])).geturl()
+
+
+def test_a_stored_object_proves_nothing_about_who_has_its_bytes(s3_hub, tmp_path,
+                                                                monkeypatch):
+    """Another namespace's blob object already sits at the key an outsider's direct upload
+    names: the upload does not report it received, finishing it is refused, and only the
+    outsider sending the bytes itself makes the blob theirs."""
+    monkeypatch.setenv("ADAPTERHUB_TOKEN", s3_hub.tokens["writer"])
+    package = _package(3, big=1_200_000)
+    with Registry(tmp_path / "local.db") as local:
+        local.push(package, "team/secret", to=s3_hub.url, progress=False)
+    big = max(package.manifest.tensors.values(), key=lambda e: e.nbytes)
+    with _client(s3_hub, "outsider") as outsider:
+        begun = outsider.post("/api/v1/uploads", json={"digest": big.digest,
+                                                       "size": big.nbytes,
+                                                       "presigned": True,
+                                                       "direct": True}).json()
+        assert begun["received"] == []  # the object exists, and the answer does not say so
+        status = outsider.get(f"/api/v1/uploads/{begun['upload_id']}").json()
+        assert status["received"] == []
+        finish = outsider.post(f"/api/v1/uploads/{begun['upload_id']}/finish")
+        assert finish.status_code == 409
+        for path in (f"/api/v1/repos/team/secret/blobs/{big.digest}",
+                     f"/api/v1/repos/other/x/blobs/{big.digest}"):
+            assert outsider.get(path).status_code in (403, 404)
+        assert outsider.post("/api/v1/blobs/missing", json={"digests": [big.digest]}
+                             ).json()["missing"] == [big.digest]
+        # sending the bytes (which the outsider would need to have) does make them theirs
+        name = next(n for n, e in package.manifest.tensors.items() if e is big)
+        data = bytes(safetensor_bytes(package.tensors[name]))
+        assert httpx.put(begun["urls"][0], content=data, headers=begun["headers"],
+                         timeout=60).status_code == 200
+        assert outsider.post(f"/api/v1/uploads/{begun['upload_id']}/finish").status_code == 200
+        assert outsider.post("/api/v1/blobs/missing", json={"digests": [big.digest]}
+                             ).json()["missing"] == []
 
 
 def test_staged_upload_of_other_bytes_never_becomes_the_blob(open_s3_hub, open_s3_env,

@@ -49,7 +49,7 @@ _LIMITS = [
     ("PUT", re.compile(r"^/api/hub/lfs/"), MAX_FILE),
     ("POST", re.compile(r"^/api/v1/repos/[^/]+/[^/]+/commit$"), COMMIT_LIMIT),
     ("POST", re.compile(r"^/api/models/[^/]+/[^/]+/commit/"), HF_COMMIT_LIMIT),
-    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/(read|stored))$"),
+    ("POST", re.compile(r"^/api/v1/(blobs/missing|repos/[^/]+/[^/]+/blobs/(read|stored|urls))$"),
      NEGOTIATE_LIMIT),
     ("POST", re.compile(r"^/xet-cas/v1/xorbs/"), XetLimits.max_xorb_bytes),
     ("POST", re.compile(r"^/xet-cas/v[12]/shards$"), XetLimits.max_shard_bytes),
@@ -61,7 +61,7 @@ _OPEN = re.compile(r"^/api/hub/lfs/|^/xet-cas/|^/api/validate-yaml$")
 #: routes that do not look at the token at all
 _ANONYMOUS = re.compile(r"^/health$")
 #: POST routes that only read, so anonymous callers may use them under --auth read-public
-_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/(read|stored)$")
+_READ_POSTS = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/blobs/(read|stored|urls)$")
 _READ_METHODS = ("GET", "HEAD")
 
 

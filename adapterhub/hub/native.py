@@ -2,14 +2,18 @@
 
 A push: ``POST /api/v1/blobs/missing`` with the version's blob digests; small missing blobs
 go in one ``POST /api/v1/blobs`` bundle, large ones as resumable uploads (``POST
-/api/v1/uploads`` (which continues an unfinished upload of the same blob), ``PUT
+/api/v1/uploads`` (which continues an unfinished upload of the same blob; on an object store
+``"presigned": true`` answers the URLs to ``PUT`` chunks to, and ``"direct": true`` says the
+client sends the ``headers`` the answer lists, so the blob may be one ``PUT``), ``PUT
 /api/v1/uploads/{id}/chunks/{i}`` in any order, ``GET /api/v1/uploads/{id}`` to see what
 arrived, ``POST /api/v1/uploads/{id}/finish``, where the hub re-hashes the whole blob); then
 ``POST …/commit`` records the manifest in one transaction (409 ``MissingBlobs`` if a blob is
 still absent). A pull: ``GET /api/v1/resolve?ref=…``, then ``POST …/blobs/read`` (a framed
 stream of small blobs) and ``GET …/blobs/{digest}`` (with ``Range``) for large ones, or
 ``POST …/blobs/stored``: blobs as the hub stores them (compressed chunks, not decoded on the
-hub; the client decodes and hashes every chunk before it stores them as they came).
+hub; the client decodes and hashes every chunk before it stores them as they came). On an
+object store, ``POST …/blobs/urls`` hands out presigned URLs of many large blobs at once, and
+``GET …/blobs/{digest}`` answers a ``307`` to one.
 
 Every route hands the store the caller (:func:`adapterhub.hub.auth.registry`), and the store
 decides: which blobs "exist" for this caller, whose upload an id names, who may commit,
@@ -51,6 +55,7 @@ router = APIRouter()
 ERROR_FRAME = 2**64 - 1
 FRAME_BATCH = 4 << 20  # bytes of small blobs per write when streaming them
 BUNDLE_FILES = 10_000  # blobs per bundle at most
+MAX_URLS = 10_000  # presigned URLs per answer at most
 MAX_INDEX = 8 << 20  # bytes of a bundle's JSON index
 
 
@@ -230,6 +235,16 @@ def read_blob(request: Request, namespace: str, name: str, digest: str,
                              headers=headers)
 
 
+@router.post("/api/v1/repos/{namespace}/{name}/blobs/urls")
+def blob_urls(namespace: str, name: str, body: dict = Depends(json_object),
+              reg: Registry = Depends(registry)) -> dict[str, Any]:
+    """Presigned URLs of several blobs kept in the object store, in one answer (all must be
+    blobs the caller may see; blobs kept in the database get none: read them here)."""
+    full_name(namespace, name)
+    return {"urls": reg.service.blobs.download_urls(digest_list(body, limit=MAX_URLS),
+                                                    caller=reg.caller)}
+
+
 @router.post("/api/v1/repos/{namespace}/{name}/blobs/read")
 def read_blobs(namespace: str, name: str, body: dict = Depends(json_object),
                reg: Registry = Depends(registry)) -> StreamingResponse:
@@ -351,26 +366,30 @@ def begin_upload(body: dict = Depends(json_object),
     """Start (or resume one of the caller's own) upload of one large blob;
     ``{"complete": true}`` when the caller may use the blob already."""
     digest, size, itemsize = body.get("digest"), body.get("size"), body.get("itemsize", 1)
-    presigned = body.get("presigned", False)
+    presigned, direct = body.get("presigned", False), body.get("direct", False)
     if not (isinstance(digest, str) and is_digest(digest) and type(size) is int
             and size >= 0 and type(itemsize) is int and 1 <= itemsize <= 8
-            and isinstance(presigned, bool)):
+            and isinstance(presigned, bool) and isinstance(direct, bool)):
         raise InvalidRequestError("an upload needs 'digest' (sha256:<hex>), 'size' (bytes) "
-                                  "and optionally 'itemsize' (1-8) and 'presigned' (boolean)")
+                                  "and optionally 'itemsize' (1-8), 'presigned' and 'direct' "
+                                  "(booleans)")
     info = reg.service.blobs.begin_upload(digest, size, caller=reg.caller,
-                                          itemsize=itemsize, presigned=presigned)
+                                          itemsize=itemsize, presigned=presigned,
+                                          direct=direct)
     if info is None:
         return {"complete": True, "digest": digest}
     return _upload(info)
 
 
 def _upload(info) -> dict[str, Any]:
-    """An upload's state; ``urls`` (a presigned upload): where chunk ``i`` is ``PUT``."""
+    """An upload's state; ``urls`` (a presigned upload): where chunk ``i`` is ``PUT``, with
+    ``headers``."""
     answer = {"complete": False, "upload_id": info.upload_id, "digest": info.digest,
               "size": info.size, "chunk_size": info.chunk_size,
               "received": list(info.received)}
     if info.urls:
         answer["urls"] = list(info.urls)
+        answer["headers"] = dict(info.headers)
     return answer
 
 

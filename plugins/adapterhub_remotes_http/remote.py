@@ -23,15 +23,18 @@ import hashlib
 import json
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from http.client import HTTPException
 from typing import TYPE_CHECKING
 
 import httpx
 
-from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryError, error_class
+from adapterhub.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
+                               RegistryError, error_class)
 from adapterhub.plugin_api import Buffer, HubClient, ProgressCallback, Remote
+from adapterhub_remotes_http.presigned import PresignedClient
 
 if TYPE_CHECKING:
     from adapterhub.plugin_api import CommitResult, Manifest, StoredBlob, VersionInfo
@@ -41,7 +44,7 @@ BUNDLE = 32 << 20  # bytes per bundle sent (the hub accepts up to 64 MiB)
 BUNDLE_READ = 16 << 20  # bytes per bundle read
 STREAMS = 2  # stored-blob streams in flight while the caller stores what arrived
 PARTS_IN_FLIGHT = 4  # presigned parts sent (or ranges fetched) at once
-AHEAD = 64 << 20  # bytes of large blobs in flight at once (object-store uploads, downloads)
+AHEAD = 128 << 20  # bytes of large blobs in flight at once (object-store uploads, downloads)
 RANGE_PIECE = 16 << 20  # bytes per ranged GET of a redirected download
 ERROR_FRAME = 2**64 - 1
 
@@ -58,12 +61,10 @@ class HttpRemote(Remote):
         self.client = HubClient(self.url)
         self._blobs: dict[str, tuple[str, int]] = {}  # digest → (repository, size) seen
         self._repository: str | None = None
-        self._store_client: httpx.Client | None = None
+        self._presigned = PresignedClient()
 
     def close(self) -> None:
         self.client.close()
-        if self._store_client is not None:
-            self._store_client.close()
 
     # -- reading versions -------------------------------------------------------------------
 
@@ -137,7 +138,8 @@ class HttpRemote(Remote):
 
     def _begin_upload(self, digest: str, view: memoryview, itemsize: int) -> dict:
         return self.client.post_json("/api/v1/uploads", {
-            "digest": digest, "size": len(view), "itemsize": itemsize, "presigned": True})
+            "digest": digest, "size": len(view), "itemsize": itemsize, "presigned": True,
+            "direct": True})
 
     def _upload_large(self, digest: str, view: memoryview, itemsize: int,
                       report: ProgressCallback, info: dict | None = None) -> None:
@@ -153,10 +155,10 @@ class HttpRemote(Remote):
             todo = [i for i in range(count) if i not in received]
             try:
                 if info.get("urls"):  # straight to the object store, parts in parallel
-                    self._store()
                     with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
                         for size in pool.map(lambda i: self._put_presigned(
-                                info["urls"][i], view[i * chunk:(i + 1) * chunk]), todo):
+                                info["urls"][i], view[i * chunk:(i + 1) * chunk],
+                                info.get("headers", {})), todo):
                             report(size)
                 for i in todo if not info.get("urls") else ():
                     piece = view[i * chunk:(i + 1) * chunk]
@@ -166,33 +168,29 @@ class HttpRemote(Remote):
                 return
             except AdapterNotFoundError:  # the upload vanished (finished by another pusher)
                 info = None
-        raise RegistryError(f"{self.url}: the upload of blob {digest} kept disappearing",
-                            hint="Is a gc with --grace 0 running on the hub? Push again")
+            except ConflictError:  # another upload of the same bytes wrote the object since
+                info = None
+        raise RegistryError(f"{self.url}: the upload of blob {digest} did not complete in 3 "
+                            f"attempts", hint="Is a gc with --grace 0 running on the hub, or "
+                                              "is the same blob being pushed again and "
+                                              "again? Push again")
 
-    def _put_presigned(self, url: str, data: memoryview) -> int:
+    def _put_presigned(self, url: str, data: memoryview, headers: dict[str, str]) -> int:
         """Send one chunk to the object store (retrying: a part can be sent again); its
         size."""
-        for attempt in range(self.client.retries + 1):
-            pieces = (data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20))
-            try:  # (streamed from the caller's buffer, with a length: S3 takes no chunking)
-                response = self._store().put(url, content=pieces,
-                                             headers={"Content-Length": str(len(data))})
-            except httpx.TransportError as exc:
-                if attempt == self.client.retries:
-                    raise self.client.unreachable(exc) from None
-            else:
-                if response.status_code < 300:
-                    return len(data)
-                if response.status_code < 500 or attempt == self.client.retries:
-                    raise RegistryError(f"the object store refused an upload: HTTP "
-                                        f"{response.status_code} {response.text[:200]}")
-            self.client.pause(attempt)
+        self._on_store(lambda: self._presigned.put(url, data, headers), "upload")
+        return len(data)
 
-    def _store(self) -> httpx.Client:
-        """A client for presigned object-store URLs (no hub token)."""
-        if self._store_client is None:
-            self._store_client = httpx.Client(timeout=self.client.http.timeout)
-        return self._store_client
+    def _on_store(self, request: Callable[[], None], what: str) -> None:
+        """Run a request to a presigned URL, retrying failed connections and 5xx."""
+        for attempt in range(self.client.retries + 1):
+            try:
+                return request()
+            except (OSError, HTTPException) as exc:
+                if attempt == self.client.retries:
+                    raise RegistryError(f"the object store kept failing to {what} a blob: "
+                                        f"{type(exc).__name__}: {exc}") from None
+            self.client.pause(attempt)
 
     def _put_chunk(self, upload: str, index: int, data: memoryview) -> None:
         """Send one chunk; if the connection keeps failing, ask the hub whether it arrived
@@ -252,6 +250,14 @@ class HttpRemote(Remote):
         def size(index: int) -> int:
             return self._blobs[plan[index][0]][1]
 
+        urls = self._store_urls([g[0] for g in plan if not small(g)])
+
+        def read_large(digest: str) -> bytearray:
+            size = self._blobs[digest][1]
+            if digest in urls:
+                return self._read_ranges(urls[digest], digest, size, report)
+            return self._read_large(digest, size, report)
+
         with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool, \
                 ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="adapterhub-pull") as big:
             ahead: Future | None = None
@@ -262,8 +268,7 @@ class HttpRemote(Remote):
                     while end < len(plan) and not small(plan[end]) and (
                             end == index or budget + size(end) <= AHEAD):
                         if end not in fetching:
-                            fetching[end] = big.submit(self._read_large, plan[end][0],
-                                                       size(end), report)
+                            fetching[end] = big.submit(read_large, plan[end][0])
                         budget += size(end)
                         end += 1
                     yield group[0], fetching.pop(index).result()
@@ -273,6 +278,18 @@ class HttpRemote(Remote):
                 ahead = (pool.submit(self._read_bundle, following, report)
                          if following and small(following) else None)
                 yield from current.result()
+
+    def _store_urls(self, digests: list[str]) -> dict[str, str]:
+        """Presigned URLs of those blobs the hub keeps in an object store, asked for at once
+        (none from a hub that keeps them in its database)."""
+        urls: dict[str, str] = {}
+        by_repo: dict[str, list[str]] = {}
+        for digest in digests:
+            by_repo.setdefault(self._repository_of(digest), []).append(digest)
+        for repo, wanted in by_repo.items():
+            urls.update(self.client.post_json(f"/api/v1/repos/{repo}/blobs/urls",
+                                              {"digests": wanted})["urls"])
+        return urls
 
     stored_reads = True
     stored_max_bytes = SMALL - 1  # larger blobs: resumable Range requests
@@ -378,22 +395,9 @@ class HttpRemote(Remote):
         view = memoryview(data)
 
         def fetch(start: int) -> int:
-            end = min(size, start + RANGE_PIECE)
-            for attempt in range(self.client.retries + 1):
-                try:
-                    response = self._store().get(url, headers={"Range":
-                                                               f"bytes={start}-{end - 1}"})
-                    if response.status_code == 206 and len(response.content) == end - start:
-                        view[start:end] = response.content
-                        return end - start
-                    if response.status_code < 500 and response.status_code != 206:
-                        raise RegistryError(f"the object store refused a download: HTTP "
-                                            f"{response.status_code} {response.text[:200]}")
-                except httpx.TransportError as exc:
-                    if attempt == self.client.retries:
-                        raise self.client.unreachable(exc) from None
-                self.client.pause(attempt)
-            raise RegistryError(f"the object store kept failing to send blob {digest}")
+            piece = view[start:start + RANGE_PIECE]
+            self._on_store(lambda: self._presigned.get_into(url, start, piece), "download")
+            return len(piece)
 
         with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
             for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
@@ -406,16 +410,13 @@ class HttpRemote(Remote):
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
         data = bytearray()
         failures = 0
-        http, url = self.client.http, path
         while True:
             headers = {"Range": f"bytes={len(data)}-"} if data else {}
-            try:
-                with http.stream("GET", url, headers=headers) as response:
-                    if response.status_code in (302, 307) and http is self.client.http:
-                        http, url = self._store(), response.headers["location"]
-                        if size > RANGE_PIECE:  # the store serves ranges in parallel
-                            return self._read_ranges(url, digest, size, report)
-                        continue  # the object store serves it, without the hub's token
+            try:  # (the hub's client follows no redirect)
+                with self.client.http.stream("GET", path, headers=headers) as response:
+                    if response.status_code in (302, 307):  # the object store serves it
+                        return self._read_ranges(response.headers["location"], digest, size,
+                                                 report)
                     if response.status_code >= 400:
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):
