@@ -152,6 +152,16 @@ class BlobService:
                                            chunk_size=chunk_size, presigned=presigned,
                                            direct=direct))
 
+    def finish_own_upload(self, digest: str, size: int, *, caller: Caller) -> BlobInfo:
+        """Finish the caller's own unfinished presigned upload of ``digest`` (for a client
+        that knows only the digest: HF LFS sent it straight to the object store)."""
+        caller.require("write")
+        upload = self.store.own_upload(digest, size, caller.owner, presigned=True)
+        if upload is None:
+            raise AdapterNotFoundError(f"no upload of {digest} in progress",
+                                       hint="Start the upload again")
+        return self.finish_upload(upload.upload_id, caller=caller)
+
     def upload_status(self, upload_id: str, *, caller: Caller) -> UploadInfo:
         caller.require("write")
         return self.store.upload_status(upload_id, caller.owner)

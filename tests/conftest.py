@@ -107,3 +107,36 @@ def s3_env(seaweed, monkeypatch):
 def open_s3_env(open_seaweed, monkeypatch):
     """:func:`s3_env` on the SeaweedFS without access control."""
     return _bucket_env(open_seaweed, monkeypatch)
+
+
+def _s3_hub(registry_url: str, location: str, log_path):
+    """A hub process on a registry whose blobs live at ``location``, with tokens
+    ``writer``/``reader`` (team), ``outsider`` (write:other) and ``admin``."""
+    from helpers.hub_server import HubProcess
+    from helpers.registry_helpers import LOCAL
+
+    from registry_db import RegistryService
+
+    with RegistryService(registry_url) as service:
+        service.choose_blob_backend(location, caller=LOCAL)
+        tokens = {"writer": service.tokens.create(["write:team"])[0],
+                  "reader": service.tokens.create(["read:team"])[0],
+                  "outsider": service.tokens.create(["write:other"])[0],
+                  "admin": service.tokens.create(["admin"])[0]}
+    hub = HubProcess(registry_url, log_path=log_path)
+    hub.tokens = tokens
+    return hub
+
+
+@pytest.fixture
+def s3_hub(registry_url, s3_env, tmp_path):
+    """A hub on a store that checks signatures and presigned checksums."""
+    with _s3_hub(registry_url, s3_env, tmp_path / "hub.log") as hub:
+        yield hub
+
+
+@pytest.fixture
+def open_s3_hub(registry_url, open_s3_env, tmp_path):
+    """A hub on a store without access control: uploads go to staging objects."""
+    with _s3_hub(registry_url, open_s3_env, tmp_path / "hub.log") as hub:
+        yield hub

@@ -23,7 +23,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from helpers.hub_server import HubProcess
 from helpers.registry_helpers import LOCAL, digest_of, tensor_bytes
 
 from adapterhub.errors import IntegrityError
@@ -33,35 +32,8 @@ from registry_db import RegistryService
 from registry_db.objectstore import PART_SIZE, Location
 
 
-def _hub(registry_url: str, location: str, log_path):
-    with RegistryService(registry_url) as service:
-        service.choose_blob_backend(location, caller=LOCAL)
-        tokens = {"writer": service.tokens.create(["write:team"])[0],
-                  "reader": service.tokens.create(["read:team"])[0],
-                  "outsider": service.tokens.create(["write:other"])[0],
-                  "admin": service.tokens.create(["admin"])[0]}
-    hub = HubProcess(registry_url, log_path=log_path)
-    hub.tokens = tokens
-    return hub
-
-
-@pytest.fixture
-def s3_hub(registry_url, s3_env, tmp_path):
-    """A hub on a store that checks signatures and presigned checksums."""
-    with _hub(registry_url, s3_env, tmp_path / "hub.log") as hub:
-        yield hub
-
-
-@pytest.fixture
-def open_s3_hub(registry_url, open_s3_env, tmp_path):
-    """A hub on a store without access control: uploads go to staging objects."""
-    with _hub(registry_url, open_s3_env, tmp_path / "hub.log") as hub:
-        yield hub
-
-
 def _client(hub, who: str) -> httpx.Client:
-    return httpx.Client(base_url=hub.url, timeout=60,
-                        headers={"Authorization": f"Bearer {hub.tokens[who]}"})
+    return hub.client(who)
 
 
 def _package(seed: int, big: int):

@@ -3,7 +3,10 @@
 ``create_repo`` → ``preupload`` (tensors, binary files and files of 10 MiB or more go as LFS,
 the rest inline; nothing is ignored: a version keeps every committed file) → LFS batch with
 the *basic* transfer (the upload URL is signed with the caller's token, since clients PUT to
-it without headers; the bytes become a blob, re-hashed against the LFS oid) → NDJSON commit
+it without headers; the bytes become a blob, re-hashed against the LFS oid; on an object
+store the URLs are presigned ones of a staging object, one ``PUT`` or HF's multipart parts
+of ``chunk_size`` bytes, finished by the signed completion URL or by verify, and the hub reads
+the object back before it becomes the blob) → NDJSON commit
 on ``main`` (:mod:`adapterhub.hub.hf_commit`). ``create_tag``/``delete_tag`` manage tags;
 ``v<N>`` tags are the version numbers themselves.
 
@@ -147,6 +150,7 @@ def lfs_batch(request: Request, namespace: str, name: str, body: dict = Depends(
     missing = service.blobs.missing((f"sha256:{o['oid']}" for o in objects),
                                     caller=reg.caller)
     expires = int(time.time()) + UPLOAD_TTL_S
+    in_store = service.blobs.store.objects is not None
     out = []
     for o in objects:
         oid, size = o["oid"], o["size"]
@@ -157,18 +161,33 @@ def lfs_batch(request: Request, namespace: str, name: str, body: dict = Depends(
         signature = service.tokens.sign(reg.caller.token.id, message)
         href = (f"{base_url(request)}/api/hub/lfs/{repo}/{oid}?size={size}&expires={expires}"
                 f"&token={reg.caller.token.id}&sig={signature}")
+        upload = (_to_store(service, oid, size, href, reg.caller) if in_store
+                  else {"href": href})
         out.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-            "upload": {"href": href, "expires_in": UPLOAD_TTL_S},
+            "upload": {**upload, "expires_in": UPLOAD_TTL_S},
             "verify": {"href": f"{base_url(request)}/{repo}.git/info/lfs/verify"}}})
     return JSONResponse({"transfer": "basic", "objects": out, "hash_algo": "sha256"},
                         media_type=LFS_JSON)
 
 
+def _to_store(service, oid: str, size: int, completion: str, who: Caller) -> dict[str, Any]:
+    """The upload action of an object sent straight to the object store: one presigned
+    ``PUT`` (verify finishes it), or presigned parts of ``chunk_size`` bytes (HF's multipart
+    transfer) that ``completion`` (the signed URL) finishes. Either way the hub reads the
+    staging object back before it becomes the blob."""
+    upload = service.blobs.begin_upload(f"sha256:{oid}", size, caller=who, presigned=True)
+    if upload is None:  # (stored meanwhile)
+        return {"href": completion}
+    if len(upload.urls) == 1:
+        return {"href": upload.urls[0]}
+    parts = {f"{i + 1:05d}": url for i, url in enumerate(upload.urls)}
+    return {"href": completion, "header": {"chunk_size": str(upload.chunk_size), **parts}}
 
-@router.put("/api/hub/lfs/{namespace}/{name}/{oid}")
-async def lfs_upload(request: Request, namespace: str, name: str, oid: str) -> Response:
-    """The signed upload URL: stream the object into an upload owned by the token that
-    signed it, then re-hash it."""
+
+async def _signed(request: Request, namespace: str, name: str, oid: str
+                  ) -> tuple[int, Caller]:
+    """The size and the caller a signed LFS URL names (checked: signature, expiry, and that
+    the token may still write to the repository)."""
     repo = full_name(namespace, name)
     params = request.query_params
     try:
@@ -187,8 +206,15 @@ async def lfs_upload(request: Request, namespace: str, name: str, oid: str) -> R
                                     f"{repo}|{oid}|{size}|{expires}", signature)
     if not token.allows("write", repo):
         raise PermissionDeniedError(f"the token that signed this URL cannot write to {repo}")
-    who = Caller.for_token(token)
-    blobs = service.blobs
+    return size, Caller.for_token(token)
+
+
+@router.put("/api/hub/lfs/{namespace}/{name}/{oid}")
+async def lfs_upload(request: Request, namespace: str, name: str, oid: str) -> Response:
+    """The signed upload URL: stream the object into an upload owned by the token that
+    signed it, then re-hash it."""
+    size, who = await _signed(request, namespace, name, oid)
+    blobs = hub_of(request).registry.service.blobs
     upload = await run_in_threadpool(lambda: blobs.begin_upload(f"sha256:{oid}", size,
                                                                  caller=who))
     if upload is None:
@@ -215,6 +241,17 @@ async def lfs_upload(request: Request, namespace: str, name: str, oid: str) -> R
     return Response(status_code=200)
 
 
+@router.post("/api/hub/lfs/{namespace}/{name}/{oid}")
+async def lfs_complete(request: Request, namespace: str, name: str, oid: str) -> Response:
+    """The signed completion URL of a multipart upload to the object store: the hub lists
+    the parts itself (the client's ETags are not needed) and verifies the whole object."""
+    size, who = await _signed(request, namespace, name, oid)
+    blobs = hub_of(request).registry.service.blobs
+    await run_in_threadpool(lambda: blobs.finish_own_upload(f"sha256:{oid}", size,
+                                                            caller=who))
+    return JSONResponse({}, media_type=LFS_JSON)
+
+
 @router.post("/{namespace}/{name}.git/info/lfs/verify")
 def lfs_verify(namespace: str, name: str, body: dict = Depends(json_object),
                reg: Registry = Depends(registry)) -> JSONResponse:
@@ -223,10 +260,13 @@ def lfs_verify(namespace: str, name: str, body: dict = Depends(json_object),
     oid, size = body.get("oid"), body.get("size")
     if not isinstance(oid, str) or not OID_RE.match(oid):
         raise InvalidRequestError("'oid' must be a sha256 hex digest")
+    blobs = reg.service.blobs
     try:
-        info = reg.service.blobs.info(f"sha256:{oid}", caller=reg.caller)
-    except AdapterNotFoundError:
-        raise AdapterNotFoundError(f"LFS object {oid} was not uploaded") from None
+        info = blobs.info(f"sha256:{oid}", caller=reg.caller)
+    except AdapterNotFoundError:  # sent straight to the object store: finish it now
+        if blobs.store.objects is None or type(size) is not int:
+            raise AdapterNotFoundError(f"LFS object {oid} was not uploaded") from None
+        info = blobs.finish_own_upload(f"sha256:{oid}", size, caller=reg.caller)
     if size is not None and info.size != size:
         raise IntegrityError(f"LFS object {oid} has {info.size} bytes, not {size}")
     return JSONResponse({}, media_type=LFS_JSON)

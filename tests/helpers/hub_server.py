@@ -105,6 +105,14 @@ class HubProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def client(self, who: str):
+        """An httpx client of this hub with the token ``self.tokens[who]`` (set by the
+        fixture that started it)."""
+        import httpx
+
+        return httpx.Client(base_url=self.url, timeout=60,
+                            headers={"Authorization": f"Bearer {self.tokens[who]}"})
+
     def rss(self) -> int:
         """Resident memory of the server process, in bytes."""
         with open(f"/proc/{self.proc.pid}/status") as fh:
