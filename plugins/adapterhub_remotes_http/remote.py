@@ -8,8 +8,9 @@ Pulling into a registry: blobs under :data:`SMALL` bytes arrive as the hub store
 (compressed chunks, in framed streams of about :data:`BUNDLE_READ` raw bytes, :data:`STREAMS`
 at a time); the receiving registry decodes and hashes every chunk once and keeps the stored
 bytes. Otherwise (:meth:`HttpRemote.download_blobs`): small blobs arrive in framed streams,
-large ones with ``Range`` requests that resume where a dropped connection stopped; the
-client hashes every blob before handing it on.
+large ones as a :class:`BlobStream` read with ``Range`` requests that resume where a dropped
+connection stopped; the client hashes every blob as it hands it on. Large blobs are read and
+sent a chunk at a time both ways, so memory stays bounded however large a tensor is.
 
 A hub that keeps blobs in an object store hands out presigned URLs: large uploads ``PUT``
 their chunks straight to the store (the hub verifies the whole blob when the upload
@@ -22,15 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httpx
 
 from adapterhub.errors import AdapterNotFoundError, IntegrityError, RegistryError, error_class
-from adapterhub.plugin_api import Buffer, HubClient, ProgressCallback, Remote
+from adapterhub.plugin_api import BlobStream, Buffer, HubClient, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from adapterhub.plugin_api import CommitResult, Manifest, StoredBlob, VersionInfo
@@ -46,6 +49,16 @@ ERROR_FRAME = 2**64 - 1
 
 def _sha256(data: Buffer) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _Body:
+    """A request body (sent again when a request is retried) whose bytes can be dropped."""
+
+    def __init__(self, data: Buffer) -> None:
+        self.data: Buffer | None = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield bytes(self.data)
 
 
 class HttpRemote(Remote):
@@ -93,15 +106,18 @@ class HttpRemote(Remote):
         return set(self.client.post_json("/api/v1/blobs/missing",
                                          {"digests": wanted})["missing"])
 
-    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
         report = progress or (lambda n: None)
         bundle: list[tuple[str, memoryview, int]] = []
         size = 0
         for digest, data, itemsize in blobs:
+            if isinstance(data, BlobStream):
+                self._upload_large(digest, data, itemsize, report)
+                continue
             view = memoryview(data).cast("B")
             if len(view) >= SMALL:
-                self._upload_large(digest, view, itemsize, report)
+                self._upload_large(digest, BlobStream.of(view), itemsize, report)
                 continue
             bundle.append((digest, view, itemsize))
             size += len(view)
@@ -116,33 +132,50 @@ class HttpRemote(Remote):
         index = json.dumps([{"digest": d, "size": len(v), "itemsize": i}
                             for d, v, i in bundle]).encode()
         body = b"".join([struct.pack("<Q", len(index)), index, *(v for _, v, _ in bundle)])
-        self.client.request("POST", "/api/v1/blobs", content=body,
-                            headers={"Content-Type": "application/octet-stream"})
+        self._send("POST", "/api/v1/blobs", body)
         report(sum(len(v) for _, v, _ in bundle))
 
-    def _upload_large(self, digest: str, view: memoryview, itemsize: int,
+    def _send(self, method: str, path: str, data: Buffer) -> None:
+        """A request with ``data`` as its body, let go of when the request is done: httpx
+        keeps a response and its request (with the body) in a reference cycle until the
+        garbage collector runs, which an upload of many large chunks may not start for a
+        long time."""
+        body = _Body(data)
+        try:
+            self.client.request(method, path, content=body, headers={
+                "Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
+        finally:
+            body.data = None
+
+    def _upload_large(self, digest: str, blob: BlobStream, itemsize: int,
                       report: ProgressCallback) -> None:
+        """One blob as a resumable upload, read a chunk at a time (a few chunks in memory)."""
         for _ in range(3):  # again from the start if the hub dropped the upload (gc)
             info = self.client.post_json("/api/v1/uploads", {
-                "digest": digest, "size": len(view), "itemsize": itemsize,
+                "digest": digest, "size": blob.size, "itemsize": itemsize,
                 "presigned": True})
             if info["complete"]:
-                report(len(view))
+                report(blob.size)
                 return
             upload, chunk = info["upload_id"], info["chunk_size"]
-            count = max(1, -(-len(view) // chunk))
+            count = max(1, -(-blob.size // chunk))
             received = set(info["received"])
-            report(sum(len(view[i * chunk:(i + 1) * chunk]) for i in received))
-            todo = [i for i in range(count) if i not in received]
+            report(sum(min(chunk, blob.size - i * chunk) for i in received))
+            todo = ((i, piece) for i, piece in enumerate(blob.chunks(chunk))
+                    if i not in received) if len(received) < count else iter(())
             try:
                 if info.get("urls"):  # straight to the object store, parts in parallel
                     self._store()
                     with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
-                        for size in pool.map(lambda i: self._put_presigned(
-                                info["urls"][i], view[i * chunk:(i + 1) * chunk]), todo):
-                            report(size)
-                for i in todo if not info.get("urls") else ():
-                    piece = view[i * chunk:(i + 1) * chunk]
+                        sending: deque[Future[int]] = deque()
+                        for i, piece in todo:
+                            sending.append(pool.submit(self._put_presigned, info["urls"][i],
+                                                       piece))
+                            if len(sending) >= PARTS_IN_FLIGHT:
+                                report(sending.popleft().result())
+                        for sent in sending:
+                            report(sent.result())
+                for i, piece in todo:  # (nothing left after the presigned parts)
                     self._put_chunk(upload, i, piece)
                     report(len(piece))
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
@@ -180,8 +213,7 @@ class HttpRemote(Remote):
         (the request may have been stored before the answer was lost)."""
         path = f"/api/v1/uploads/{upload}/chunks/{index}"
         try:
-            self.client.request("PUT", path, content=bytes(data),
-                                headers={"Content-Type": "application/octet-stream"})
+            self._send("PUT", path, data)
         except RegistryError as exc:
             if "cannot reach" not in exc.message:
                 raise
@@ -233,8 +265,9 @@ class HttpRemote(Remote):
             ahead: Future | None = None
             for index, group in enumerate(plan):
                 if not small(group):
-                    yield group[0], self._read_large(group[0], self._blobs[group[0]][1],
-                                                     report)
+                    digest, size = group[0], self._blobs[group[0]][1]
+                    yield digest, BlobStream(size, partial(self._stream_large, digest, size,
+                                                           report))
                     continue
                 current = ahead or pool.submit(self._read_bundle, group, report)
                 following = plan[index + 1] if index + 1 < len(plan) else None
@@ -310,8 +343,8 @@ class HttpRemote(Remote):
             raise AdapterNotFoundError(f"{self.url}: resolve a version before reading its blobs")
         return repo
 
-    def _checked(self, digest: str, data: Buffer) -> Buffer:
-        actual = _sha256(data)
+    def _checked(self, digest: str, data: Buffer, actual: str | None = None) -> Buffer:
+        actual = actual or _sha256(data)
         if actual != digest:
             raise IntegrityError(f"{self.url}: blob {digest} arrived corrupt (its bytes hash "
                                  f"to {actual})", hint="Pull again; if it persists, run "
@@ -367,6 +400,47 @@ class HttpRemote(Remote):
             for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
                 report(got)
         return self._checked(digest, bytes(data))
+
+    def _stream_large(self, digest: str, size: int, report: ProgressCallback
+                      ) -> Iterator[bytes]:
+        """One blob by ``GET``, piece by piece as it arrives, resuming with ``Range`` after a
+        dropped connection; hashed as it goes (:class:`IntegrityError` after the last piece).
+        A blob the hub redirects to its object store comes whole from :meth:`_read_large`."""
+        path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
+        h = hashlib.sha256()
+        position = failures = 0
+        while True:
+            headers = {"Range": f"bytes={position}-"} if position else {}
+            try:
+                with self.client.http.stream("GET", path, headers=headers) as response:
+                    if response.status_code in (302, 307):
+                        yield self._read_large(digest, size, report)
+                        return
+                    if response.status_code >= 400:
+                        response.read()
+                        if response.status_code not in (500, 502, 503, 504):
+                            raise self.client.error(response)
+                        raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                    # the hub sent the whole blob again: skip what was passed on already
+                    skip = position if response.status_code != 206 else 0
+                    for piece in response.iter_bytes(1 << 20):
+                        if skip:
+                            dropped, piece = min(skip, len(piece)), piece[skip:]
+                            skip -= dropped
+                        if piece:
+                            h.update(piece)
+                            position += len(piece)
+                            report(len(piece))
+                            yield piece
+                if position >= size:
+                    self._checked(digest, b"", "sha256:" + h.hexdigest())
+                    return
+                raise httpx.RemoteProtocolError("the stream ended early")
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > self.client.retries:
+                    raise self.client.unreachable(exc) from None
+                self.client.pause(failures - 1)
 
     def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
         """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
