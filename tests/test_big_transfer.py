@@ -142,3 +142,35 @@ def test_blob_stream_chunks_line_pieces_up_and_check_the_size():
         list(BlobStream(len(data) + 1, blob.pieces).chunks(4096))
     with pytest.raises(IntegrityError):
         list(BlobStream(len(data) - 1, blob.pieces).chunks(4096))
+
+
+def test_a_big_blob_altered_on_the_hub_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    from sqlalchemy import select, update
+
+    from registry_db import codec
+
+    hub_db = str(tmp_path / "hub.db")
+    digest, blob = _stream(3, 24 * MiB)
+    tensors = {"mlp.lora_A": torch.frombuffer(blob.read(), dtype=torch.bfloat16)
+               .reshape(3072, 4096),
+               "mlp.lora_B": torch.zeros(16, 3072, dtype=torch.bfloat16)}
+    package = AdapterPackage.build("lora", {"r": 3072, "lora_alpha": 16,
+                                            "target_modules": ["mlp"]}, tensors, base_name="big")
+    with RegistryService(hub_db) as service:
+        token, _ = service.tokens.create(["write:big"])
+    with Registry(hub_db) as hub_registry:
+        hub_registry.push(package, "big/a", progress=False)
+        with hub_registry.service.db.write() as s:  # a chunk that decodes, to other bytes
+            blob_id = s.scalar(select(Blob.id).where(Blob.digest == digest))
+            blob_codec = s.scalar(select(Blob.codec).where(Blob.id == blob_id))
+            s.execute(update(Chunk).where(Chunk.blob_id == blob_id, Chunk.index == 1)
+                      .values(data=codec.encode(bytes(8 * MiB), blob_codec)))
+    monkeypatch.setenv("ADAPTERHUB_TOKEN", token)
+    with HubProcess(hub_db, log_path=tmp_path / "hub.log") as hub, \
+            Registry(tmp_path / "other.db") as other:
+        with pytest.raises(IntegrityError, match=f"{digest}.*corrupt"):
+            other.pull("big/a@1", hub.url, progress=False)
+        assert other.list() == []
+        with other.service.db.read() as s:  # (the small blob, checked, may stay until gc)
+            assert s.scalar(select(Blob.id).where((Blob.digest == digest)
+                                                  | Blob.complete.is_(False))) is None
