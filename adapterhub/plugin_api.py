@@ -16,7 +16,7 @@ from adapterhub.contracts.numerics import check_finite, fold_delta
 from adapterhub.contracts.plugins import get_method, get_quantizer, get_strategy
 from adapterhub.contracts.progress import human_size, progress
 from adapterhub.contracts.quantizer import QuantizedTensor, Quantizer
-from adapterhub.contracts.remote import Buffer, ProgressCallback, Remote
+from adapterhub.contracts.remote import BlobStream, Buffer, ProgressCallback, Remote
 from adapterhub.contracts.strategy import (MergeStrategy, ModuleInput, ModuleMerge, refactor,
                                            truncated_svd)
 from adapterhub.hookspecs import hookimpl
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
-    "ADAPTER_FILES", "AdaptedLayer", "AdapterMethod", "AdapterPackage", "Buffer",
+    "ADAPTER_FILES", "AdaptedLayer", "AdapterMethod", "AdapterPackage", "BlobStream", "Buffer",
     "CommitResult", "ConfigBase", "DatabaseRemote", "Manifest", "StoredBlob", "VersionInfo",
     "is_digest",
     "parse_ref", "validate_name",

@@ -22,8 +22,8 @@ _LAZY = {
     "MissingParentsError": "errors", "PermissionDeniedError": "errors", "RefError": "errors",
     "RegistryError": "errors",
     "Manifest": "manifest", "TensorEntry": "manifest",
-    "BlobInfo": "records", "CommitResult": "records", "EventInfo": "records",
-    "GcReport": "records", "Problem": "records", "RemoteInfo": "records",
+    "BlobInfo": "records", "BlobStream": "records", "CommitResult": "records",
+    "EventInfo": "records", "GcReport": "records", "Problem": "records", "RemoteInfo": "records",
     "StoredBlob": "records", "UploadInfo": "records", "Usage": "records",
     "VerifyReport": "records",
     "VersionInfo": "records",
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
                                     MissingBlobsError, MissingParentsError,
                                     PermissionDeniedError, RefError, RegistryError)
     from registry_db.manifest import Manifest, TensorEntry
-    from registry_db.records import (BlobInfo, CommitResult, EventInfo, GcReport, Problem,
-                                     RemoteInfo, StoredBlob, UploadInfo, Usage, VerifyReport,
-                                     VersionInfo)
+    from registry_db.records import (BlobInfo, BlobStream, CommitResult, EventInfo, GcReport,
+                                     Problem, RemoteInfo, StoredBlob, UploadInfo, Usage,
+                                     VerifyReport, VersionInfo)
     from registry_db.refs import Ref, parse_ref, validate_name, validate_tag
     from registry_db.service import RegistryService
 

@@ -27,7 +27,7 @@ from registry_db.database import Database, batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
 from registry_db.models_hub import VersionFilePart
-from registry_db.records import BlobInfo, StoredBlob, UploadInfo
+from registry_db.records import BlobInfo, BlobStream, StoredBlob, UploadInfo
 
 
 class BlobService:
@@ -106,13 +106,15 @@ class BlobService:
         """Store one blob (see :meth:`write_many`)."""
         self.write_many([(digest, data, itemsize)], caller=caller)
 
-    def write_many(self, blobs: Iterable[tuple[str, Buffer, int]], *, caller: Caller) -> None:
+    def write_many(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
+                   caller: Caller) -> None:
         """Store ``(digest, bytes, itemsize)`` blobs after hashing every one (bytes already
-        stored are not stored twice) and grant them to the caller, who proved it holds them."""
+        stored are not stored twice) and grant them to the caller, who proved it holds them.
+        A large blob may come as a :class:`BlobStream` (stored as it is read)."""
         caller.require("write")
         sent: list[str] = []
 
-        def recorded() -> Iterator[tuple[str, Buffer, int]]:
+        def recorded() -> Iterator[tuple[str, Buffer | BlobStream, int]]:
             for blob in blobs:
                 sent.append(blob[0])
                 yield blob
@@ -189,13 +191,14 @@ class BlobService:
         self.require_visible([digest], caller=caller)
         return self.store.read(digest)
 
-    def read_many(self, digests: Iterable[str], *, caller: Caller
-                  ) -> Iterator[tuple[str, bytearray]]:
+    def read_many(self, digests: Iterable[str], *, caller: Caller, streamed: bool = False
+                  ) -> Iterator[tuple[str, bytearray | BlobStream]]:
         """``(digest, bytes)`` for each digest, in order, each verified (all must be visible
-        to the caller before anything is read)."""
+        to the caller before anything is read); ``streamed``: large blobs as
+        :class:`BlobStream` (see :meth:`BlobStore.read_many`)."""
         wanted = list(digests)
         self.require_visible(wanted, caller=caller)
-        return self.store.read_many(wanted)
+        return self.store.read_many(wanted, streamed=streamed)
 
     def read_stored(self, digests: Iterable[str], *, caller: Caller) -> Iterator[StoredBlob]:
         """Each blob as stored, in order, for a receiver that checks it (all must be visible

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Union
+from functools import partial
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql
@@ -31,13 +31,13 @@ from registry_db.errors import AdapterNotFoundError, IntegrityError
 from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.objectstore import Location, ObjectStore
-from registry_db.records import BlobInfo, StoredBlob
+from registry_db.records import BlobInfo, BlobStream, Buffer, StoredBlob
 from registry_db.uploads import (MAX_BLOB_BYTES, MAX_CHUNK_BYTES, Uploads, blob_info,
                                  check_digest)
 
-Buffer = Union[bytes, bytearray, memoryview]
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
-_BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction
+_BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction; larger blobs stream
+_STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no caller's)
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
 
 
@@ -188,13 +188,14 @@ class BlobStore(Uploads):
         """Store one blob (see :meth:`write_many`)."""
         self.write_many([(digest, data, itemsize)])
 
-    def write_many(self, blobs: Iterable[tuple[str, Buffer, int]]) -> None:
+    def write_many(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]]) -> None:
         """Store ``(digest, bytes, itemsize)`` blobs; those already stored are skipped.
 
         Worker threads hash and compress while earlier blobs are being inserted; blobs go in
         transactions of about :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
         :class:`IntegrityError` before their batch is written (blobs of earlier batches stay,
-        unreferenced, until gc).
+        unreferenced, until gc). A :class:`BlobStream`, and with the ``db`` backend any blob
+        larger than a batch, is written as it is read (:meth:`_write_streamed`).
         """
         in_flight: deque[list[_Job]] = deque()
         batch: list[_Job] = []
@@ -204,6 +205,13 @@ class BlobStore(Uploads):
             if check_digest(digest) in seen:
                 continue
             seen.add(digest)
+            if isinstance(data, BlobStream) or (self.objects is None
+                                                and len(data) > _BATCH_BYTES):
+                while in_flight:  # (bounded memory: nothing else is held meanwhile)
+                    self._store(in_flight.popleft())
+                self._write_streamed(digest, data if isinstance(data, BlobStream)
+                                     else BlobStream.of(data), itemsize)
+                continue
             batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize,
                                      encode=self.objects is None))
             size += len(data)
@@ -217,12 +225,64 @@ class BlobStore(Uploads):
         while in_flight:
             self._store(in_flight.popleft())
 
+    def _write_streamed(self, digest: str, blob: BlobStream, itemsize: int) -> None:
+        """Store a blob as its bytes are read, in bounded memory: an upload of its own (an
+        incomplete blob row) whose chunk rows are inserted as worker threads encode them,
+        made the stored blob only once the whole blob hashed to ``digest``; a mismatch or a
+        failure discards the chunks (a crash leaves them for gc)."""
+        with self.db.read() as s:
+            present = s.scalar(select(Blob.id).where(Blob.digest == digest, Blob.complete))
+        h = hashlib.sha256()
+        if present is not None:  # hashed anyway: a caller proves it holds the bytes
+            for piece in blob.pieces():
+                h.update(piece)
+            self._check_hash(digest, "sha256:" + h.hexdigest())
+            self.touch([digest])
+            return
+        info = self.begin_upload(digest, blob.size, _STREAM_OWNER, itemsize=itemsize)
+        with self.db.read() as s:
+            row = self._upload(s, info.upload_id, _STREAM_OWNER)
+            blob_id, blob_codec = row.id, row.codec
+        encoding: deque[tuple[int, int, Future[bytes]]] = deque()
+        stored = 0
+
+        def store_oldest(count: int) -> None:
+            nonlocal stored
+            if not count:
+                return
+            rows = [{"blob_id": blob_id, "index": index, "raw_size": raw_size,
+                     "data": future.result()}
+                    for index, raw_size, future in (encoding.popleft() for _ in range(count))]
+            stored += sum(len(row["data"]) for row in rows)
+            with self.db.write() as s:
+                s.execute(insert(Chunk.__table__), rows)
+                s.execute(update(Blob).where(Blob.id == blob_id).values(touched_at=utcnow()))
+
+        try:
+            for index, piece in enumerate(blob.chunks(info.chunk_size)):
+                h.update(piece)
+                encoding.append((index, len(piece),
+                                 _pool().submit(codec.encode, piece, blob_codec)))
+                if len(encoding) > _WORKERS:  # a chunk per worker in flight, one inserted
+                    store_oldest(1)
+            store_oldest(len(encoding))
+            self._check_hash(digest, "sha256:" + h.hexdigest())
+        except BaseException:
+            for *_, future in encoding:
+                future.cancel()
+            self._discard(blob_id)
+            raise
+        self._complete_upload(info, _STREAM_OWNER, blob_id, stored)
+
+    @staticmethod
+    def _check_hash(digest: str, actual: str) -> None:
+        if actual != digest:
+            raise IntegrityError(f"bytes sent for blob {digest} hash to {actual}",
+                                  hint="The source is corrupt or changed while reading")
+
     def _store(self, jobs: list[_Job]) -> None:
         for job in jobs:
-            actual = job.hashed.result()
-            if actual != job.digest:
-                raise IntegrityError(f"bytes sent for blob {job.digest} hash to {actual}",
-                                      hint="The source is corrupt or changed while reading")
+            self._check_hash(job.digest, job.hashed.result())
         if self.objects is not None:
             with self.db.read() as s:
                 present = set(s.scalars(select(Blob.digest).where(
@@ -301,11 +361,15 @@ class BlobStore(Uploads):
         """The blob's bytes, verified against its digest."""
         return next(self.read_many([digest]))[1]
 
-    def read_many(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
+    def read_many(self, digests: Iterable[str], *, streamed: bool = False
+                  ) -> Iterator[tuple[str, bytearray | BlobStream]]:
         """``(digest, bytes)`` for each digest, in order, each verified against its digest.
 
         Blobs are fetched a batch of about :data:`_READ_BYTES` per query and decoded and hashed
-        by worker threads; a blob larger than that streams through :meth:`iter`.
+        by worker threads; a blob larger than that streams through :meth:`iter`. ``streamed``:
+        a blob larger than :data:`_BATCH_BYTES` comes as a :class:`BlobStream` that reads it
+        chunk by chunk (verified as it is read through), for a caller that sends or stores
+        it on without holding it whole.
         """
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         for names in batched(wanted):
@@ -323,7 +387,9 @@ class BlobStore(Uploads):
                 if group and (blob is None or size + blob.size > _READ_BYTES):
                     yield from self._read_group(group)
                     group, size = [], 0
-                if blob is not None and blob.codec == OBJECT_CODEC:
+                if blob is not None and streamed and blob.size > _BATCH_BYTES:
+                    yield digest, BlobStream(blob.size, partial(self.iter, digest))
+                elif blob is not None and blob.codec == OBJECT_CODEC:
                     yield digest, self._objects().read(digest, blob.size)
                 elif blob is not None and blob.size > _READ_BYTES:
                     yield digest, bytearray().join(self.iter(digest))
@@ -427,7 +493,7 @@ class BlobStore(Uploads):
             raise IntegrityError(f"blob {digest} is corrupt: chunks {indexes[:10]} are not a "
                                   f"complete sequence")
         total = 0
-        per_read = max(1, _READ_BYTES // chunk_size)  # bounded memory, few round trips
+        per_read = max(1, _BATCH_BYTES // chunk_size)  # bounded memory, few round trips
         for start in range(0, len(indexes), per_read):
             with self.db.read() as s:
                 rows = s.execute(select(Chunk.index, Chunk.raw_size, Chunk.data)

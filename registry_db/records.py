@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Union
 
+from registry_db.errors import IntegrityError
 from registry_db.manifest import Manifest
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,57 @@ class StoredBlob:
     @property
     def stored_size(self) -> int:
         return sum(len(data) for _, data in self.chunks)
+
+
+@dataclass(frozen=True)
+class BlobStream:
+    """A blob too large to hold in memory: ``size`` raw bytes that each call of ``pieces``
+    yields again from the start, in order, in pieces of any size. A source may check the
+    bytes it yields (raising :class:`IntegrityError` after the last piece); whoever stores
+    or sends the blob hashes them anyway, so only a blob that matches its digest is kept."""
+
+    size: int
+    pieces: Callable[[], Iterable[Buffer]]
+
+    @classmethod
+    def of(cls, data: Buffer) -> BlobStream:
+        """A blob already in memory (or mapped from a file), read in views, never copied."""
+        view = memoryview(data).cast("B")
+        return cls(len(view), lambda: (view,))
+
+    def read(self) -> bytearray:
+        """The whole blob in memory (for a consumer that needs it whole)."""
+        data = bytearray()
+        for piece in self.pieces():
+            data += piece
+        return data
+
+    def chunks(self, chunk_size: int) -> Iterator[memoryview]:
+        """The bytes again in chunks of ``chunk_size`` (the last may be shorter; one empty
+        chunk for an empty blob): views of the pieces where a piece holds a whole chunk, else
+        copied together. :class:`IntegrityError` if the pieces do not add up to ``size``."""
+        pending = bytearray()
+        total = 0
+        for piece in self.pieces():
+            view = memoryview(piece).cast("B")
+            total += len(view)
+            if total > self.size:
+                raise IntegrityError(f"a blob of {self.size} bytes went on past its end")
+            if pending:
+                taken = chunk_size - len(pending)
+                pending += view[:taken]
+                view = view[taken:]
+                if len(pending) == chunk_size:
+                    yield memoryview(pending)
+                    pending = bytearray()
+            while len(view) >= chunk_size:
+                yield view[:chunk_size]
+                view = view[chunk_size:]
+            pending += view
+        if total != self.size:
+            raise IntegrityError(f"a blob of {self.size} bytes ended after {total}")
+        if pending or not self.size:
+            yield memoryview(pending)
 
 
 @dataclass(frozen=True)

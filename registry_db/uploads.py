@@ -217,12 +217,19 @@ class Uploads:
             self._discard(blob_id)
             raise IntegrityError(f"the bytes received hash to {actual}, not {info.digest}; "
                                  f"the upload was discarded", hint="Upload the blob again")
+        return self._complete_upload(info, owner, blob_id, stored)
+
+    def _complete_upload(self, info: UploadInfo, owner: str | None, blob_id: int,
+                         stored: int) -> BlobInfo:
+        """Mark an upload whose bytes were hashed and matched its digest as the stored blob
+        (``stored`` bytes of chunk rows), or drop it when the same blob is stored already.
+        With an object store, the chunks become the blob's object first."""
         if self.objects is not None:  # the verified staging chunks become the object
             self.objects.put_stream(info.digest, (raw for raw, _ in
                                                   self._decoded(blob_id, info.digest)))
             stored = info.size
         with self.db.write() as s:
-            blob = self._upload(s, upload_id, owner)
+            blob = self._upload(s, info.upload_id, owner)
             if s.scalar(select(Blob.id).where(Blob.digest == blob.digest, Blob.complete)):
                 s.execute(delete(Chunk).where(Chunk.blob_id == blob.id))
                 s.execute(delete(Blob).where(Blob.id == blob.id))  # stored already: dedup

@@ -16,7 +16,7 @@ from helpers.hub_server import HubProcess
 from helpers.registry_helpers import LOCAL, digest_of, manifest_for
 
 from adapterhub.registry.remotes import open_remote, send_version
-from registry_db import RegistryService
+from registry_db import BlobStream, RegistryService
 
 CLIENTS = 16
 SOAK_S = {"sqlite": 60, "postgresql": 60}
@@ -65,8 +65,9 @@ def test_concurrent_clients_lose_and_corrupt_nothing(served):
                 if known and rng.random() < 0.5:
                     name, digest, tensors = rng.choice(known)
                     version = remote.resolve(f"{name}@{digest[:19]}")
-                    got = dict(remote.download_blobs(sorted({e.digest for e in
-                                                             version.manifest.tensors.values()})))
+                    got = {d: data.read() if isinstance(data, BlobStream) else data
+                           for d, data in remote.download_blobs(sorted(
+                               {e.digest for e in version.manifest.tensors.values()}))}
                     for tensor, data in tensors.items():
                         if version.digest != digest or got[digest_of(data)] != data:
                             errors.append(f"pull of {name}@{digest[:19]} {tensor} differs")

@@ -19,7 +19,7 @@ import httpx
 from helpers.registry_helpers import LOCAL, digest_of, manifest_for
 
 from adapterhub.errors import AdapterHubError
-from registry_db import RegistryService
+from registry_db import BlobStream, RegistryService
 
 CLIENTS = 16
 
@@ -85,7 +85,8 @@ def test_soak_two_replicas_one_killed_and_restarted(postgres, s3_env, monkeypatc
                             ref, (digest, tensors) = rng.choice(sorted(committed.items()))
                         version = remote.resolve(ref)
                         wanted = {e.digest: name for name, e in version.manifest.tensors.items()}
-                        got = dict(remote.download_blobs(list(wanted)))
+                        got = {d: data.read() if isinstance(data, BlobStream) else data
+                               for d, data in remote.download_blobs(list(wanted))}
                         if version.digest != digest or any(
                                 got[d] != tensors[name] for d, name in wanted.items()):
                             failures.append(f"{ref} came back different")

@@ -6,12 +6,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
+
+from registry_db.records import BlobStream, Buffer
 
 if TYPE_CHECKING:
     from registry_db import CommitResult, Manifest, StoredBlob, VersionInfo
 
-Buffer = Union[bytes, bytearray, memoryview]
+__all__ = ["BlobStream", "Buffer", "ProgressCallback", "Remote"]
 ProgressCallback = Callable[[int], None]
 
 
@@ -44,12 +46,14 @@ class Remote(ABC):
         its gc keeps them until the commit that needs them."""
 
     @abstractmethod
-    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
         """Store ``(digest, bytes, itemsize)`` blobs; the remote re-hashes each and refuses a
         mismatch (:class:`IntegrityError` naming the digest).
 
-        ``blobs`` is consumed lazily, so a caller can read its bytes as they are needed.
+        ``blobs`` is consumed lazily, so a caller can read its bytes as they are needed; a
+        large blob may come as a :class:`BlobStream`, to be sent or stored as it is read
+        (never held whole: blobs may be GBs).
         ``itemsize`` (bytes per tensor element) lets the remote pick its compression. A
         network remote sends large blobs in chunks and resumes after a failure, and may
         bundle small ones; ``progress`` is called with a byte count as data goes out.
@@ -58,8 +62,10 @@ class Remote(ABC):
     @abstractmethod
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
-                       ) -> Iterator[tuple[str, bytes]]:
-        """``(digest, bytes)`` for each digest, in order. The receiver hashes them again."""
+                       ) -> Iterator[tuple[str, bytes | BlobStream]]:
+        """``(digest, bytes)`` for each digest, in order; a large blob may come as a
+        :class:`BlobStream` (read it before asking for the next blob). The receiver hashes
+        them again."""
 
     #: :meth:`download_stored` and :meth:`upload_stored` work: blobs can move as a registry
     #: stores them (compressed chunks), with no decompress and recompress on the way

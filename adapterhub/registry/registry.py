@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.contracts.remote import Buffer, Remote
+from adapterhub.contracts.remote import BlobStream, Buffer, Remote
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
 from adapterhub.registry.ci import default_author
@@ -269,9 +269,11 @@ class Registry:
         """A blob's bytes, verified against its digest."""
         return self.service.blobs.read(digest, caller=self.caller)
 
-    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, bytearray]]:
-        """``(digest, bytes)`` for each digest, in order, each verified against its digest."""
-        yield from self.service.blobs.read_many(digests, caller=self.caller)
+    def read_blobs(self, digests: Iterable[str], *, streamed: bool = False
+                   ) -> Iterator[tuple[str, bytearray | BlobStream]]:
+        """``(digest, bytes)`` for each digest, in order, each verified against its digest;
+        ``streamed``: large blobs as :class:`BlobStream` (read as they are sent on)."""
+        yield from self.service.blobs.read_many(digests, caller=self.caller, streamed=streamed)
 
     def list(self, prefix: str | None = None, *, method: str | None = None,
              base: str | None = None, labels: dict[str, str] | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapterhub.contracts.progress import progress
-from adapterhub.contracts.remote import Buffer, ProgressCallback, Remote
+from adapterhub.contracts.remote import BlobStream, Buffer, ProgressCallback, Remote
 from adapterhub.errors import AdapterNotFoundError, IntegrityError, MissingBlobsError
 from adapterhub.registry.ci import default_author
 
@@ -29,6 +29,20 @@ if TYPE_CHECKING:
     from registry_db import (Caller, CommitResult, Manifest, RegistryService, StoredBlob,
                              VersionInfo)
     from registry_db.files import KeptFile
+
+
+def counted_stream(blob: BlobStream, progress: ProgressCallback | None) -> BlobStream:
+    """``blob`` calling ``progress`` with the size of each piece as it is read."""
+    if progress is None:
+        return blob
+
+    def pieces() -> Iterator[Buffer]:
+        for piece in blob.pieces():
+            yield piece
+            progress(len(piece))
+
+    return BlobStream(blob.size, pieces)
+
 
 class DatabaseRemote(Remote):
     """Another registry database, reached directly (a path or a SQLAlchemy URL), as the
@@ -52,20 +66,27 @@ class DatabaseRemote(Remote):
     def missing_blobs(self, digests: Iterable[str]) -> set[str]:
         return self.service.blobs.missing(digests, caller=self.caller)
 
-    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
-        def counted() -> Iterator[tuple[str, Buffer, int]]:
-            for blob in blobs:
-                yield blob
+        def counted() -> Iterator[tuple[str, Buffer | BlobStream, int]]:
+            for digest, data, itemsize in blobs:
+                if isinstance(data, BlobStream):  # counted as its pieces are stored
+                    yield digest, counted_stream(data, progress), itemsize
+                    continue
+                yield digest, data, itemsize
                 if progress is not None:
-                    progress(len(blob[1]))
+                    progress(len(data))
 
         self.service.blobs.write_many(counted(), caller=self.caller)
 
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
-                       ) -> Iterator[tuple[str, bytes]]:
-        for digest, data in self.service.blobs.read_many(digests, caller=self.caller):
+                       ) -> Iterator[tuple[str, bytes | BlobStream]]:
+        for digest, data in self.service.blobs.read_many(digests, caller=self.caller,
+                                                         streamed=True):
+            if isinstance(data, BlobStream):
+                yield digest, counted_stream(data, progress)
+                continue
             if progress is not None:
                 progress(len(data))
             yield digest, data

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from adapterhub.errors import AdapterNotFoundError, FormatError, MergeError
 
 if TYPE_CHECKING:
-    from adapterhub.contracts.remote import Buffer
+    from adapterhub.contracts.remote import BlobStream, Buffer
     from adapterhub.io.package import AdapterPackage
     from adapterhub.io.safetensors import Header
     from adapterhub.registry import Registry
@@ -33,9 +33,10 @@ class Source:
     origin: str
     version: VersionInfo | None = None
 
-    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer | BlobStream]]:
         """``(digest, raw tensor bytes)`` for each digest, in order (read as they are asked
-        for, so a push holds about one batch in memory)."""
+        for, so a push holds about one batch in memory; a large blob may come as a
+        :class:`BlobStream`)."""
         raise NotImplementedError
 
     def package(self) -> AdapterPackage:
@@ -133,8 +134,8 @@ class RegistrySource(Source):
         self.manifest = version.manifest
         self.origin = version.ref
 
-    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer]]:
-        return self.registry.read_blobs(digests)
+    def read_blobs(self, digests: Iterable[str]) -> Iterator[tuple[str, Buffer | BlobStream]]:
+        return self.registry.read_blobs(digests, streamed=True)
 
     def package(self) -> AdapterPackage:
         return self.registry.get(self.version)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from adapterhub.errors import AdapterNotFoundError, MissingBlobsError, RefError, RegistryError
-from adapterhub.plugin_api import Buffer, ProgressCallback, Remote
+from adapterhub.plugin_api import BlobStream, Buffer, ProgressCallback, Remote
 
 if TYPE_CHECKING:
     from adapterhub.plugin_api import AdapterPackage, CommitResult, Manifest, VersionInfo
@@ -159,10 +159,10 @@ class HfRemote(Remote):
     def missing_blobs(self, digests: Iterable[str]) -> set[str]:
         return set(digests) - set(self._spool)  # the Hub keeps files, not blobs: send all
 
-    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
-        for digest, data, _ in blobs:
-            self._spool[digest] = bytes(data)
+        for digest, data, _ in blobs:  # (the Hub takes whole files)
+            self._spool[digest] = bytes(data.read() if isinstance(data, BlobStream) else data)
             if progress is not None:
                 progress(len(self._spool[digest]))
 

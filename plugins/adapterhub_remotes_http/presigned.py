@@ -13,8 +13,10 @@ from __future__ import annotations
 import http.client
 import threading
 import urllib.parse
+from collections.abc import Iterable
 
 from adapterhub.errors import RegistryError
+from adapterhub.plugin_api import Buffer
 
 TIMEOUT_S = 120.0
 
@@ -44,7 +46,7 @@ class PresignedClient:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         return connection, target
 
-    def _send(self, method: str, url: str, body: memoryview | None = None,
+    def _send(self, method: str, url: str, body: Iterable[Buffer] | None = None,
               headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         connection, target = self._connection(url)
         try:
@@ -74,10 +76,12 @@ class PresignedClient:
             self._connection(url)[0].close()
             raise
 
-    def put(self, url: str, data: memoryview, headers: dict[str, str]) -> None:
-        """The whole of ``data`` as the body of one ``PUT``, with ``headers``."""
-        response = self._send("PUT", url, body=data,
-                              headers={**headers, "Content-Length": str(len(data))})
+    def put(self, url: str, pieces: Iterable[Buffer], size: int,
+            headers: dict[str, str]) -> None:
+        """``size`` bytes, the ``pieces`` one after another, as the body of one ``PUT``
+        with ``headers`` (sent as they come: a blob need not be in memory)."""
+        response = self._send("PUT", url, body=pieces,
+                              headers={**headers, "Content-Length": str(size)})
         if response.status >= 300:
             raise self._refused(response, "upload")
         response.read()

@@ -8,8 +8,9 @@ Pulling into a registry: blobs under :data:`SMALL` bytes arrive as the hub store
 (compressed chunks, in framed streams of about :data:`BUNDLE_READ` raw bytes, :data:`STREAMS`
 at a time); the receiving registry decodes and hashes every chunk once and keeps the stored
 bytes. Otherwise (:meth:`HttpRemote.download_blobs`): small blobs arrive in framed streams,
-large ones with ``Range`` requests that resume where a dropped connection stopped; the
-client hashes every blob before handing it on.
+large ones as a :class:`BlobStream` read with ``Range`` requests that resume where a dropped
+connection stopped; the client hashes every blob as it hands it on. Large blobs are read and
+sent a chunk at a time both ways, so memory stays bounded however large a tensor is.
 
 A hub that keeps blobs in an object store hands out presigned URLs: large uploads ``PUT``
 their chunks straight to the store (the hub verifies the whole blob when the upload
@@ -26,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from http.client import HTTPException
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,7 @@ import httpx
 
 from adapterhub.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                RegistryError, error_class)
-from adapterhub.plugin_api import Buffer, HubClient, ProgressCallback, Remote
+from adapterhub.plugin_api import BlobStream, Buffer, HubClient, ProgressCallback, Remote
 from adapterhub_remotes_http.presigned import PresignedClient
 
 if TYPE_CHECKING:
@@ -51,6 +53,16 @@ ERROR_FRAME = 2**64 - 1
 
 def _sha256(data: Buffer) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _Body:
+    """A request body (sent again when a request is retried) whose bytes can be dropped."""
+
+    def __init__(self, data: Buffer) -> None:
+        self.data: Buffer | None = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield bytes(self.data)
 
 
 class HttpRemote(Remote):
@@ -96,7 +108,7 @@ class HttpRemote(Remote):
         return set(self.client.post_json("/api/v1/blobs/missing",
                                          {"digests": wanted})["missing"])
 
-    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer, int]], *,
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
         """Small blobs in bundles; large ones as resumable uploads, several at once (up to
         :data:`AHEAD` bytes) when their bytes go straight to an object store."""
@@ -106,22 +118,26 @@ class HttpRemote(Remote):
         with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="adapterhub-push") as pool:
             sending: deque[tuple[Future[None], int]] = deque()
             for digest, data, itemsize in blobs:
-                view = memoryview(data).cast("B")
-                if len(view) < SMALL:
-                    bundle.append((digest, view, itemsize))
-                    size += len(view)
-                    if size >= BUNDLE:
-                        self._send_bundle(bundle, report)
-                        bundle, size = [], 0
-                    continue
-                info = self._begin_upload(digest, view, itemsize)
+                if isinstance(data, BlobStream):
+                    blob = data
+                else:
+                    view = memoryview(data).cast("B")
+                    if len(view) < SMALL:
+                        bundle.append((digest, view, itemsize))
+                        size += len(view)
+                        if size >= BUNDLE:
+                            self._send_bundle(bundle, report)
+                            bundle, size = [], 0
+                        continue
+                    blob = BlobStream.of(view)
+                info = self._begin_upload(digest, blob.size, itemsize)
                 if not info.get("urls"):
-                    self._upload_large(digest, view, itemsize, report, info)
+                    self._upload_large(digest, blob, itemsize, report, info)
                     continue
-                while sending and sum(n for _, n in sending) + len(view) > AHEAD:
+                while sending and sum(n for _, n in sending) + blob.size > AHEAD:
                     sending.popleft()[0].result()
-                sending.append((pool.submit(self._upload_large, digest, view, itemsize,
-                                            report, info), len(view)))
+                sending.append((pool.submit(self._upload_large, digest, blob, itemsize,
+                                            report, info), blob.size))
             if bundle:
                 self._send_bundle(bundle, report)
             for future, _ in sending:
@@ -132,36 +148,57 @@ class HttpRemote(Remote):
         index = json.dumps([{"digest": d, "size": len(v), "itemsize": i}
                             for d, v, i in bundle]).encode()
         body = b"".join([struct.pack("<Q", len(index)), index, *(v for _, v, _ in bundle)])
-        self.client.request("POST", "/api/v1/blobs", content=body,
-                            headers={"Content-Type": "application/octet-stream"})
+        self._send("POST", "/api/v1/blobs", body)
         report(sum(len(v) for _, v, _ in bundle))
 
-    def _begin_upload(self, digest: str, view: memoryview, itemsize: int) -> dict:
+    def _send(self, method: str, path: str, data: Buffer) -> None:
+        """A request with ``data`` as its body, let go of when the request is done: httpx
+        keeps a response and its request (with the body) in a reference cycle until the
+        garbage collector runs, which an upload of many large chunks may not start for a
+        long time."""
+        body = _Body(data)
+        try:
+            self.client.request(method, path, content=body, headers={
+                "Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
+        finally:
+            body.data = None
+
+    def _begin_upload(self, digest: str, size: int, itemsize: int) -> dict:
         return self.client.post_json("/api/v1/uploads", {
-            "digest": digest, "size": len(view), "itemsize": itemsize, "presigned": True,
+            "digest": digest, "size": size, "itemsize": itemsize, "presigned": True,
             "direct": True})
 
-    def _upload_large(self, digest: str, view: memoryview, itemsize: int,
+    def _upload_large(self, digest: str, blob: BlobStream, itemsize: int,
                       report: ProgressCallback, info: dict | None = None) -> None:
+        """One blob as a resumable upload, read a chunk at a time (a few chunks in memory);
+        an upload that is one ``PUT`` to the object store is streamed from the source."""
         for _ in range(3):  # again from the start if the hub dropped the upload (gc)
-            info = info or self._begin_upload(digest, view, itemsize)
+            info = info or self._begin_upload(digest, blob.size, itemsize)
             if info["complete"]:
-                report(len(view))
+                report(blob.size)
                 return
             upload, chunk = info["upload_id"], info["chunk_size"]
-            count = max(1, -(-len(view) // chunk))
+            count = max(1, -(-blob.size // chunk))
             received = set(info["received"])
-            report(sum(len(view[i * chunk:(i + 1) * chunk]) for i in received))
-            todo = [i for i in range(count) if i not in received]
+            report(sum(min(chunk, blob.size - i * chunk) for i in received))
+            todo = ((i, piece) for i, piece in enumerate(blob.chunks(chunk))
+                    if i not in received) if len(received) < count else iter(())
+            urls, headers = info.get("urls"), info.get("headers", {})
             try:
-                if info.get("urls"):  # straight to the object store, parts in parallel
+                if urls and count == 1 and not received:  # one PUT, streamed from the source
+                    report(self._put_presigned(urls[0], blob.pieces, blob.size, headers))
+                elif urls:  # straight to the object store, parts in parallel
                     with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
-                        for size in pool.map(lambda i: self._put_presigned(
-                                info["urls"][i], view[i * chunk:(i + 1) * chunk],
-                                info.get("headers", {})), todo):
-                            report(size)
-                for i in todo if not info.get("urls") else ():
-                    piece = view[i * chunk:(i + 1) * chunk]
+                        sending: deque[Future[int]] = deque()
+                        for i, piece in todo:
+                            sending.append(pool.submit(
+                                self._put_presigned, urls[i],
+                                lambda piece=piece: (piece,), len(piece), headers))
+                            if len(sending) >= PARTS_IN_FLIGHT:
+                                report(sending.popleft().result())
+                        for sent in sending:
+                            report(sent.result())
+                for i, piece in todo if not urls else ():
                     self._put_chunk(upload, i, piece)
                     report(len(piece))
                 self.client.request("POST", f"/api/v1/uploads/{upload}/finish")
@@ -175,11 +212,12 @@ class HttpRemote(Remote):
                                               "is the same blob being pushed again and "
                                               "again? Push again")
 
-    def _put_presigned(self, url: str, data: memoryview, headers: dict[str, str]) -> int:
-        """Send one chunk to the object store (retrying: a part can be sent again); its
-        size."""
-        self._on_store(lambda: self._presigned.put(url, data, headers), "upload")
-        return len(data)
+    def _put_presigned(self, url: str, pieces: Callable[[], Iterable[Buffer]], size: int,
+                       headers: dict[str, str]) -> int:
+        """Send ``size`` bytes, the ``pieces()``, to the object store as one ``PUT``
+        (retrying, with the pieces read again); the size."""
+        self._on_store(lambda: self._presigned.put(url, pieces(), size, headers), "upload")
+        return size
 
     def _on_store(self, request: Callable[[], None], what: str) -> None:
         """Run a request to a presigned URL, retrying failed connections and 5xx."""
@@ -197,8 +235,7 @@ class HttpRemote(Remote):
         (the request may have been stored before the answer was lost)."""
         path = f"/api/v1/uploads/{upload}/chunks/{index}"
         try:
-            self.client.request("PUT", path, content=bytes(data),
-                                headers={"Content-Type": "application/octet-stream"})
+            self._send("PUT", path, data)
         except RegistryError as exc:
             if "cannot reach" not in exc.message:
                 raise
@@ -247,31 +284,36 @@ class HttpRemote(Remote):
         def small(group: list[str]) -> bool:
             return self._blobs.get(group[0], (None, SMALL))[1] < SMALL
 
+        urls = self._store_urls([g[0] for g in plan if not small(g)])
+
         def size(index: int) -> int:
             return self._blobs[plan[index][0]][1]
 
-        urls = self._store_urls([g[0] for g in plan if not small(g)])
-
-        def read_large(digest: str) -> bytearray:
-            size = self._blobs[digest][1]
-            if digest in urls:
-                return self._read_ranges(urls[digest], digest, size, report)
-            return self._read_large(digest, size, report)
+        def fetched(index: int) -> bool:  # a large blob read whole from the object store
+            return not small(plan[index]) and plan[index][0] in urls and size(index) <= AHEAD
 
         with ThreadPoolExecutor(1, thread_name_prefix="adapterhub-pull") as pool, \
                 ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="adapterhub-pull") as big:
             ahead: Future | None = None
-            fetching: dict[int, Future[bytearray]] = {}  # large blobs, by place in the plan
+            fetching: dict[int, Future[bytearray]] = {}  # by place in the plan
             for index, group in enumerate(plan):
-                if not small(group):  # this one, and the next ones within AHEAD bytes
+                digest = group[0]
+                if fetched(index):  # this one, and the next ones within AHEAD bytes
                     end, budget = index, 0
-                    while end < len(plan) and not small(plan[end]) and (
+                    while end < len(plan) and fetched(end) and (
                             end == index or budget + size(end) <= AHEAD):
                         if end not in fetching:
-                            fetching[end] = big.submit(read_large, plan[end][0])
+                            fetching[end] = big.submit(self._read_ranges, urls[plan[end][0]],
+                                                       plan[end][0], size(end), report)
                         budget += size(end)
                         end += 1
-                    yield group[0], fetching.pop(index).result()
+                    yield digest, fetching.pop(index).result()
+                    continue
+                if not small(group):  # streamed, a piece at a time
+                    source = (partial(self._stream_ranges, urls[digest], digest, size(index),
+                                      report) if digest in urls
+                              else partial(self._stream_large, digest, size(index), report))
+                    yield digest, BlobStream(size(index), source)
                     continue
                 current = ahead or pool.submit(self._read_bundle, group, report)
                 following = plan[index + 1] if index + 1 < len(plan) else None
@@ -359,8 +401,8 @@ class HttpRemote(Remote):
             raise AdapterNotFoundError(f"{self.url}: resolve a version before reading its blobs")
         return repo
 
-    def _checked(self, digest: str, data: Buffer) -> Buffer:
-        actual = _sha256(data)
+    def _checked(self, digest: str, data: Buffer, actual: str | None = None) -> Buffer:
+        actual = actual or _sha256(data)
         if actual != digest:
             raise IntegrityError(f"{self.url}: blob {digest} arrived corrupt (its bytes hash "
                                  f"to {actual})", hint="Pull again; if it persists, run "
@@ -405,31 +447,54 @@ class HttpRemote(Remote):
         view.release()  # (the caller may resize the bytes)
         return self._checked(digest, data)
 
-    def _read_large(self, digest: str, size: int, report: ProgressCallback) -> bytearray:
-        """One blob by ``GET``, resuming with ``Range`` after a dropped connection."""
+    def _stream_ranges(self, url: str, digest: str, size: int, report: ProgressCallback
+                       ) -> Iterator[bytes]:
+        """A blob from the object store, one :data:`RANGE_PIECE` after another (each
+        retried on its own), hashed as it goes (:class:`IntegrityError` after the last)."""
+        h = hashlib.sha256()
+        for start in range(0, size, RANGE_PIECE):
+            piece = memoryview(bytearray(min(RANGE_PIECE, size - start)))
+            self._on_store(lambda: self._presigned.get_into(url, start, piece), "download")
+            h.update(piece)
+            report(len(piece))
+            yield piece
+        self._checked(digest, b"", "sha256:" + h.hexdigest())
+
+    def _stream_large(self, digest: str, size: int, report: ProgressCallback
+                      ) -> Iterator[bytes]:
+        """One blob by ``GET``, piece by piece as it arrives, resuming with ``Range`` after a
+        dropped connection; hashed as it goes (:class:`IntegrityError` after the last piece).
+        A blob the hub redirects to its object store comes from there."""
         path = f"/api/v1/repos/{self._repository_of(digest)}/blobs/{digest}"
-        data = bytearray()
-        failures = 0
+        h = hashlib.sha256()
+        position = failures = 0
         while True:
-            headers = {"Range": f"bytes={len(data)}-"} if data else {}
-            try:  # (the hub's client follows no redirect)
+            headers = {"Range": f"bytes={position}-"} if position else {}
+            try:
                 with self.client.http.stream("GET", path, headers=headers) as response:
-                    if response.status_code in (302, 307):  # the object store serves it
-                        return self._read_ranges(response.headers["location"], digest, size,
-                                                 report)
+                    if response.status_code in (302, 307):
+                        yield from self._stream_ranges(response.headers["location"], digest,
+                                                       size, report)
+                        return
                     if response.status_code >= 400:
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):
                             raise self.client.error(response)
                         raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
-                    if data and response.status_code != 206:
-                        report(-len(data))
-                        data.clear()  # the hub sent the whole blob again
+                    # the hub sent the whole blob again: skip what was passed on already
+                    skip = position if response.status_code != 206 else 0
                     for piece in response.iter_bytes(1 << 20):
-                        data += piece
-                        report(len(piece))
-                if len(data) >= size:
-                    return self._checked(digest, data)  # (no copy: blobs may be GBs)
+                        if skip:
+                            dropped, piece = min(skip, len(piece)), piece[skip:]
+                            skip -= dropped
+                        if piece:
+                            h.update(piece)
+                            position += len(piece)
+                            report(len(piece))
+                            yield piece
+                if position >= size:
+                    self._checked(digest, b"", "sha256:" + h.hexdigest())
+                    return
                 raise httpx.RemoteProtocolError("the stream ended early")
             except httpx.TransportError as exc:
                 failures += 1
