@@ -53,10 +53,11 @@ IMPORTS_HF = "from huggingface_hub import hf_hub_download"
 
 
 def empty(db: Path) -> Path:
-    """An initialised registry that holds nothing (untimed)."""
-    from adapterhub.registry import Registry
+    """An initialised registry that holds nothing (untimed), as ``adapterhub init`` leaves
+    one. (``Registry(db)`` alone would not do: it opens the database on first use.)"""
+    from registry_db import RegistryService
 
-    Registry(db).close()
+    RegistryService(db).close()
     return db
 
 

@@ -39,6 +39,8 @@ _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction; larger blobs stream
 _STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no caller's)
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
+_CHECK_BYTES = 1024 * 1024  # stored bytes checked per worker task (one task per small blob
+#                             cost more in handing it over than in checking it)
 
 
 def recorded_objects(db: Database) -> ObjectStore | None:
@@ -141,6 +143,11 @@ def _check_stored(blob: StoredBlob) -> None:
         raise IntegrityError(f"blob {blob.digest} arrived corrupt: its bytes hash to {actual}",
                              hint="Pull again; if it persists, run 'adapterhub verify' on "
                                   "the source")
+
+
+def _check_all(blobs: list[StoredBlob]) -> None:
+    for blob in blobs:
+        _check_stored(blob)
 
 
 class BlobStore(Uploads):
@@ -333,27 +340,34 @@ class BlobStore(Uploads):
         as they are: worker threads decode every chunk once and hash the bytes, and a blob
         that does not match its digest raises :class:`IntegrityError` before its batch is
         written. Batches of about :data:`_BATCH_BYTES` stored bytes are written while the
-        next ones are checked."""
-        in_flight: deque[list[tuple[StoredBlob, Future[None]]]] = deque()
-        batch: list[tuple[StoredBlob, Future[None]]] = []
-        size = 0
+        next ones are checked; small blobs are checked :data:`_CHECK_BYTES` at a time."""
+        in_flight: deque[list[tuple[list[StoredBlob], Future[None]]]] = deque()
+        batch: list[tuple[list[StoredBlob], Future[None]]] = []
+        group: list[StoredBlob] = []
+        size = group_size = 0
         for blob in blobs:
-            batch.append((blob, _pool().submit(_check_stored, blob)))
-            size += blob.stored_size
-            if size >= _BATCH_BYTES:
-                in_flight.append(batch)
-                batch, size = [], 0
-                if len(in_flight) > 1:
-                    self._insert_checked(in_flight.popleft())
+            group.append(blob)
+            group_size += blob.stored_size
+            if group_size >= _CHECK_BYTES:
+                batch.append((group, _pool().submit(_check_all, group)))
+                size += group_size
+                group, group_size = [], 0
+                if size >= _BATCH_BYTES:
+                    in_flight.append(batch)
+                    batch, size = [], 0
+                    if len(in_flight) > 1:
+                        self._insert_checked(in_flight.popleft())
+        if group:
+            batch.append((group, _pool().submit(_check_all, group)))
         if batch:
             in_flight.append(batch)
         while in_flight:
             self._insert_checked(in_flight.popleft())
 
-    def _insert_checked(self, batch: list[tuple[StoredBlob, Future[None]]]) -> None:
+    def _insert_checked(self, batch: list[tuple[list[StoredBlob], Future[None]]]) -> None:
         for _, checked in batch:
             checked.result()
-        self._insert(list({blob.digest: blob for blob, _ in batch}.values()))
+        self._insert(list({blob.digest: blob for group, _ in batch for blob in group}.values()))
 
     # -- reading ----------------------------------------------------------------------------
 

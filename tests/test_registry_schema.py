@@ -1,5 +1,8 @@
 """The schema: migrations agree with the models, run on open, and refuse a newer database."""
 
+import subprocess
+import sys
+
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -25,6 +28,29 @@ def test_alembic_check_models_and_migrations_agree(registry_url):
     engine.dispose()
     assert {"repositories", "versions", "version_tensors", "lineage", "version_labels", "tags",
             "blobs", "chunks", "remotes", "events", "alembic_version"} <= tables
+
+
+def test_an_older_database_is_upgraded_on_open(tmp_path):
+    path = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+    engine.dispose()
+    RegistryService(path).close()
+    with create_engine(f"sqlite:///{path}").connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
+            == SCHEMA_REVISION
+        assert "settings" in inspect(conn).get_table_names()  # what 0005 adds
+
+
+def test_a_current_database_opens_without_importing_alembic(tmp_path):
+    path = tmp_path / "registry.db"
+    RegistryService(path).close()  # created: the migrations run
+    code = ("import sys\nfrom registry_db import RegistryService\n"
+            f"RegistryService({str(path)!r}).close()\n"
+            "assert 'alembic' not in sys.modules, 'alembic was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_open_refuses_a_database_from_a_newer_version(tmp_path):

@@ -99,8 +99,10 @@ class PluginManager(pluggy.PluginManager):
                 continue
             if ep.name in self.infos:
                 continue
-            dist = ep.dist.name if ep.dist else None
-            version = ep.dist.version if ep.dist else None
+            # Distribution.name and .version each parse the METADATA file again; once will do
+            meta = ep.dist.metadata if ep.dist else None
+            dist = meta["Name"] if meta is not None else None
+            version = meta["Version"] if meta is not None else None
             info = PluginInfo(ep.name, ep.value, dist, version)
             self.infos[ep.name] = info
             try:
