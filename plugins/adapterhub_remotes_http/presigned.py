@@ -21,13 +21,10 @@ from adapterhub.plugin_api import Buffer
 TIMEOUT_S = 120.0
 
 
-class StoreError(RegistryError):
-    """The object store answered, and refused (a status the caller should not retry)."""
-
-
 class PresignedClient:
     """``get_into`` and ``put`` of presigned URLs; ``OSError`` and
-    ``http.client.HTTPException`` mean the connection failed (retry)."""
+    ``http.client.HTTPException`` mean the connection failed or the store answered 5xx
+    (retry); :class:`RegistryError`, that the store refused."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -70,7 +67,7 @@ class PresignedClient:
                     raise http.client.IncompleteRead(bytes(), len(into) - filled)
                 filled += got
             if response.status == 200 and response.read(1):  # a store that ignores Range
-                raise StoreError("the object store sent more bytes than the blob has")
+                raise RegistryError("the object store sent more bytes than the blob has")
         except BaseException:
             response.close()
             self._connection(url)[0].close()
@@ -91,5 +88,5 @@ class PresignedClient:
         text = response.read(2000).decode("utf-8", "replace")
         if response.status >= 500:
             return http.client.HTTPException(f"HTTP {response.status} {text[:200]}")
-        return StoreError(f"the object store refused a {what}: HTTP {response.status} "
+        return RegistryError(f"the object store refused a {what}: HTTP {response.status} "
                           f"{text[:200]}")
