@@ -4,7 +4,8 @@ redirected downloads; the client hashes every blob, and the store checks each up
 its signed SHA-256, as this SeaweedFS checks signatures) vs plain boto3 ``upload_file`` /
 ``download_file`` of the same bytes to the same SeaweedFS, each hub run beside a plain run.
 Ratios are hub throughput over plain S3 throughput (1.0: as fast as plain S3); the 50 MB case
-is the median of :data:`REPEAT` runs (new bytes each time), after one warm-up push. Also the
+is the median of :data:`REPEAT` runs and the 1 GB one of :data:`REPEAT_LARGE` (new bytes each
+time), after one warm-up push. Also the
 hub's CPU seconds per GB pulled (with redirects it only authorizes and signs).
 Writes ``benchmarks/results/objectstore.json``.
 
@@ -27,7 +28,8 @@ from benchmarks.harness import free_port, machine, start_hub, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR_MB = 64  # each adapter is tensors of at most this size (the 50 MB one: 5 x 10 MB)
-REPEAT = 5  # runs of each case of at most 100 MB (median reported); larger ones run once
+REPEAT = 5  # runs of each case of at most 100 MB (median reported)
+REPEAT_LARGE = 3  # runs of a larger case
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -139,7 +141,7 @@ def main() -> dict[str, Any]:
             cases = {}
             for mb in sizes:
                 runs = [_case(mb, url, hub.pid, client, bucket, Path(tmp), seed=mb + rep)
-                        for rep in range(REPEAT if mb <= 100 else 1)]
+                        for rep in range(REPEAT if mb <= 100 else REPEAT_LARGE)]
                 cases[f"{mb}MB"] = _median_case(runs)
     finally:
         if hub is not None:

@@ -431,21 +431,24 @@ class HttpRemote(Remote):
 
     def _read_ranges(self, url: str, digest: str, size: int,
                      report: ProgressCallback) -> bytearray:
-        """A redirected blob from the object store, :data:`PARTS_IN_FLIGHT` ranges at once
-        (each retried on its own), hashed once whole."""
+        """A blob from the object store, :data:`PARTS_IN_FLIGHT` ranges at once (each
+        retried on its own), hashed in order as the ranges arrive."""
         data = bytearray(size)
         view = memoryview(data)
+        h = hashlib.sha256()
 
-        def fetch(start: int) -> int:
+        def fetch(start: int) -> memoryview:
             piece = view[start:start + RANGE_PIECE]
             self._on_store(lambda: self._presigned.get_into(url, start, piece), "download")
-            return len(piece)
+            return piece
 
         with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
-            for got in pool.map(fetch, range(0, size, RANGE_PIECE)):
-                report(got)
+            for piece in pool.map(fetch, range(0, size, RANGE_PIECE)):
+                h.update(piece)  # (while the later ranges are still arriving)
+                report(len(piece))
+                piece.release()
         view.release()  # (the caller may resize the bytes)
-        return self._checked(digest, data)
+        return self._checked(digest, data, "sha256:" + h.hexdigest())
 
     def _stream_ranges(self, url: str, digest: str, size: int, report: ProgressCallback
                        ) -> Iterator[bytes]:
