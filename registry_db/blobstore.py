@@ -16,7 +16,7 @@ import hashlib
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -53,7 +53,6 @@ def recorded_objects(db: Database) -> ObjectStore | None:
 
 
 _POOL: ThreadPoolExecutor | None = None
-_CHECKPOINTER: ThreadPoolExecutor | None = None
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -64,17 +63,9 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _checkpointer() -> ThreadPoolExecutor:
-    """One thread that checkpoints the WAL while workers encode (see :meth:`write_many`)."""
-    global _CHECKPOINTER
-    if _CHECKPOINTER is None:
-        _CHECKPOINTER = ThreadPoolExecutor(1, thread_name_prefix="registry-db-checkpoint")
-    return _CHECKPOINTER
-
-
 def _forget_pool() -> None:  # a forked child has none of the parent's threads
-    global _POOL, _CHECKPOINTER
-    _POOL = _CHECKPOINTER = None
+    global _POOL
+    _POOL = None
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -230,8 +221,8 @@ class BlobStore(Uploads):
         """Store ``(digest, bytes, itemsize)`` blobs; those already stored are skipped.
 
         Worker threads hash and compress while earlier blobs are being inserted (small blobs
-        :data:`_TASK_BYTES` at a time), and the WAL is checkpointed meanwhile; blobs go in
-        transactions of about :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
+        :data:`_TASK_BYTES` at a time); blobs go in transactions of about
+        :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
         :class:`IntegrityError` before their batch is written (blobs of earlier batches stay,
         unreferenced, until gc). A :class:`BlobStream`, and with the ``db`` backend any blob
         larger than a batch, is written as it is read (:meth:`_write_streamed`).
@@ -242,15 +233,6 @@ class BlobStore(Uploads):
         size = group_size = 0
         seen: set[str] = set()
         encode = self.objects is None
-        checkpoints: list[Future[None]] = []
-
-        def store(jobs: list[_Job], *, more: bool) -> None:
-            self._store(jobs)
-            # The WAL's pages are copied into the database file while workers encode the
-            # next batch, not all at once when the last connection closes.
-            if more and encode and (not checkpoints or checkpoints[-1].done()):
-                checkpoints.append(_checkpointer().submit(self.db.checkpoint))
-
         try:
             for digest, data, itemsize in blobs:
                 if check_digest(digest) in seen:
@@ -264,7 +246,7 @@ class BlobStore(Uploads):
                         in_flight.append(batch)
                         batch, size = [], 0
                     while in_flight:  # (bounded memory: nothing else is held meanwhile)
-                        store(in_flight.popleft(), more=False)
+                        self._store(in_flight.popleft())
                     self._write_streamed(digest, data if isinstance(data, BlobStream)
                                          else BlobStream.of(data), itemsize)
                     continue
@@ -285,19 +267,16 @@ class BlobStore(Uploads):
                     in_flight.append(batch)
                     batch, size = [], 0
                     if len(in_flight) > 1:  # encode the next batch while this one is written
-                        store(in_flight.popleft(), more=True)
+                        self._store(in_flight.popleft())
             if group:
                 batch.append(_Job.submit(group, encode=encode))
             if batch:
                 in_flight.append(batch)
             while in_flight:
-                store(in_flight.popleft(), more=len(in_flight) > 0)
+                self._store(in_flight.popleft())
         finally:  # (after a refused batch, later ones are not stored: no work left behind)
             for job in [*batch, *(job for jobs in in_flight for job in jobs)]:
                 job.cancel()
-            wait(checkpoints)  # none outlives the call (the caller may close the database)
-        for checkpoint in checkpoints:
-            checkpoint.result()
 
     def _write_streamed(self, digest: str, blob: BlobStream, itemsize: int) -> None:
         """Store a blob as its bytes are read, in bounded memory: an upload of its own (an

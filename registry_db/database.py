@@ -122,13 +122,5 @@ class Database:
             with self._guard(), self._writer.begin() as conn:
                 conn.execute(text("PRAGMA incremental_vacuum"))
 
-    def checkpoint(self) -> None:
-        """Copy what the SQLite WAL holds into the database file now, as closing the last
-        connection would (PASSIVE: it neither waits for nor blocks readers and writers, and
-        syncs as ``synchronous`` says); nothing on PostgreSQL."""
-        if self.dialect == "sqlite":
-            with self._guard(), self.engine.connect() as conn:
-                conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
     def close(self) -> None:
         self.engine.dispose()
