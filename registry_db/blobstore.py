@@ -41,6 +41,7 @@ _STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
 _CHECK_BYTES = 1024 * 1024  # stored bytes checked per worker task (one task per small blob
 #                             cost more in handing it over than in checking it)
+_TASK_BYTES = 1024 * 1024  # raw bytes of small blobs hashed and encoded per worker task
 
 
 def recorded_objects(db: Database) -> ObjectStore | None:
@@ -76,28 +77,49 @@ def _sha256(data: Buffer) -> str:
 
 @dataclass
 class _Job:
-    """One blob being hashed and encoded in the pool."""
+    """Blobs being hashed and encoded in the pool: one blob of at least :data:`_TASK_BYTES`,
+    its hash and each chunk a task of their own, or several smaller blobs in one task (one
+    task per small blob cost more in handing it over than in the work)."""
 
-    digest: str
-    size: int
-    codec: str
-    raw_sizes: list[int]
-    hashed: Future[str]
-    chunks: list[Future[bytes]]
-
-    view: memoryview
+    digests: list[str]
+    views: list[memoryview]
+    codecs: list[str]
+    tasks: list[Future]
 
     @classmethod
-    def submit(cls, digest: str, view: memoryview, itemsize: int, *, encode: bool) -> _Job:
+    def submit(cls, blobs: list[tuple[str, memoryview, int]], *, encode: bool) -> _Job:
+        codecs = [_codec_of(view, itemsize, encode) for _, view, itemsize in blobs]
+        views = [view for _, view, _ in blobs]
+        digests = [digest for digest, _, _ in blobs]
         pool = _pool()
-        if not encode:  # an object store keeps the raw bytes
-            return cls(digest, len(view), OBJECT_CODEC, [], pool.submit(_sha256, view), [],
-                       view)
-        pieces = codec.chunk_views(view, codec.CHUNK_SIZE)
-        chosen = codec.codec_for(itemsize, *map(len, pieces))
-        return cls(digest, len(view), chosen, [len(p) for p in pieces],
-                   pool.submit(_sha256, view),
-                   [pool.submit(codec.encode, piece, chosen) for piece in pieces], view)
+        if len(blobs) > 1 or not encode:
+            return cls(digests, views, codecs, [pool.submit(_hash_encode, views, codecs)])
+        pieces = codec.chunk_views(views[0], codec.CHUNK_SIZE)
+        return cls(digests, views, codecs, [pool.submit(_sha256, views[0])]
+                   + [pool.submit(codec.encode, piece, codecs[0]) for piece in pieces])
+
+    def results(self) -> list[tuple[str, list[bytes]]]:
+        """``(sha256 of the bytes, stored chunks)`` of each blob, in order."""
+        if len(self.tasks) == 1:
+            return self.tasks[0].result()
+        return [(self.tasks[0].result(), [task.result() for task in self.tasks[1:]])]
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+def _codec_of(view: memoryview, itemsize: int, encode: bool) -> str:
+    if not encode:  # an object store keeps the raw bytes
+        return OBJECT_CODEC
+    return codec.codec_for(itemsize, *map(len, codec.chunk_views(view, codec.CHUNK_SIZE)))
+
+
+def _hash_encode(views: list[memoryview], codecs: list[str]) -> list[tuple[str, list[bytes]]]:
+    return [(_sha256(view), [] if blob_codec == OBJECT_CODEC else
+             [codec.encode(piece, blob_codec)
+              for piece in codec.chunk_views(view, codec.CHUNK_SIZE)])
+            for view, blob_codec in zip(views, codecs, strict=True)]
 
 
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
@@ -198,39 +220,63 @@ class BlobStore(Uploads):
     def write_many(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]]) -> None:
         """Store ``(digest, bytes, itemsize)`` blobs; those already stored are skipped.
 
-        Worker threads hash and compress while earlier blobs are being inserted; blobs go in
-        transactions of about :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
+        Worker threads hash and compress while earlier blobs are being inserted (small blobs
+        :data:`_TASK_BYTES` at a time); blobs go in transactions of about
+        :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
         :class:`IntegrityError` before their batch is written (blobs of earlier batches stay,
         unreferenced, until gc). A :class:`BlobStream`, and with the ``db`` backend any blob
         larger than a batch, is written as it is read (:meth:`_write_streamed`).
         """
         in_flight: deque[list[_Job]] = deque()
         batch: list[_Job] = []
-        size = 0
+        group: list[tuple[str, memoryview, int]] = []
+        size = group_size = 0
         seen: set[str] = set()
-        for digest, data, itemsize in blobs:
-            if check_digest(digest) in seen:
-                continue
-            seen.add(digest)
-            if isinstance(data, BlobStream) or (self.objects is None
-                                                and len(data) > _BATCH_BYTES):
-                while in_flight:  # (bounded memory: nothing else is held meanwhile)
-                    self._store(in_flight.popleft())
-                self._write_streamed(digest, data if isinstance(data, BlobStream)
-                                     else BlobStream.of(data), itemsize)
-                continue
-            batch.append(_Job.submit(digest, memoryview(data).cast("B"), itemsize,
-                                     encode=self.objects is None))
-            size += len(data)
-            if size >= _BATCH_BYTES:
+        encode = self.objects is None
+        try:
+            for digest, data, itemsize in blobs:
+                if check_digest(digest) in seen:
+                    continue
+                seen.add(digest)
+                if isinstance(data, BlobStream) or (encode and len(data) > _BATCH_BYTES):
+                    if group:
+                        batch.append(_Job.submit(group, encode=encode))
+                        group, group_size = [], 0
+                    if batch:
+                        in_flight.append(batch)
+                        batch, size = [], 0
+                    while in_flight:  # (bounded memory: nothing else is held meanwhile)
+                        self._store(in_flight.popleft())
+                    self._write_streamed(digest, data if isinstance(data, BlobStream)
+                                         else BlobStream.of(data), itemsize)
+                    continue
+                view = memoryview(data).cast("B")
+                if len(view) >= _TASK_BYTES:
+                    batch.append(_Job.submit([(digest, view, itemsize)], encode=encode))
+                else:
+                    group.append((digest, view, itemsize))
+                    group_size += len(view)
+                    if group_size >= _TASK_BYTES:
+                        batch.append(_Job.submit(group, encode=encode))
+                        group, group_size = [], 0
+                size += len(view)
+                if size >= _BATCH_BYTES:
+                    if group:
+                        batch.append(_Job.submit(group, encode=encode))
+                        group, group_size = [], 0
+                    in_flight.append(batch)
+                    batch, size = [], 0
+                    if len(in_flight) > 1:  # encode the next batch while this one is written
+                        self._store(in_flight.popleft())
+            if group:
+                batch.append(_Job.submit(group, encode=encode))
+            if batch:
                 in_flight.append(batch)
-                batch, size = [], 0
-                if len(in_flight) > 1:  # encode the next batch while this one is written
-                    self._store(in_flight.popleft())
-        if batch:
-            in_flight.append(batch)
-        while in_flight:
-            self._store(in_flight.popleft())
+            while in_flight:
+                self._store(in_flight.popleft())
+        finally:  # (after a refused batch, later ones are not stored: no work left behind)
+            for job in [*batch, *(job for jobs in in_flight for job in jobs)]:
+                job.cancel()
 
     def _write_streamed(self, digest: str, blob: BlobStream, itemsize: int) -> None:
         """Store a blob as its bytes are read, in bounded memory: an upload of its own (an
@@ -288,18 +334,25 @@ class BlobStore(Uploads):
                                   hint="The source is corrupt or changed while reading")
 
     def _store(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            self._check_hash(job.digest, job.hashed.result())
+        results = [job.results() for job in jobs]
+        for job, done in zip(jobs, results, strict=True):
+            for digest, (actual, _) in zip(job.digests, done, strict=True):
+                self._check_hash(digest, actual)
         if self.objects is not None:
+            digests = [digest for job in jobs for digest in job.digests]
             with self.db.read() as s:
                 present = set(s.scalars(select(Blob.digest).where(
-                    Blob.digest.in_([job.digest for job in jobs]), Blob.complete)))
+                    Blob.digest.in_(digests), Blob.complete)))
             for job in jobs:  # the object first: a row never names a missing object
-                if job.digest not in present:
-                    self.objects.put(job.digest, job.view)
-        self._insert([StoredBlob(job.digest, job.size, job.codec, codec.CHUNK_SIZE,
-                                 tuple(zip(job.raw_sizes, (f.result() for f in job.chunks))))
-                      for job in jobs])
+                for digest, view in zip(job.digests, job.views, strict=True):
+                    if digest not in present:
+                        self.objects.put(digest, view)
+        self._insert([StoredBlob(digest, len(view), blob_codec, codec.CHUNK_SIZE,
+                                 tuple(zip(map(len, codec.chunk_views(view, codec.CHUNK_SIZE)),
+                                           chunks)))
+                      for job, done in zip(jobs, results, strict=True)
+                      for digest, view, blob_codec, (_, chunks)
+                      in zip(job.digests, job.views, job.codecs, done, strict=True)])
 
     def _insert(self, blobs: list[StoredBlob]) -> None:
         """Insert verified blobs (their chunks as stored; none for a blob kept as an object);

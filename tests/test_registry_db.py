@@ -329,3 +329,23 @@ def test_read_many_in_groups_and_streaming_large_blobs(svc, monkeypatch):
                                                             for b in reversed(blobs)]
     with pytest.raises(AdapterNotFoundError):
         list(svc.blobs.read_many([digest_of(b"absent")], caller=LOCAL))
+
+
+def test_write_many_refuses_a_corrupt_small_blob_and_stores_nothing_of_its_batch(svc,
+                                                                                  monkeypatch):
+    from registry_db import blobstore
+
+    # tasks of ~3 small blobs, transactions of ~9: the third batch holds the corrupt blob
+    monkeypatch.setattr(blobstore, "_TASK_BYTES", 3 * 4000)
+    monkeypatch.setattr(blobstore, "_BATCH_BYTES", 9 * 4000)
+    blobs = [tensor_bytes(i, 4000) for i in range(30)]
+    sent = [(digest_of(b), b, 2) for b in blobs]
+    sent[22] = (sent[22][0], tensor_bytes(999, 4000), 2)  # in the middle of a task
+    with pytest.raises(IntegrityError, match=sent[22][0]):
+        svc.blobs.write_many(sent, caller=LOCAL)
+    with svc.db.read() as s:
+        stored = set(s.scalars(select(Blob.digest)))
+    assert stored == {digest_of(b) for b in blobs[:18]}  # the first two batches only
+    svc.blobs.write_many([(digest_of(b), b, 2) for b in blobs], caller=LOCAL)
+    assert dict(svc.blobs.read_many([digest_of(b) for b in blobs], caller=LOCAL)) == {
+        digest_of(b): b for b in blobs}
