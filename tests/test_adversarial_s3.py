@@ -32,8 +32,13 @@ from registry_db import RegistryService
 from registry_db.objectstore import PART_SIZE, Location
 
 
-def _client(hub, who: str) -> httpx.Client:
-    return hub.client(who)
+def _secret(hub, tmp_path, monkeypatch, *, seed: int):
+    """The writer pushes a package to ``team/secret``; the package and its largest tensor."""
+    monkeypatch.setenv("ADAPTERHUB_TOKEN", hub.tokens["writer"])
+    package = _package(seed, big=1_200_000)
+    with Registry(tmp_path / "local.db") as local:
+        local.push(package, "team/secret", to=hub.url, progress=False)
+    return package, max(package.manifest.tensors.values(), key=lambda e: e.nbytes)
 
 
 def _package(seed: int, big: int):
@@ -58,7 +63,7 @@ def test_push_and_pull_through_presigned_urls(s3_hub, s3_env, seaweed, tmp_path,
         Key=f"reg/blobs/sha256/{big.digest[7:9]}/{big.digest[9:]}")
     assert head["ContentLength"] == big.nbytes
 
-    with _client(s3_hub, "reader") as reader:  # the download is a redirect to the store
+    with s3_hub.client("reader") as reader:  # the download is a redirect to the store
         answer = reader.get(f"/api/v1/repos/team/bot/blobs/{big.digest}")
         assert answer.status_code == 307
         assert answer.headers["x-linked-size"] == str(big.nbytes)
@@ -74,12 +79,8 @@ def test_push_and_pull_through_presigned_urls(s3_hub, s3_env, seaweed, tmp_path,
 
 
 def test_no_url_for_a_blob_the_caller_cannot_see(s3_hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADAPTERHUB_TOKEN", s3_hub.tokens["writer"])
-    package = _package(1, big=1_200_000)
-    with Registry(tmp_path / "local.db") as local:
-        local.push(package, "team/secret", to=s3_hub.url, progress=False)
-    big = max(package.manifest.tensors.values(), key=lambda e: e.nbytes)
-    with _client(s3_hub, "outsider") as outsider:
+    _, big = _secret(s3_hub, tmp_path, monkeypatch, seed=1)
+    with s3_hub.client("outsider") as outsider:
         for path in (f"/api/v1/repos/team/secret/blobs/{big.digest}",
                      f"/api/v1/repos/other/x/blobs/{big.digest}"):
             answer = outsider.get(path)
@@ -94,7 +95,7 @@ def test_no_url_for_a_blob_the_caller_cannot_see(s3_hub, tmp_path, monkeypatch):
                                                        "size": big.nbytes,
                                                        "presigned": True}).json()
         assert begun["complete"] is False and begun["urls"]
-    with _client(s3_hub, "reader") as reader:  # all or nothing: with a hidden blob, no URL
+    with s3_hub.client("reader") as reader:  # all or nothing: with a hidden blob, no URL
         mixed = reader.post("/api/v1/repos/team/secret/blobs/urls",
                             json={"digests": [big.digest, "sha256:" + "ab" * 32]})
         assert mixed.status_code == 404 and "X-Amz" not in mixed.text
@@ -114,7 +115,7 @@ def test_presigned_upload_of_other_bytes_never_becomes_the_blob(s3_hub, s3_env, 
     data, other = tensor_bytes(40, 4 << 20), tensor_bytes(41, 4 << 20)
     digest = digest_of(data)
     location = Location.parse(s3_env)
-    with _client(s3_hub, "writer") as writer:
+    with s3_hub.client("writer") as writer:
         begun = writer.post("/api/v1/uploads", json={"digest": digest, "size": len(data),
                                                      "presigned": True, "direct": True}).json()
         assert len(begun["urls"]) == 1 and begun["chunk_size"] == len(data)
@@ -154,12 +155,8 @@ def test_a_stored_object_proves_nothing_about_who_has_its_bytes(s3_hub, tmp_path
     """Another namespace's blob object already sits at the key an outsider's direct upload
     names: the upload does not report it received, finishing it is refused, and only the
     outsider sending the bytes itself makes the blob theirs."""
-    monkeypatch.setenv("ADAPTERHUB_TOKEN", s3_hub.tokens["writer"])
-    package = _package(3, big=1_200_000)
-    with Registry(tmp_path / "local.db") as local:
-        local.push(package, "team/secret", to=s3_hub.url, progress=False)
-    big = max(package.manifest.tensors.values(), key=lambda e: e.nbytes)
-    with _client(s3_hub, "outsider") as outsider:
+    package, big = _secret(s3_hub, tmp_path, monkeypatch, seed=3)
+    with s3_hub.client("outsider") as outsider:
         begun = outsider.post("/api/v1/uploads", json={"digest": big.digest,
                                                        "size": big.nbytes,
                                                        "presigned": True,
@@ -190,7 +187,7 @@ def test_staged_upload_of_other_bytes_never_becomes_the_blob(open_s3_hub, open_s
     object that the hub reads back before it becomes the blob."""
     data, other = tensor_bytes(40, 4 << 20), tensor_bytes(41, 4 << 20)
     digest = digest_of(data)
-    with _client(open_s3_hub, "writer") as writer:
+    with open_s3_hub.client("writer") as writer:
         begun = writer.post("/api/v1/uploads", json={"digest": digest, "size": len(data),
                                                      "presigned": True}).json()
         assert len(begun["urls"]) == 1 and "/uploads/" in begun["urls"][0]
@@ -258,7 +255,7 @@ def test_pull_refuses_an_object_altered_behind_the_registry(s3_hub, s3_env, seaw
         with pytest.raises(IntegrityError, match="arrived corrupt"):
             other.pull("team/bot@1", s3_hub.url, progress=False)
         assert other.list() == []
-    with _client(s3_hub, "admin") as admin:
+    with s3_hub.client("admin") as admin:
         report = admin.post("/api/v1/verify?deep=true").json()
     assert [p["blob"] for p in report["problems"]] == [big.digest]
 
@@ -271,7 +268,7 @@ def test_hf_resolve_redirects_to_a_rendered_object(s3_hub, s3_env, seaweed, tmp_
     path = "/team/peft/resolve/main/adapter_model.safetensors"
     location = Location.parse(s3_env)
     s3 = seaweed.client()
-    with _client(s3_hub, "reader") as reader:
+    with s3_hub.client("reader") as reader:
         first = reader.get(path)
         assert first.status_code == 302
         etag = first.headers["x-linked-etag"].strip('"')
@@ -287,7 +284,7 @@ def test_hf_resolve_redirects_to_a_rendered_object(s3_hub, s3_env, seaweed, tmp_
         data = httpx.get(second.headers["location"], timeout=60).content
         assert hashlib.sha256(data).hexdigest() == etag
         assert len(data) == int(second.headers["x-linked-size"])
-        with _client(s3_hub, "outsider") as outsider:  # no URL for a repository it can't read
+        with s3_hub.client("outsider") as outsider:  # no URL for a repository it can't read
             refused = outsider.get(path)
             assert refused.status_code in (401, 403, 404) and "location" not in refused.headers
 
