@@ -24,7 +24,7 @@ import base64
 import binascii
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -41,6 +41,9 @@ from adapterhub.hub.native import full_name
 from adapterhub.hub.render import LFS_SUFFIXES, RenderedFile
 from adapterhub.registry import Registry
 from registry_db import Caller
+
+if TYPE_CHECKING:
+    from registry_db import RegistryService
 
 router = APIRouter()
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -170,7 +173,8 @@ def lfs_batch(request: Request, namespace: str, name: str, body: dict = Depends(
                         media_type=LFS_JSON)
 
 
-def _to_store(service, oid: str, size: int, completion: str, who: Caller) -> dict[str, Any]:
+def _to_store(service: RegistryService, oid: str, size: int, completion: str,
+              who: Caller) -> dict[str, Any]:
     """The upload action of an object sent straight to the object store: one presigned
     ``PUT`` (verify finishes it), or presigned parts of ``chunk_size`` bytes (HF's multipart
     transfer) that ``completion`` (the signed URL) finishes. Either way the hub reads the
