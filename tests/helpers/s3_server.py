@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+#: every bucket is a collection with volumes of its own; weed mini would otherwise cap the
+#: count at free disk / 128 MB, which a session's ~100 buckets exceed on a fuller disk
+MAX_VOLUMES = 4000
 ACCESS_KEY = "adapterhub-test"
 SECRET_KEY = "adapterhub-test-secret-key"
 
@@ -70,8 +73,8 @@ class SeaweedServer:
             "metricsPort", "debug.port", "s3.debug.port")}
         args = [_weed(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-                "-webdav=false", f"-s3.port={self.port}", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", *(f"-{name}={port}" for name, port in ports.items())]
+                "-webdav=false", f"-volume.max={MAX_VOLUMES}", f"-s3.port={self.port}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", *(f"-{name}={port}" for name, port in ports.items())]
         (self.root / "data").mkdir()
         if not self.open:
             config = self.root / "s3.json"
