@@ -74,7 +74,8 @@ class SeaweedServer:
         args = [_weed(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
                 "-webdav=false", f"-volume.max={MAX_VOLUMES}", f"-s3.port={self.port}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", *(f"-{name}={port}" for name, port in ports.items())]
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
+                *(f"-{name}={port}" for name, port in ports.items())]
         (self.root / "data").mkdir()
         if not self.open:
             config = self.root / "s3.json"
