@@ -12,10 +12,11 @@ large ones as a :class:`BlobStream` read with ``Range`` requests that resume whe
 connection stopped; the client hashes every blob as it hands it on. Large blobs are read and
 sent a chunk at a time both ways, so memory stays bounded however large a tensor is.
 
-A hub that keeps blobs in an object store hands out presigned URLs: large uploads ``PUT``
-their chunks straight to the store (the hub verifies the whole blob when the upload
-finishes), and large downloads are redirected (``307``) to the store. Requests to those URLs
-carry no hub token.
+A hub that keeps blobs in an object store hands out presigned URLs (docs/objectstore.md):
+a large upload is one ``PUT`` of the blob, with the headers the hub lists, or parts of a
+staging object, several blobs at once; the URLs of the large blobs a pull needs come in one
+answer, and their bytes are read with :mod:`http.client` straight into each blob's buffer
+(:mod:`adapterhub_remotes_http.presigned`). Requests to those URLs carry no hub token.
 """
 
 from __future__ import annotations
