@@ -8,7 +8,6 @@ Run: ``python -m benchmarks registry`` (or ``make bench``).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import shutil
 import statistics
@@ -19,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.harness import repeat
+from benchmarks.harness import repeat, write_result
 
-RESULTS = Path(__file__).parent / "results" / "registry.json"
 LAYERS, MODULES, HIDDEN, RANK = 48, ("q_proj", "k_proj", "v_proj", "o_proj"), 4096, 16
 VERSIONS = 10_000
 REPOS = 100
@@ -203,8 +201,7 @@ def main() -> dict[str, Any]:
         "show_ms<=50": latency["show_ms"] <= 50,
     }
     result = {"transfer": transfer, "codecs": codecs, "latency": latency, "targets_met": targets}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("registry", result)
     for key in ("cp_s", "push_s", "push_over_cp", "repush_unchanged_s", "repush_over_push",
                 "pull_to_files_s", "pull_to_files_over_cp", "pull_registry_to_registry_s",
                 "pull_registry_to_registry_over_cp", "stored_over_raw_safetensors"):

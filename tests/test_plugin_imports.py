@@ -17,8 +17,7 @@ def test_plugin_modules_import_without_torch():
             "from adapterhub_loraplus import LoraPlusMethod\n"
             "from adapterhub_lora import LoraMethod\n"
             "assert issubclass(LoraPlusMethod, LoraMethod)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    _run(code)
 
 
 def test_method_lookup_imports_no_torch():
@@ -31,5 +30,10 @@ def test_method_lookup_imports_no_torch():
             "for name in names:\n"
             "    get_method(name).peft_type\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    _run(code)
+
+
+def _run(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (a clean ``sys.modules``); fail with its stderr."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
