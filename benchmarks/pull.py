@@ -5,6 +5,9 @@ same ``adapterhub serve``, alternating, in one run (issue 13, target 1):
   registry (created untimed, as ``adapterhub init`` leaves one) vs a Python process calling
   ``hf_hub_download`` for each file into a fresh cache; wall time, CPU time and peak RssAnon
   from :func:`benchmarks.harness.measure`;
+- the floor of the pull's work, as a fresh process too (``benchmarks/_pull_floor.py``: one
+  request for the stored chunks, decode + sha256 on all cores, the chunk rows inserted and
+  checkpointed into the same kind of registry file; standard library and the codec only);
 - in one process (the transfer alone): ``Registry.pull`` vs ``hf_hub_download``, and the
   start-up floor of each side (``python -c "import …"`` of what each command imports).
 
@@ -16,6 +19,7 @@ Run: ``python -m benchmarks pull``.
 from __future__ import annotations
 
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -41,6 +45,11 @@ def hf_command(url: str, token: str, cache: Path) -> list[str]:
 def pull_command(url: str, db: Path) -> list[str]:
     return [sys.executable, "-m", "adapterhub.cli", "pull", "bench/adapter@1", "--from", url,
             "--db", str(db), "--quiet"]
+
+
+def floor_command(url: str, token: str, db: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmarks._pull_floor", url, token, "bench/adapter@1",
+            str(db)]
 
 
 #: what ``adapterhub pull`` imports before it does any work
@@ -114,13 +123,18 @@ def main() -> dict[str, Any]:
             commands = {
                 "adapterhub_pull": lambda rep: pull_command(url, empty(root / f"p{rep}.db")),
                 "hf_hub_download": lambda rep: hf_command(url, token, root / f"hf{rep}"),
+                "pull_floor": lambda rep: floor_command(url, token, empty(root / f"f{rep}.db")),
                 "import_adapterhub": lambda rep: [sys.executable, "-c", IMPORTS_ADAPTERHUB],
                 "import_hf": lambda rep: [sys.executable, "-c", IMPORTS_HF]}
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
             for rep in range(REPEAT):
                 order = list(commands)
-                for name in order[rep % 4:] + order[:rep % 4]:
+                for name in order[rep % len(order):] + order[:rep % len(order)]:
                     runs[name].append(measure(commands[name](rep), env))
+            with sqlite3.connect(root / "f0.db") as floor_db:  # the floor did all the work
+                stored = floor_db.execute("SELECT count(*), sum(length(data)) FROM chunks"
+                                          ).fetchone()
+            assert stored[0] == 384 and stored[1] > 0.5 * tensor_bytes, stored
             hf_bytes = sum(f.stat().st_size for f in (root / "hf0").rglob("*")
                            if f.is_file() and not f.is_symlink())
             os.environ["ADAPTERHUB_TOKEN"] = token
@@ -145,6 +159,13 @@ def main() -> dict[str, Any]:
         "adapterhub_throughput_over_hf": round(wall["hf_hub_download"]
                                                / wall["adapterhub_pull"], 2),
         "target": ">= 1.5",
+        "floor": {
+            "pull_floor_s": round(wall["pull_floor"], 3),
+            "adapterhub_pull_over_floor": round(wall["adapterhub_pull"] / wall["pull_floor"], 2),
+            "floor_throughput_over_hf": round(wall["hf_hub_download"] / wall["pull_floor"], 2),
+            "what": "benchmarks/_pull_floor.py as a fresh process: the least a pull into a "
+                    "registry must do; floor_throughput_over_hf is what a pull that did "
+                    "nothing more would reach here"},
         "start_up_floor_s": {"adapterhub": round(wall["import_adapterhub"], 3),
                              "hf": round(wall["import_hf"], 3)},
         "without_start_up": {
@@ -162,7 +183,10 @@ def main() -> dict[str, Any]:
     write_result("pull", result)
     print(f"pull: adapterhub {wall['adapterhub_pull']:.3f} s, hf_hub_download "
           f"{wall['hf_hub_download']:.3f} s: throughput ratio "
-          f"{result['adapterhub_throughput_over_hf']} (target >= 1.5); start-up floors "
+          f"{result['adapterhub_throughput_over_hf']} (target >= 1.5); floor of the work "
+          f"{wall['pull_floor']:.3f} s (pull takes {result['floor']['adapterhub_pull_over_floor']}"
+          f"x as long; the floor's throughput is {result['floor']['floor_throughput_over_hf']}"
+          f"x hf_hub_download's); start-up floors "
           f"{result['start_up_floor_s']}; without start-up "
           f"{result['without_start_up']['adapterhub_throughput_over_hf']}; in one process "
           f"{in_process['median_ms']} -> {in_process['adapterhub_throughput_over_hf']}")
