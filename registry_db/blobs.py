@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from registry_db.access import Caller
 from registry_db.blobstore import BlobStore, Buffer, check_digest
 from registry_db.clock import utcnow
-from registry_db.database import Database, batched
+from registry_db.database import Database
+from registry_db.reads import batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
 from registry_db.models_hub import VersionFilePart

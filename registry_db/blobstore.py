@@ -13,34 +13,32 @@ with the blob's digest instead of surfacing as wrong weights.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.clock import utcnow
-from registry_db.database import Database, batched
+from registry_db.database import Database
+from registry_db.reads import batched
 from registry_db.errors import AdapterNotFoundError, IntegrityError
 from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.objectstore import Location, ObjectStore
 from registry_db.records import BlobInfo, BlobStream, Buffer, StoredBlob
-from registry_db.uploads import (MAX_BLOB_BYTES, MAX_CHUNK_BYTES, Uploads, blob_info,
-                                 check_digest)
+from registry_db.stored import BATCH_BYTES, write_checked
+from registry_db.uploads import Uploads, blob_info, check_digest
+from registry_db.workers import WORKERS, pool
+from registry_db.writes import insert_blobs, touch
 
-_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_BATCH_BYTES = 16 * 1024 * 1024  # raw bytes per write transaction; larger blobs stream
+_BATCH_BYTES = BATCH_BYTES  # raw bytes per write transaction; larger blobs stream
 _STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no caller's)
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
-_CHECK_BYTES = 1024 * 1024  # stored bytes checked per worker task (one task per small blob
-#                             cost more in handing it over than in checking it)
 _TASK_BYTES = 1024 * 1024  # raw bytes of small blobs hashed and encoded per worker task
 
 
@@ -50,25 +48,6 @@ def recorded_objects(db: Database) -> ObjectStore | None:
     with db.read() as s:
         where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
     return None if where in (None, "db") else ObjectStore(Location.parse(where))
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Worker threads for hashing and zstd (both release the GIL)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="registry-db")
-    return _POOL
-
-
-def _forget_pool() -> None:  # a forked child has none of the parent's threads
-    global _POOL
-    _POOL = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _sha256(data: Buffer) -> str:
@@ -91,12 +70,12 @@ class _Job:
         codecs = [_codec_of(view, itemsize, encode) for _, view, itemsize in blobs]
         views = [view for _, view, _ in blobs]
         digests = [digest for digest, _, _ in blobs]
-        pool = _pool()
+        workers = pool()
         if len(blobs) > 1 or not encode:
-            return cls(digests, views, codecs, [pool.submit(_hash_encode, views, codecs)])
+            return cls(digests, views, codecs, [workers.submit(_hash_encode, views, codecs)])
         pieces = codec.chunk_views(views[0], codec.CHUNK_SIZE)
-        return cls(digests, views, codecs, [pool.submit(_sha256, views[0])]
-                   + [pool.submit(codec.encode, piece, codecs[0]) for piece in pieces])
+        return cls(digests, views, codecs, [workers.submit(_sha256, views[0])]
+                   + [workers.submit(codec.encode, piece, codecs[0]) for piece in pieces])
 
     def results(self) -> list[tuple[str, list[bytes]]]:
         """``(sha256 of the bytes, stored chunks)`` of each blob, in order."""
@@ -141,37 +120,6 @@ def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearr
     return data
 
 
-def _check_stored(blob: StoredBlob) -> None:
-    """Decode every chunk of a blob as stored and hash the bytes: :class:`IntegrityError`
-    unless they are exactly the blob its digest names, in chunks of its chunk size."""
-    check_digest(blob.digest)
-    count = max(1, -(-blob.size // blob.chunk_size)) if 0 < blob.chunk_size else 0
-    if not 0 <= blob.size <= MAX_BLOB_BYTES or not 0 < blob.chunk_size <= MAX_CHUNK_BYTES \
-            or len(blob.chunks) != count:
-        raise IntegrityError(f"blob {blob.digest} arrived malformed: {len(blob.chunks)} chunks "
-                             f"of {blob.chunk_size} bytes for {blob.size} bytes")
-    h = hashlib.sha256()
-    for i, (raw_size, stored) in enumerate(blob.chunks):
-        if raw_size != min(blob.chunk_size, blob.size - i * blob.chunk_size) and blob.size:
-            raise IntegrityError(f"blob {blob.digest} arrived malformed: chunk {i} holds "
-                                 f"{raw_size} bytes")
-        try:
-            h.update(codec.decode(stored, blob.codec, raw_size))
-        except IntegrityError as exc:
-            raise IntegrityError(f"blob {blob.digest} arrived corrupt: chunk {i}: "
-                                 f"{exc.message}") from None
-    actual = "sha256:" + h.hexdigest()
-    if actual != blob.digest:
-        raise IntegrityError(f"blob {blob.digest} arrived corrupt: its bytes hash to {actual}",
-                             hint="Pull again; if it persists, run 'adapterhub verify' on "
-                                  "the source")
-
-
-def _check_all(blobs: list[StoredBlob]) -> None:
-    for blob in blobs:
-        _check_stored(blob)
-
-
 class BlobStore(Uploads):
     """The blobs of one registry database; ``objects`` is its object store when the registry
     keeps blobs in one (the ``s3`` backend), else None (the ``db`` backend)."""
@@ -185,11 +133,8 @@ class BlobStore(Uploads):
     def touch(self, digests: Iterable[str]) -> None:
         """Renew ``touched_at`` of stored blobs, so a gc running before the caller's commit
         keeps them (they are about to be used)."""
-        now = utcnow()
         with self.db.write() as s:
-            for batch in batched(sorted(set(digests))):
-                s.execute(update(Blob).where(Blob.digest.in_(batch), Blob.complete)
-                          .values(touched_at=now))
+            touch(self.db.statements(s), digests, utcnow())
 
     def info(self, digest: str) -> BlobInfo:
         with self.db.read() as s:
@@ -315,8 +260,8 @@ class BlobStore(Uploads):
             for index, piece in enumerate(blob.chunks(info.chunk_size)):
                 h.update(piece)
                 encoding.append((index, len(piece),
-                                 _pool().submit(codec.encode, piece, blob_codec)))
-                if len(encoding) > _WORKERS:  # a chunk per worker in flight, one inserted
+                                 pool().submit(codec.encode, piece, blob_codec)))
+                if len(encoding) > WORKERS:  # a chunk per worker in flight, one inserted
                     store_oldest(1)
             store_oldest(len(encoding))
             self._check_hash(digest, "sha256:" + h.hexdigest())
@@ -357,70 +302,13 @@ class BlobStore(Uploads):
     def _insert(self, blobs: list[StoredBlob]) -> None:
         """Insert verified blobs (their chunks as stored; none for a blob kept as an object);
         those already stored are touched."""
-        now = utcnow()
         with self.db.write() as s:
-            digests = [blob.digest for blob in blobs]
-            present = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(digests),
-                                                              Blob.complete)))
-            if present:
-                s.execute(update(Blob).where(Blob.digest.in_(present), Blob.complete)
-                          .values(touched_at=now))
-            rows = [{"digest": blob.digest, "size": blob.size, "codec": blob.codec,
-                     "stored_size": (blob.size if blob.codec == OBJECT_CODEC
-                                     else blob.stored_size),
-                     "chunk_size": blob.chunk_size, "complete": True, "created_at": now,
-                     "touched_at": now} for blob in blobs if blob.digest not in present]
-            if not rows:
-                return
-            table = Blob.__table__
-            statement = insert(table)
-            if self.db.dialect == "postgresql":  # a concurrent writer may store one first
-                statement = postgresql.insert(table).on_conflict_do_nothing(
-                    index_elements=["digest"], index_where=table.c.complete)
-            # Core, not the ORM's bulk insert: rows skipped on conflict return nothing
-            conn = s.connection()
-            ids = dict(conn.execute(statement.returning(table.c.digest, table.c.id),
-                                    rows).all())
-            chunks = [{"blob_id": ids[blob.digest], "index": i, "raw_size": raw_size,
-                       "data": stored}
-                      for blob in blobs if blob.digest in ids
-                      for i, (raw_size, stored) in enumerate(blob.chunks)]
-            if chunks:  # (an empty list would execute once, with no values)
-                conn.execute(insert(Chunk.__table__), chunks)
+            insert_blobs(self.db.statements(s), blobs, utcnow())
 
     def write_stored(self, blobs: Iterable[StoredBlob]) -> None:
         """Store blobs whose chunks arrive as another registry stored them (same codecs), kept
-        as they are: worker threads decode every chunk once and hash the bytes, and a blob
-        that does not match its digest raises :class:`IntegrityError` before its batch is
-        written. Batches of about :data:`_BATCH_BYTES` stored bytes are written while the
-        next ones are checked; small blobs are checked :data:`_CHECK_BYTES` at a time."""
-        in_flight: deque[list[tuple[list[StoredBlob], Future[None]]]] = deque()
-        batch: list[tuple[list[StoredBlob], Future[None]]] = []
-        group: list[StoredBlob] = []
-        size = group_size = 0
-        for blob in blobs:
-            group.append(blob)
-            group_size += blob.stored_size
-            if group_size >= _CHECK_BYTES:
-                batch.append((group, _pool().submit(_check_all, group)))
-                size += group_size
-                group, group_size = [], 0
-                if size >= _BATCH_BYTES:
-                    in_flight.append(batch)
-                    batch, size = [], 0
-                    if len(in_flight) > 1:
-                        self._insert_checked(in_flight.popleft())
-        if group:
-            batch.append((group, _pool().submit(_check_all, group)))
-        if batch:
-            in_flight.append(batch)
-        while in_flight:
-            self._insert_checked(in_flight.popleft())
-
-    def _insert_checked(self, batch: list[tuple[list[StoredBlob], Future[None]]]) -> None:
-        for _, checked in batch:
-            checked.result()
-        self._insert(list({blob.digest: blob for group, _ in batch for blob in group}.values()))
+        as they are, each decoded and hashed first (:func:`registry_db.stored.write_checked`)."""
+        write_checked(blobs, self._insert)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -477,7 +365,7 @@ class BlobStore(Uploads):
 
     def _read_group(self, blobs: list) -> Iterator[tuple[str, bytearray]]:
         chunks = self._chunk_rows(blobs)
-        futures = [_pool().submit(_decode_blob, b.digest, b.size, b.codec, chunks[b.id])
+        futures = [pool().submit(_decode_blob, b.digest, b.size, b.codec, chunks[b.id])
                    for b in blobs]
         for blob, future in zip(blobs, futures, strict=True):
             yield blob.digest, future.result()

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 CHUNK_SIZE = 8 * 1024 * 1024
+MAX_CHUNK_BYTES = 64 << 20
+MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
 PLANE_ITEMSIZES = (2, 4, 8)
 
 # zstd's fast strategy with a small hash table: on tensor byte planes it is ~30% faster than

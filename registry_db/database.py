@@ -6,8 +6,8 @@ import contextlib
 import functools
 import os
 import re
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DataError, OperationalError
@@ -15,32 +15,20 @@ from sqlalchemy.orm import Session
 
 from registry_db.engine import display_url, open_engine, writer
 from registry_db.errors import InvalidRequestError, RegistryError
+from registry_db.writes import Statements
 
 if TYPE_CHECKING:
     from registry_db.reads import Rows
 
-T = TypeVar("T")
 #: PostgreSQL advisory lock between commits (shared) and gc's sweep (exclusive); SQLite
 #: needs none because its write transactions already run one at a time
 _GC_LOCK_KEY = 0x61646763  # "adgc"
-_BATCH = 500  # values per IN (...) list
 _NAMED = re.compile(r"(?<!:):(\w+)")
 
 
 @functools.lru_cache(maxsize=256)
 def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
-
-
-def batched(items: Iterable[T], size: int = _BATCH) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class Database:
@@ -81,6 +69,15 @@ class Database:
                     raise RegistryError(f"registry {self.url}: {reason}") from None
 
             yield run
+
+    def statements(self, s: Session) -> Statements:
+        """A write session's transaction as :class:`~registry_db.writes.Statements`."""
+        def many(sql: str, params: list[dict[str, Any]]) -> None:
+            if params:  # (an empty list would run the statement once, with no values)
+                s.execute(text(sql), params)
+
+        return Statements(lambda sql, params: s.execute(text(sql), params).all(), many,
+                          postgresql=self.dialect == "postgresql")
 
     @contextlib.contextmanager
     def write(self, *, gc_lock: str | None = None, dry_run: bool = False) -> Iterator[Session]:

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from registry_db.errors import FormatError
+from registry_db.errors import FormatError, InvalidRequestError
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -26,6 +26,14 @@ def sha256_digest(data: bytes | bytearray | memoryview) -> str:
 
 def is_digest(value: object) -> bool:
     return isinstance(value, str) and DIGEST_RE.fullmatch(value) is not None
+
+
+def check_digest(digest: str) -> str:
+    """``digest`` if it is a blob digest, else :class:`InvalidRequestError`."""
+    if not is_digest(digest):
+        raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
+                                  f"sha256:<64 lowercase hex>")
+    return digest
 
 
 MAX_JSON_DEPTH = 32

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from registry_db.database import batched
-from registry_db.errors import IntegrityError, MissingBlobsError
-from registry_db.models import Blob
+from registry_db.reads import batched
 from registry_db.models_hub import VersionFile, VersionFilePart
 
 #: the manifest label that names a version's kept files
@@ -48,33 +46,6 @@ def listing_digest(files: Iterable[KeptFile]) -> str:
     listing = {f.path: f.sha256 for f in files}
     text = json.dumps(listing, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def check_parts(s: Session, files: Sequence[KeptFile], visible: set[str]) -> None:
-    """Every part is a stored blob the caller may use (``visible``) and the parts' sizes add
-    up to the file's size."""
-    digests = {d for f in files for d in f.parts or ()}
-    missing = sorted(digests - visible)
-    if missing:
-        raise MissingBlobsError(f"a kept file names {len(missing)} blob(s) this registry does "
-                                f"not hold, e.g. {missing[0]}", digests=missing)
-    sizes: dict[str, int] = {}
-    for batch in batched(sorted(digests)):
-        sizes.update(s.execute(select(Blob.digest, Blob.size).where(
-            Blob.digest.in_(batch), Blob.complete)).all())
-    for f in files:
-        if f.parts is not None and sum(sizes[d] for d in f.parts) != f.size:
-            raise IntegrityError(f"the blobs of {f.path!r} do not add up to its {f.size} bytes")
-
-
-def insert_files(s: Session, version_id: int, files: Sequence[KeptFile]) -> None:
-    rows = [{"version_id": version_id, "path": f.path, "sha256": f.sha256, "size": f.size,
-             "rendered": f.parts is None} for f in files]
-    parts = [{"version_id": version_id, "path": f.path, "index": i, "blob_digest": d}
-             for f in files for i, d in enumerate(f.parts or ())]
-    for model, values in ((VersionFile, rows), (VersionFilePart, parts)):
-        for batch in batched(values):
-            s.execute(insert(model), batch)
 
 
 def files_of(s: Session, version_id: int) -> list[KeptFile]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select
 
 from registry_db.clock import utcnow
-from registry_db.database import batched
+from registry_db.reads import batched
 from registry_db.errors import InvalidRequestError
 from registry_db.files import forget_versions, part_blobs
 from registry_db.models import (Blob, Chunk, Event, Lineage, Repository, Tag, Version, VersionLabel,

@@ -17,18 +17,20 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from registry_db.access import Caller
-from registry_db.errors import AdapterNotFoundError, ConflictError
+from registry_db.digests import is_digest
+from registry_db.errors import AdapterNotFoundError, ConflictError, InvalidRequestError
 from registry_db.manifest import Manifest
-from registry_db.records import VersionInfo
+from registry_db.records import RemoteInfo, VersionInfo
 from registry_db.refs import Ref, parse_ref, validate_name
 from registry_db.revision import SCHEMA_REVISION
 
+T = TypeVar("T")
 #: runs one SELECT with ``:name`` parameters and returns its rows
 Rows = Callable[[str, dict[str, Any]], Sequence[Sequence[Any]]]
 
@@ -85,6 +87,30 @@ def resolve_id(rows: Rows, ref: Ref) -> int:
                                 f"{ref.name}", hint="Give more hex digits")
         return found[0][0]
     raise AssertionError(f"unhandled ref {ref}")
+
+
+def find(rows: Rows, digest: str, *, caller: Caller) -> VersionInfo | None:
+    """A version with this manifest digest in a repository the caller may read (live ones
+    first), with its manifest, or None."""
+    found = find_id(rows, digest, caller=caller)
+    return None if found is None else version_infos(rows, [found], with_manifest=True)[0]
+
+
+def find_id(rows: Rows, digest: str, *, caller: Caller) -> int | None:
+    """The row id of :func:`find`'s version. Soft-deleted versions count (last): they stay
+    stored while live versions descend from them."""
+    if not is_digest(digest):
+        raise InvalidRequestError(f"invalid version digest {str(digest)[:80]!r}")
+    found = rows(f"SELECT v.id, r.name{_FROM} WHERE v.digest = :digest "
+                 f"ORDER BY (v.deleted_at IS NOT NULL), v.id", {"digest": digest})
+    return next((id_ for id_, name in found if caller.can("read", name)), None)
+
+
+def remotes(rows: Rows, name: str | None = None) -> list[RemoteInfo]:
+    """The named remotes (``adapterhub remote add``) by name, or the one called ``name``."""
+    where = " WHERE name = :name" if name is not None else ""
+    return [RemoteInfo(n, url, _utc(created_at)) for n, url, created_at in rows(
+        f"SELECT name, url, created_at FROM remotes{where} ORDER BY name", {"name": name})]
 
 
 def repository_id(rows: Rows, name: str) -> int:
@@ -157,8 +183,8 @@ def version_infos(rows: Rows, ids: Sequence[int], *, with_manifest: bool = False
     queries (not one per version)."""
     by_id: dict[int, Sequence[Any]] = {}
     columns = f"{_COLUMNS}, v.manifest" if with_manifest else _COLUMNS
-    for batch in _batched(ids):
-        marks, params = _in_list(batch)
+    for batch in batched(ids):
+        marks, params = in_list(batch)
         for row in rows(f"SELECT {columns}{_FROM} WHERE v.id IN ({marks})", params):
             by_id[row[0]] = row
     return _records(rows, [by_id[i] for i in ids], with_manifest=with_manifest)
@@ -172,8 +198,8 @@ def _records(rows: Rows, found: Sequence[Sequence[Any]], *, with_manifest: bool
     parents: dict[int, list[str]] = defaultdict(list)
     # with thousands of versions, one pass over each small table beats IN lists
     whole = len(ids) > _BATCH
-    for batch in [ids] if whole else _batched(ids):
-        marks, params = _in_list(batch)
+    for batch in [ids] if whole else batched(ids):
+        marks, params = in_list(batch)
         where = "" if whole else f" WHERE version_id IN ({marks})"
         for version_id, tag in rows(f"SELECT version_id, name FROM tags{where} ORDER BY name",
                                     {} if whole else params):
@@ -228,12 +254,21 @@ def _utc(value: datetime | str) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def _batched(ids: Sequence[int]) -> list[Sequence[int]]:
-    return [ids[i:i + _BATCH] for i in range(0, len(ids), _BATCH)]
+def batched(items: Iterable[T], size: int = _BATCH) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size`` (by default, values per ``IN (...)`` list)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
-def _in_list(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
-    params = {f"id{i}": value for i, value in enumerate(ids)}
+def in_list(values: Sequence[T]) -> tuple[str, dict[str, T]]:
+    """The placeholders of an ``IN (...)`` list of ``values`` and their parameters."""
+    params = {f"id{i}": value for i, value in enumerate(values)}
     return ", ".join(f":{name}" for name in params) or "NULL", params
 
 
@@ -291,6 +326,12 @@ class SqliteReader:
 
     def log(self, name: str, *, caller: Caller) -> list[VersionInfo]:
         return self._run(log, name, caller=caller)
+
+    def find(self, digest: str, *, caller: Caller) -> VersionInfo | None:
+        return self._run(find, digest, caller=caller)
+
+    def remote(self, name: str) -> RemoteInfo | None:
+        return next(iter(self._run(remotes, name)), None)
 
     def close(self) -> None:
         self.conn.close()

@@ -3,8 +3,7 @@ registry database but never reachable through a hub."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
+from registry_db import reads
 from registry_db.clock import utcnow
 from registry_db.database import Database
 from registry_db.errors import AdapterNotFoundError, ConflictError
@@ -12,10 +11,8 @@ from registry_db.models import RemoteRow
 from registry_db.records import RemoteInfo
 from registry_db.refs import validate_key
 
-
 def _info(row: RemoteRow) -> RemoteInfo:
     return RemoteInfo(row.name, row.url, row.created_at)
-
 
 class RemoteStore:
     """The named remotes of one registry database."""
@@ -34,13 +31,12 @@ class RemoteStore:
             return _info(row)
 
     def list(self) -> list[RemoteInfo]:
-        with self.db.read() as s:
-            return [_info(r) for r in s.scalars(select(RemoteRow).order_by(RemoteRow.name))]
+        with self.db.rows() as rows:
+            return reads.remotes(rows)
 
     def get(self, name: str) -> RemoteInfo | None:
-        with self.db.read() as s:
-            row = s.get(RemoteRow, name)
-            return None if row is None else _info(row)
+        with self.db.rows() as rows:
+            return next(iter(reads.remotes(rows, name)), None)
 
     def remove(self, name: str) -> RemoteInfo:
         with self.db.write() as s:

@@ -14,56 +14,31 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from registry_db import reads
+from registry_db import reads, writes
 from registry_db.access import Caller
 from registry_db.blobs import BlobService
 from registry_db.blobstore import BlobStore, recorded_objects
 from registry_db.clock import utcnow
-from registry_db.database import Database, batched
-from registry_db.digests import canonical_json, is_digest
-from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
-                                InvalidRequestError, LimitExceededError, MissingBlobsError,
-                                MissingParentsError, PermissionDeniedError, RefError)
-from registry_db.files import KeptFile, check_parts, files_of, insert_files
-from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.models import (Blob, Event, Lineage, Repository, Setting, Tag, Version,
-                                VersionLabel, VersionTensor)
+from registry_db.database import Database
+from registry_db.errors import AdapterNotFoundError, ConflictError, RefError
+from registry_db.files import KeptFile, files_of
+from registry_db.manifest import Manifest
+from registry_db.models import Blob, Event, Lineage, Repository, Setting, Tag, Version
 from registry_db.objectstore import Location, ObjectStore
 from registry_db.records import (CommitResult, EventInfo, GcReport, MigrateReport, Usage,
                                  VerifyReport, VersionInfo)
-from registry_db.refs import Ref, parse_ref, validate_key, validate_name, validate_tag
+from registry_db.refs import Ref, parse_ref, validate_name, validate_tag
 from registry_db.remotes import RemoteStore
 from registry_db.rows import session_rows, version_infos
 from registry_db.tokens import TokenStore
 from registry_db.xet import XetStore
-
-MAX_LABEL_VALUE = 1024
-MAX_AUTHOR = 256
-MAX_MESSAGE = 64 * 1024
-
-
-def label_rows(labels: dict[str, Any]) -> dict[str, str]:
-    """Labels as indexed strings (non-string values as canonical JSON); validates keys."""
-    out = {}
-    for key, value in labels.items():
-        validate_key(key, "label key")
-        text = value if isinstance(value, str) else canonical_json(value).decode()
-        if len(text) > MAX_LABEL_VALUE:
-            raise LimitExceededError(f"label {key!r} is {len(text)} characters; the limit is "
-                                     f"{MAX_LABEL_VALUE}", hint="Put large data in metrics")
-        out[key] = text
-    return out
-
 
 class RegistryService:
     """One registry database. ``url`` is any SQLAlchemy URL or a path (a SQLite file).
@@ -108,20 +83,8 @@ class RegistryService:
         """A version with this manifest digest in a repository the caller may read (live ones
         first), or None. Soft-deleted versions count: they stay stored while live versions
         descend from them."""
-        if not is_digest(digest):
-            raise InvalidRequestError(f"invalid version digest {str(digest)[:80]!r}")
-        with self.db.read() as s:
-            version = self._find(s, digest, caller)
-            return None if version is None else version_infos(s, [version],
-                                                              with_manifest=True)[0]
-
-    @staticmethod
-    def _find(s: Session, digest: str, caller: Caller) -> Version | None:
-        rows = s.execute(select(Version, Repository.name)
-                         .join(Repository, Repository.id == Version.repository_id)
-                         .where(Version.digest == digest)
-                         .order_by(Version.deleted_at.is_not(None), Version.id)).all()
-        return next((version for version, name in rows if caller.can("read", name)), None)
+        with self.db.rows() as rows:
+            return reads.find(rows, digest, caller=caller)
 
     def list_versions(self, prefix: str | None = None, *, caller: Caller,
                       method: str | None = None, base: str | None = None,
@@ -165,7 +128,7 @@ class RegistryService:
         with self.db.write() as s:
             if s.scalar(select(Repository.id).where(Repository.name == name)) is not None:
                 return False
-            self._repository_for_update(s, name, utcnow())
+            writes.lock_repository(self.db.statements(s), name, utcnow())
             return True
 
     def commit(self, name: str, manifest: Manifest, *, caller: Caller,
@@ -184,104 +147,13 @@ class RegistryService:
         ``created_at`` are kept as the version's metadata (a version copied from another
         registry keeps them); the audit log names the caller.
         """
-        validate_name(name)
-        caller.require("write", name)
-        for tag in tags:
-            validate_tag(tag)
-        for key, value, limit in (("author", author, MAX_AUTHOR),
-                                  ("message", message, MAX_MESSAGE)):
-            if value is not None and (not isinstance(value, str) or len(value) > limit):
-                raise InvalidRequestError(f"{key} must be a string of at most {limit} "
-                                          f"characters")
-        if created_at is not None and created_at.tzinfo is None:
-            raise InvalidRequestError("created_at needs a time zone")
-        manifest.validate()
-        canonical = manifest.canonical()
-        if len(canonical) > MAX_MANIFEST_BYTES:
-            raise LimitExceededError(f"the manifest is {len(canonical)} bytes; the limit is "
-                                     f"{MAX_MANIFEST_BYTES}")
-        labels = label_rows(manifest.labels)
-        digest = manifest.digest
-        now = utcnow()
+        request = writes.check_commit(name, manifest, caller=caller, tags=tags,
+                                      message=message, author=author, created_at=created_at,
+                                      files=files)
         with self.db.write(gc_lock="shared") as s:
-            repo = self._repository_for_update(s, name, now)
-            version = s.scalar(select(Version).where(Version.repository_id == repo.id,
-                                                     Version.digest == digest))
-            created = version is None
-            if version is None:
-                self._check_references(s, manifest, caller)
-                parts = {d for f in files for d in f.parts or ()}
-                check_parts(s, files, self.blobs.visible_in(s, parts, caller))
-                version = self._insert_version(s, repo, manifest, labels, now,
-                                               message=message, author=author,
-                                               created_at=created_at or now)
-                insert_files(s, version.id, files)
-                self._event(s, "push", name, version, caller,
-                            {"message": message, "author": author})
-            elif version.deleted_at is not None:
-                if not caller.can("admin", name):
-                    raise PermissionDeniedError(
-                        f"{name}@{version.number} was deleted; restoring it needs admin "
-                        f"access to {name}", hint="Ask an admin of the repository")
-                version.deleted_at = None
-                self._event(s, "restore", name, version, caller, {})
-            for tag in tags:
-                self._set_tag(s, repo, tag, version, now, caller)
-            info = version_infos(s, [version])[0]
-            return CommitResult(replace(info, manifest=manifest), created)
-
-    def _check_references(self, s: Session, manifest: Manifest, caller: Caller) -> None:
-        by_digest: dict[str, list[str]] = defaultdict(list)
-        for tensor, entry in sorted(manifest.tensors.items()):
-            by_digest[entry.digest].append(tensor)
-        usable = self.blobs.visible_in(s, by_digest, caller)
-        missing = sorted(set(by_digest) - usable)
-        if missing:
-            first = missing[0]
-            raise MissingBlobsError(
-                f"the manifest names {len(missing)} blob(s) this registry does not hold, e.g. "
-                f"{first} (tensor {by_digest[first][0]!r})", digests=missing,
-                hint="Send the blobs before committing the manifest")
-        sizes: dict[str, int] = {}
-        for batch in batched(sorted(by_digest)):
-            sizes.update(s.execute(select(Blob.digest, Blob.size).where(
-                Blob.digest.in_(batch), Blob.complete)).all())
-        for tensor, entry in sorted(manifest.tensors.items()):
-            if sizes.get(entry.digest) != entry.nbytes:
-                raise IntegrityError(
-                    f"tensor {tensor!r} is {entry.dtype} {list(entry.shape)}, "
-                    f"{entry.nbytes} bytes, but blob {entry.digest} holds "
-                    f"{sizes.get(entry.digest)} bytes", hint="The manifest does not describe "
-                                                            "its tensors; rebuild it")
-        hidden = [p for p in dict.fromkeys(manifest.parents)
-                  if self._find(s, p, caller) is None]
-        if hidden:
-            raise MissingParentsError(f"parent version(s) {hidden} are not in this registry")
-
-    def _insert_version(self, s: Session, repo: Repository, manifest: Manifest,
-                        labels: dict[str, str], now: datetime, *, message: str | None,
-                        author: str | None, created_at: datetime) -> Version:
-        base = manifest.base_model
-        version = Version(repository_id=repo.id, number=repo.next_number, digest=manifest.digest,
-                          manifest=manifest.canonical().decode("ascii"),
-                          method=manifest.method_name, base_name=base.get("name"),
-                          base_fingerprint=base.get("fingerprint"),
-                          size=manifest.nbytes, created_at=created_at, author=author,
-                          message=message)
-        repo.next_number += 1
-        s.add(version)
-        s.flush()
-        rows = {  # bulk inserts: a version may have thousands of tensors
-            VersionTensor: [{"version_id": version.id, "name": tensor, "blob_digest": e.digest}
-                            for tensor, e in manifest.tensors.items()],
-            Lineage: [{"version_id": version.id, "position": i, "parent_digest": parent}
-                      for i, parent in enumerate(manifest.parents)],
-            VersionLabel: [{"version_id": version.id, "key": key, "value": value}
-                           for key, value in labels.items()]}
-        for model, values in rows.items():
-            if values:
-                s.execute(insert(model), values)
-        return version
+            return writes.commit(self.db.statements(s), request, caller=caller,
+                                 visible=lambda digests: self.blobs.visible_in(s, digests,
+                                                                               caller))
 
     def tag(self, ref: str | Ref, tag: str, *, caller: Caller) -> VersionInfo:
         """Point ``tag`` at the version ``ref`` names (creating or moving it)."""
@@ -292,7 +164,8 @@ class RegistryService:
             version = self._resolve(s, ref)
             repo = s.scalar(select(Repository).where(Repository.id == version.repository_id)
                             .with_for_update())  # tag writers of one repository queue up
-            self._set_tag(s, repo, tag, version, utcnow(), caller)
+            writes.set_tag(self.db.statements(s), repo.id, repo.name, tag,
+                           (version.id, version.number, version.digest), caller, utcnow())
             return version_infos(s, [version])[0]
 
     def untag(self, name: str, tag: str, *, caller: Caller) -> VersionInfo:
@@ -430,10 +303,9 @@ class RegistryService:
                      detail: dict[str, Any] | None = None) -> None:
         """Add an audit entry for something done outside a commit (a pull, a promotion)."""
         with self.db.write() as s:
-            s.add(Event(at=utcnow(), action=action, repository=version and version.name,
-                        number=version and version.number, digest=version and version.digest,
-                        actor=caller.actor, token_id=caller.token_id,
-                        detail=json.dumps(detail or {}, sort_keys=True)))
+            writes.event(self.db.statements(s), action, version and version.name,
+                         version and version.number, version and version.digest, caller,
+                         detail or {}, utcnow())
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -442,38 +314,11 @@ class RegistryService:
         return s.get(Repository, reads.repository_id(session_rows(s), name))
 
     @staticmethod
-    def _repository_for_update(s: Session, name: str, now: datetime) -> Repository:
-        """The repository row, created if new, locked until commit (numbers come from it)."""
-        query = select(Repository).where(Repository.name == name).with_for_update()
-        repo = s.scalar(query)
-        if repo is None:
-            try:
-                with s.begin_nested():
-                    s.add(Repository(name=name, created_at=now))
-            except SAIntegrityError:  # PostgreSQL: created concurrently; use theirs
-                pass
-            repo = s.scalar(query)
-        return repo
-
-    @staticmethod
     def _resolve(s: Session, ref: Ref) -> Version:
         return s.get(Version, reads.resolve_id(session_rows(s), ref))
 
-    def _set_tag(self, s: Session, repo: Repository, tag: str, version: Version,
-                 now: datetime, caller: Caller) -> None:
-        row = s.get(Tag, (repo.id, tag))
-        previous = None
-        if row is None:
-            s.add(Tag(repository_id=repo.id, name=tag, version_id=version.id, updated_at=now))
-        else:
-            previous = s.get(Version, row.version_id).number
-            row.version_id, row.updated_at = version.id, now
-        s.flush()
-        self._event(s, "tag", repo.name, version, caller, {"tag": tag, "previous": previous})
-
-    @staticmethod
-    def _event(s: Session, action: str, name: str, version: Version, caller: Caller,
+    def _event(self, s: Session, action: str, name: str, version: Version, caller: Caller,
                detail: dict[str, Any]) -> None:
-        s.add(Event(at=utcnow(), action=action, repository=name, number=version.number,
-                    digest=version.digest, actor=caller.actor, token_id=caller.token_id,
-                    detail=json.dumps(detail, sort_keys=True)))
+        s.flush()  # (the version's changes go first)
+        writes.event(self.db.statements(s), action, name, version.number, version.digest,
+                     caller, detail, utcnow())

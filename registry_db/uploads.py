@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.clock import utcnow
-from registry_db.digests import is_digest
+from registry_db.codec import MAX_BLOB_BYTES, MAX_CHUNK_BYTES
+from registry_db.digests import check_digest
 from registry_db.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                 InvalidRequestError)
 from registry_db.models import Blob, Chunk
@@ -38,21 +39,12 @@ if TYPE_CHECKING:
     from registry_db.database import Database
     from registry_db.objectstore import ObjectStore
 
-MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
-MAX_CHUNK_BYTES = 64 << 20
 UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_PARTS = 10_000  # S3's limit of parts in a multipart upload
 PRESIGN_SECONDS = 3600  # how long a presigned URL works
 #: ``Blob.object_upload`` of a presigned upload sent as one checksummed ``PUT`` to the blob's
 #: key (otherwise it holds the staging object's S3 multipart upload id)
 DIRECT = "put"
-
-
-def check_digest(digest: str) -> str:
-    if not is_digest(digest):
-        raise InvalidRequestError(f"invalid blob digest {str(digest)[:80]!r}: expected "
-                                  f"sha256:<64 lowercase hex>")
-    return digest
 
 
 def part_size(size: int) -> int:

@@ -15,14 +15,14 @@ from adapterhub.errors import IntegrityError
 from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 from registry_db import BlobStream, RegistryService
-from registry_db.blobstore import _WORKERS
+from registry_db.workers import WORKERS
 from registry_db.models import Blob, Chunk
 
 MiB = 1 << 20
 ROWS = 24576  # x 4096 bf16 = 192 MiB: 24 store chunks, 12 write batches
 # what a client may allocate at its peak, whatever the blob's size: a few chunks (8 MiB) per
 # worker thread encoding them (the store's pool), and a few more on the way
-BOUND = 16 * MiB * (_WORKERS + 3)
+BOUND = 16 * MiB * (WORKERS + 3)
 
 
 def traced_peak(call) -> int:

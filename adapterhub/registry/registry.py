@@ -27,9 +27,9 @@ from adapterhub.contracts.remote import BlobStream, Buffer, Remote
 from adapterhub.errors import AdapterNotFoundError, PromotionError, RefError
 from adapterhub.io.outdir import output_dir, refuse_non_empty
 from adapterhub.registry.ci import default_author
-from adapterhub.registry.remotes import (DatabaseRemote, ancestors_to_copy, canonical_url,
-                                         copy_version, is_path_like, open_remote, remote_class,
-                                         scheme_of, send_version)
+from adapterhub.registry.remotes import (DatabaseRemote, SqliteFileRemote, ancestors_to_copy,
+                                         canonical_url, copy_version, is_path_like,
+                                         open_remote, remote_class, scheme_of, send_version)
 
 if TYPE_CHECKING:
     from adapterhub.io.package import AdapterPackage
@@ -98,6 +98,21 @@ class Registry:
     @functools.cached_property
     def _local(self) -> DatabaseRemote:
         return DatabaseRemote(self.url, service=self.service, caller=self.caller)
+
+    def _pull_target(self) -> Remote:
+        """This registry as a pull's destination. A SQLite file not yet opened through the
+        service is written with the standard library (:class:`SqliteFileRemote`): a pull
+        into it starts without importing SQLAlchemy, which takes longer than the rest of a
+        small pull."""
+        if self._reader is not None and self._service is None and self.caller.local:
+            from registry_db.writes import open_sqlite_writer
+
+            writer = open_sqlite_writer(self._target)
+            if writer is not None:
+                self._reader.close()
+                self._reader = writer  # (it reads too; the service closes it when it opens)
+                return SqliteFileRemote(writer, self.caller, lambda: self._local)
+        return self._local
 
     def _reads(self) -> RegistryService | SqliteReader:
         return self._reader if self._reader is not None else self.service
@@ -185,15 +200,20 @@ class Registry:
             version = self.resolve(ref)
         else:
             remote = source if isinstance(source, Remote) else self.remote(source)
+            target = self._pull_target()
             try:
                 found = remote.resolve(ref)
-                version = copy_version(remote, self._local, found, show_progress=progress,
+                version = copy_version(remote, target, found, show_progress=progress,
                                        verb="pull").version
             finally:
                 if not isinstance(source, Remote):
                     remote.close()
-            self.service.record_event("pull", version=version, caller=self.caller,
-                                      detail={"from": remote.url, "ref": ref})
+            detail = {"from": remote.url, "ref": ref}
+            if isinstance(target, SqliteFileRemote):
+                target.record_event("pull", version, detail)
+            else:
+                self.service.record_event("pull", version=version, caller=self.caller,
+                                          detail=detail)
         if out is not None:
             self.write_files(version.ref, out, format=format, force=force)
         return version
@@ -411,7 +431,8 @@ class Registry:
 
     def remote(self, name_or_url: str) -> Remote:
         """Connect to a remote by name (see :meth:`add_remote`) or by URL/path."""
-        known = self.service.remotes.get(name_or_url)
+        known = (self._reader.remote(name_or_url) if self._reader is not None
+                 else self.service.remotes.get(name_or_url))
         if known is not None:
             return open_remote(known.url)
         if "://" not in name_or_url and not is_path_like(name_or_url):

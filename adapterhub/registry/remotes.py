@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapterhub.contracts.progress import progress
 from adapterhub.contracts.remote import BlobStream, Buffer, ProgressCallback, Remote
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from registry_db import (Caller, CommitResult, Manifest, RegistryService, StoredBlob,
                              VersionInfo)
     from registry_db.files import KeptFile
+    from registry_db.writes import SqliteWriter
 
 
 def counted_stream(blob: BlobStream, progress: ProgressCallback | None) -> BlobStream:
@@ -42,6 +43,15 @@ def counted_stream(blob: BlobStream, progress: ProgressCallback | None) -> BlobS
             progress(len(piece))
 
     return BlobStream(blob.size, pieces)
+
+
+def counted_blobs(blobs: Iterable[StoredBlob], progress: ProgressCallback | None
+                  ) -> Iterator[StoredBlob]:
+    """``blobs``, calling ``progress`` with the size of each once it was taken."""
+    for blob in blobs:
+        yield blob
+        if progress is not None:
+            progress(blob.size)
 
 
 class DatabaseRemote(Remote):
@@ -108,13 +118,7 @@ class DatabaseRemote(Remote):
 
     def upload_stored(self, blobs: Iterable[StoredBlob], *,
                       progress: ProgressCallback | None = None) -> None:
-        def counted() -> Iterator[StoredBlob]:
-            for blob in blobs:
-                yield blob
-                if progress is not None:
-                    progress(blob.size)
-
-        self.service.blobs.write_stored(counted(), caller=self.caller)
+        self.service.blobs.write_stored(counted_blobs(blobs, progress), caller=self.caller)
 
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
@@ -127,6 +131,75 @@ class DatabaseRemote(Remote):
     def close(self) -> None:
         if self._owned:
             self.service.close()
+
+
+class SqliteFileRemote(Remote):
+    """A SQLite registry as the destination of a pull, written through a
+    :class:`~registry_db.writes.SqliteWriter` (the standard library, no SQLAlchemy) for what
+    a pull of stored blobs does; anything else (raw blobs, kept files) goes to ``full()``,
+    the :class:`DatabaseRemote` over the service, and from then on every call does."""
+
+    def __init__(self, writer: SqliteWriter, caller: Caller,
+                 full: Callable[[], DatabaseRemote]) -> None:
+        super().__init__(writer.url)
+        self.writer, self.caller = writer, caller
+        self._open_full = full
+        self._full: DatabaseRemote | None = None
+
+    def full(self) -> DatabaseRemote:
+        if self._full is None:
+            self._full = self._open_full()  # (closes the writer: the service takes over)
+        return self._full
+
+    def resolve(self, ref: str) -> VersionInfo:
+        if self._full is not None:
+            return self._full.resolve(ref)
+        return self.writer.resolve(ref, caller=self.caller)
+
+    def find(self, digest: str) -> VersionInfo | None:
+        if self._full is not None:
+            return self._full.find(digest)
+        return self.writer.find(digest, caller=self.caller)
+
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        if self._full is not None:
+            return self._full.missing_blobs(digests)
+        return self.writer.missing(digests, caller=self.caller)
+
+    stored_writes = True
+
+    def upload_stored(self, blobs: Iterable[StoredBlob], *,
+                      progress: ProgressCallback | None = None) -> None:
+        if self._full is not None:
+            return self._full.upload_stored(blobs, progress=progress)
+        self.writer.write_stored(counted_blobs(blobs, progress), caller=self.caller)
+
+    def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
+                     progress: ProgressCallback | None = None) -> None:
+        self.full().upload_blobs(blobs, progress=progress)
+
+    def download_blobs(self, digests: Iterable[str], *,
+                       progress: ProgressCallback | None = None
+                       ) -> Iterator[tuple[str, bytes | BlobStream]]:
+        return self.full().download_blobs(digests, progress=progress)
+
+    def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
+               author: str | None = None, tags: Sequence[str] = (),
+               created_at: datetime | None = None, files: Sequence[KeptFile] = ()
+               ) -> CommitResult:
+        if self._full is not None or files:
+            return self.full().commit(name, manifest, message=message, author=author,
+                                      tags=tags, created_at=created_at, files=files)
+        return self.writer.commit(name, manifest, caller=self.caller, message=message,
+                                  author=author, tags=tags, created_at=created_at)
+
+    def record_event(self, action: str, version: VersionInfo, detail: dict[str, Any]) -> None:
+        """An audit entry for the pull itself, where the pull was written."""
+        if self._full is not None:
+            self._full.service.record_event(action, version=version, caller=self.caller,
+                                            detail=detail)
+            return
+        self.writer.record_event(action, version=version, caller=self.caller, detail=detail)
 
 
 # -- finding remotes ---------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""A pull into an existing SQLite registry is written with the standard library
+(:class:`registry_db.writes.SqliteWriter`, no SQLAlchemy import): the same rows as the
+service writes, the same checks, and the service takes over for what the writer does not do.
+"""
+
+import sqlite3
+
+import pytest
+import torch
+from helpers.hub_server import HubServer
+from test_cli_imports import command
+from test_stored_pull import corrupt, lora, stored_chunks
+
+from adapterhub.errors import IntegrityError
+from adapterhub.io.package import AdapterPackage
+from adapterhub.registry import Registry
+from adapterhub.registry.remotes import SqliteFileRemote
+from registry_db import RegistryService
+from registry_db.writes import open_sqlite_writer
+
+TABLES = {  # what a pull writes, without row ids and times (those differ between two pulls)
+    "versions": "SELECT r.name, v.number, v.digest, v.manifest, v.method, v.base_name, "
+                "v.base_fingerprint, v.size, v.created_at, v.author, v.message, v.deleted_at "
+                "FROM versions v JOIN repositories r ON r.id = v.repository_id ORDER BY 1, 2",
+    "tensors": "SELECT v.digest, t.name, t.blob_digest FROM version_tensors t "
+               "JOIN versions v ON v.id = t.version_id ORDER BY 1, 2",
+    "lineage": "SELECT v.digest, l.position, l.parent_digest FROM lineage l "
+               "JOIN versions v ON v.id = l.version_id ORDER BY 1, 2",
+    "labels": "SELECT v.digest, l.key, l.value FROM version_labels l "
+              "JOIN versions v ON v.id = l.version_id ORDER BY 1, 2",
+    "blobs": "SELECT b.digest, b.size, b.stored_size, b.codec, b.chunk_size, b.complete, "
+             "c.\"index\", c.raw_size, c.data FROM blobs b JOIN chunks c ON c.blob_id = b.id "
+             "ORDER BY 1, 7",
+    "repositories": "SELECT name, next_number FROM repositories ORDER BY 1",
+    "events": "SELECT action, repository, number, digest, actor, detail, token_id FROM events "
+              "ORDER BY id",
+}
+
+
+def rows(db) -> dict[str, list[tuple]]:
+    with sqlite3.connect(db) as conn:
+        return {table: conn.execute(sql).fetchall() for table, sql in TABLES.items()}
+
+
+def existing(path):
+    """A registry as ``adapterhub init`` leaves it (so a pull need not create the schema)."""
+    RegistryService(path).close()
+    return path
+
+
+def merged(parent: AdapterPackage) -> AdapterPackage:
+    g = torch.Generator().manual_seed(7)
+    child = AdapterPackage.build("lora", {"r": 4, "lora_alpha": 8, "target_modules": ["lin0"]}, {
+        "lin0.lora_A": torch.randn(4, 64, generator=g).to(torch.bfloat16),
+        "lin0.lora_B": parent.tensors["lin0.lora_B"]}, base_name="tiny")
+    return child.with_manifest(parents=[parent.digest], labels={"run": "7", "step": 3})
+
+
+def test_a_pull_writes_the_same_rows_as_the_service(tmp_path, monkeypatch):
+    parent = lora()
+    child = merged(parent)
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
+        server.hub.registry.push(parent, "team/base", progress=False)
+        server.hub.registry.push(child, "team/bot", progress=False, tags=["prod"])
+        written = {}
+        for how, db in (("service", tmp_path / "service.db"),  # a new file: the service
+                        ("writer", existing(tmp_path / "writer.db"))):
+            with Registry(db) as local:
+                assert (local._pull_target().__class__ is SqliteFileRemote) == (how == "writer")
+                pulled = local.pull("team/bot:prod", server.url, progress=False)
+                assert pulled.digest == child.digest and pulled.parents == (parent.digest,)
+                again = local.pull("team/bot:prod", server.url, progress=False)
+                assert again.number == pulled.number  # the same version, not a new one
+                assert local.verify().ok
+            written[how] = rows(db)
+        theirs = stored_chunks(server.hub.registry.service)
+    assert written["writer"] == written["service"]
+    assert written["writer"]["lineage"] == [(child.digest, 0, parent.digest)]
+    assert [e[0] for e in written["writer"]["events"]] == ["push", "push", "pull", "pull"]
+    with RegistryService(tmp_path / "writer.db") as service:
+        assert stored_chunks(service) == theirs  # kept as the hub stores them
+
+
+def test_a_corrupt_chunk_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
+    package = lora()
+    victim = package.manifest.tensors["lin0.lora_A"].digest
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
+        server.hub.registry.push(package, "team/bot", progress=False)
+        corrupt(server.hub.registry.service, victim)
+        db = existing(tmp_path / "local.db")
+        with Registry(db) as local:
+            with pytest.raises(IntegrityError, match=victim):
+                local.pull("team/bot", server.url, progress=False)
+    assert rows(db)["versions"] == [] and victim not in {b[0] for b in rows(db)["blobs"]}
+
+
+def test_large_blobs_hand_the_pull_to_the_service(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    package = AdapterPackage.build("lora", {"r": 8, "lora_alpha": 8, "target_modules": ["w"]}, {
+        "w.lora_A": torch.randn(8, 4096, generator=g),  # 128 KiB: as stored
+        "w.lora_B": torch.randn(4096 * 64, 8, generator=g)}, base_name="tiny")  # 8 MiB: raw
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
+        server.hub.registry.push(package, "team/big", progress=False)
+        with Registry(existing(tmp_path / "local.db")) as local:
+            assert local.pull("team/big", server.url, progress=False).digest == package.digest
+            assert local._service is not None  # the service stored the raw blob and committed
+            assert local.get("team/big").digest == package.digest
+            assert [e.action for e in local.events()] == ["pull", "push"]
+
+
+def test_only_a_current_sqlite_file_on_the_db_backend_gets_a_writer(tmp_path):
+    assert open_sqlite_writer(tmp_path / "absent.db") is None
+    db = existing(tmp_path / "registry.db")
+    writer = open_sqlite_writer(db)
+    assert writer is not None
+    writer.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO settings (key, value) VALUES ('blob_backend', 's3://b/p')")
+    assert open_sqlite_writer(db) is None  # blobs in an object store: the service writes
+
+
+def test_pull_from_a_hub_into_a_registry_imports_no_sqlalchemy(tmp_path, monkeypatch):
+    with HubServer(str(tmp_path / "hub.db")) as server:
+        server.hub.registry.push(lora(), "team/bot", progress=False)
+        monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("read:team"))
+        db = existing(tmp_path / "local.db")
+        modules = command("pull", "team/bot", "--from", server.url, "-q", db=db)
+    assert "sqlalchemy" not in modules and "torch" not in modules
+    assert [v[1] for v in rows(db)["versions"]] == [1]
