@@ -246,3 +246,25 @@ def test_upload_folder_of_a_plain_peft_adapter_becomes_a_version(hub, tmp_path):
     fresh = type(hub.hub.renders)().files(version, hub.hub.registry)  # another replica
     assert {p: f.content() for p, f in fresh.items()} == {p: f.content()
                                                          for p, f in files.items()}
+
+
+def test_the_render_cache_makes_its_spool_folder_only_for_large_files(tmp_path):
+    from adapterhub.hub.render import IN_MEMORY, RenderCache
+    from adapterhub.io.package import AdapterPackage
+
+    g = torch.Generator().manual_seed(0)
+    with Registry(tmp_path / "r.db") as registry:
+        for name, rows in (("team/small", 64), ("team/large", IN_MEMORY // 16)):
+            registry.push(AdapterPackage.build("lora", {"r": 4, "lora_alpha": 8,
+                                                        "target_modules": ["lin"]},
+                                               {"lin.lora_A": torch.randn(4, 64, generator=g),
+                                                "lin.lora_B": torch.randn(rows, 4, generator=g)},
+                                               base_name="tiny"), name, progress=False)
+        cache = RenderCache()
+        small = cache.files(registry.resolve("team/small"), registry)
+        assert cache._spool is None and all(f.spool is None for f in small.values())
+        large = cache.files(registry.resolve("team/large"), registry)
+        spooled = [f.spool for f in large.values() if f.spool is not None]
+        assert spooled and all(p.parent == cache._spool and p.is_file() for p in spooled)
+        cache.close()
+        assert not cache._spool.exists()

@@ -100,7 +100,13 @@ class RenderCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._rendering: dict[str, threading.Lock] = {}
-        self._spool = Path(tempfile.mkdtemp(prefix="adapterhub-render-"))
+        self._spool: Path | None = None  # made when a file is first spooled
+
+    def _spool_dir(self) -> Path:
+        with self._lock:
+            if self._spool is None:
+                self._spool = Path(tempfile.mkdtemp(prefix="adapterhub-render-"))
+            return self._spool
 
     def cached(self, version: VersionInfo) -> dict[str, RenderedFile] | None:
         """The files of ``version`` if they are rendered already, else None."""
@@ -144,14 +150,17 @@ class RenderCache:
         kept = registry.service.kept_files(version.ref, caller=registry.caller)
         if kept:  # committed through the Hugging Face API: its files as they were committed
             files = read_kept(kept, files, registry.read_blob)
-        rendered = {path: RenderedFile.of(path, data, self._spool)
+        spool = (self._spool_dir() if any(len(data) > IN_MEMORY for data in files.values())
+                 else None)
+        rendered = {path: RenderedFile.of(path, data, spool)
                     for path, data in sorted(files.items())}
         del files
         _release_heap()
         return rendered
 
     def close(self) -> None:
-        shutil.rmtree(self._spool, ignore_errors=True)
+        if self._spool is not None:
+            shutil.rmtree(self._spool, ignore_errors=True)
 
 
 def _release_heap() -> None:
