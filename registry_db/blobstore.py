@@ -16,7 +16,6 @@ import hashlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import delete, func, insert, select, update
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.clock import utcnow
+from registry_db.digests import sha256_digest
 from registry_db.database import Database
 from registry_db.reads import batched
 from registry_db.errors import AdapterNotFoundError, IntegrityError
@@ -31,15 +31,14 @@ from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.objectstore import Location, ObjectStore
 from registry_db.records import BlobInfo, BlobStream, Buffer, StoredBlob
+from registry_db.encode import Job, check_hash, encoded, write_encoded
 from registry_db.stored import BATCH_BYTES, write_checked
 from registry_db.uploads import Uploads, blob_info, check_digest
 from registry_db.workers import WORKERS, pool
 from registry_db.writes import insert_blobs, touch
 
-_BATCH_BYTES = BATCH_BYTES  # raw bytes per write transaction; larger blobs stream
 _STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no caller's)
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
-_TASK_BYTES = 1024 * 1024  # raw bytes of small blobs hashed and encoded per worker task
 
 
 def recorded_objects(db: Database) -> ObjectStore | None:
@@ -48,57 +47,6 @@ def recorded_objects(db: Database) -> ObjectStore | None:
     with db.read() as s:
         where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
     return None if where in (None, "db") else ObjectStore(Location.parse(where))
-
-
-def _sha256(data: Buffer) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class _Job:
-    """Blobs being hashed and encoded in the pool: one blob of at least :data:`_TASK_BYTES`,
-    its hash and each chunk a task of their own, or several smaller blobs in one task (one
-    task per small blob cost more in handing it over than in the work)."""
-
-    digests: list[str]
-    views: list[memoryview]
-    codecs: list[str]
-    tasks: list[Future]
-
-    @classmethod
-    def submit(cls, blobs: list[tuple[str, memoryview, int]], *, encode: bool) -> _Job:
-        codecs = [_codec_of(view, itemsize, encode) for _, view, itemsize in blobs]
-        views = [view for _, view, _ in blobs]
-        digests = [digest for digest, _, _ in blobs]
-        workers = pool()
-        if len(blobs) > 1 or not encode:
-            return cls(digests, views, codecs, [workers.submit(_hash_encode, views, codecs)])
-        pieces = codec.chunk_views(views[0], codec.CHUNK_SIZE)
-        return cls(digests, views, codecs, [workers.submit(_sha256, views[0])]
-                   + [workers.submit(codec.encode, piece, codecs[0]) for piece in pieces])
-
-    def results(self) -> list[tuple[str, list[bytes]]]:
-        """``(sha256 of the bytes, stored chunks)`` of each blob, in order."""
-        if len(self.tasks) == 1:
-            return self.tasks[0].result()
-        return [(self.tasks[0].result(), [task.result() for task in self.tasks[1:]])]
-
-    def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-
-def _codec_of(view: memoryview, itemsize: int, encode: bool) -> str:
-    if not encode:  # an object store keeps the raw bytes
-        return OBJECT_CODEC
-    return codec.codec_for(itemsize, *map(len, codec.chunk_views(view, codec.CHUNK_SIZE)))
-
-
-def _hash_encode(views: list[memoryview], codecs: list[str]) -> list[tuple[str, list[bytes]]]:
-    return [(_sha256(view), [] if blob_codec == OBJECT_CODEC else
-             [codec.encode(piece, blob_codec)
-              for piece in codec.chunk_views(view, codec.CHUNK_SIZE)])
-            for view, blob_codec in zip(views, codecs, strict=True)]
 
 
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:
@@ -114,7 +62,7 @@ def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearr
             raise IntegrityError(f"blob {digest} is corrupt: chunk {row.index}: "
                                   f"{exc.message}") from None
     data = bytearray().join(parts)  # writable: tensors can be built on it without a copy
-    actual = _sha256(data)
+    actual = sha256_digest(data)
     if len(data) != size or actual != digest:
         raise IntegrityError(f"blob {digest} is corrupt: its bytes hash to {actual}")
     return data
@@ -165,63 +113,14 @@ class BlobStore(Uploads):
     def write_many(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]]) -> None:
         """Store ``(digest, bytes, itemsize)`` blobs; those already stored are skipped.
 
-        Worker threads hash and compress while earlier blobs are being inserted (small blobs
-        :data:`_TASK_BYTES` at a time); blobs go in transactions of about
-        :data:`_BATCH_BYTES`. Bytes that do not match their digest raise
+        Worker threads hash and compress while earlier blobs are being inserted
+        (:func:`registry_db.encode.write_encoded`). Bytes that do not match their digest raise
         :class:`IntegrityError` before their batch is written (blobs of earlier batches stay,
         unreferenced, until gc). A :class:`BlobStream`, and with the ``db`` backend any blob
         larger than a batch, is written as it is read (:meth:`_write_streamed`).
         """
-        in_flight: deque[list[_Job]] = deque()
-        batch: list[_Job] = []
-        group: list[tuple[str, memoryview, int]] = []
-        size = group_size = 0
-        seen: set[str] = set()
-        encode = self.objects is None
-        try:
-            for digest, data, itemsize in blobs:
-                if check_digest(digest) in seen:
-                    continue
-                seen.add(digest)
-                if isinstance(data, BlobStream) or (encode and len(data) > _BATCH_BYTES):
-                    if group:
-                        batch.append(_Job.submit(group, encode=encode))
-                        group, group_size = [], 0
-                    if batch:
-                        in_flight.append(batch)
-                        batch, size = [], 0
-                    while in_flight:  # (bounded memory: nothing else is held meanwhile)
-                        self._store(in_flight.popleft())
-                    self._write_streamed(digest, data if isinstance(data, BlobStream)
-                                         else BlobStream.of(data), itemsize)
-                    continue
-                view = memoryview(data).cast("B")
-                if len(view) >= _TASK_BYTES:
-                    batch.append(_Job.submit([(digest, view, itemsize)], encode=encode))
-                else:
-                    group.append((digest, view, itemsize))
-                    group_size += len(view)
-                    if group_size >= _TASK_BYTES:
-                        batch.append(_Job.submit(group, encode=encode))
-                        group, group_size = [], 0
-                size += len(view)
-                if size >= _BATCH_BYTES:
-                    if group:
-                        batch.append(_Job.submit(group, encode=encode))
-                        group, group_size = [], 0
-                    in_flight.append(batch)
-                    batch, size = [], 0
-                    if len(in_flight) > 1:  # encode the next batch while this one is written
-                        self._store(in_flight.popleft())
-            if group:
-                batch.append(_Job.submit(group, encode=encode))
-            if batch:
-                in_flight.append(batch)
-            while in_flight:
-                self._store(in_flight.popleft())
-        finally:  # (after a refused batch, later ones are not stored: no work left behind)
-            for job in [*batch, *(job for jobs in in_flight for job in jobs)]:
-                job.cancel()
+        write_encoded(blobs, encode=self.objects is None, store=self._store,
+                      stream=self._write_streamed)
 
     def _write_streamed(self, digest: str, blob: BlobStream, itemsize: int) -> None:
         """Store a blob as its bytes are read, in bounded memory: an upload of its own (an
@@ -234,7 +133,7 @@ class BlobStore(Uploads):
         if present is not None:  # hashed anyway: a caller proves it holds the bytes
             for piece in blob.pieces():
                 h.update(piece)
-            self._check_hash(digest, "sha256:" + h.hexdigest())
+            check_hash(digest, "sha256:" + h.hexdigest())
             self.touch([digest])
             return
         info = self.begin_upload(digest, blob.size, _STREAM_OWNER, itemsize=itemsize)
@@ -264,7 +163,7 @@ class BlobStore(Uploads):
                 if len(encoding) > WORKERS:  # a chunk per worker in flight, one inserted
                     store_oldest(1)
             store_oldest(len(encoding))
-            self._check_hash(digest, "sha256:" + h.hexdigest())
+            check_hash(digest, "sha256:" + h.hexdigest())
         except BaseException:
             for *_, future in encoding:
                 future.cancel()
@@ -272,32 +171,17 @@ class BlobStore(Uploads):
             raise
         self._complete_upload(info, _STREAM_OWNER, blob_id, stored)
 
-    @staticmethod
-    def _check_hash(digest: str, actual: str) -> None:
-        if actual != digest:
-            raise IntegrityError(f"bytes sent for blob {digest} hash to {actual}",
-                                  hint="The source is corrupt or changed while reading")
-
-    def _store(self, jobs: list[_Job]) -> None:
-        results = [job.results() for job in jobs]
-        for job, done in zip(jobs, results, strict=True):
-            for digest, (actual, _) in zip(job.digests, done, strict=True):
-                self._check_hash(digest, actual)
+    def _store(self, jobs: list[Job]) -> None:
+        blobs = encoded(jobs)
         if self.objects is not None:
-            digests = [digest for job in jobs for digest in job.digests]
             with self.db.read() as s:
                 present = set(s.scalars(select(Blob.digest).where(
-                    Blob.digest.in_(digests), Blob.complete)))
-            for job in jobs:  # the object first: a row never names a missing object
-                for digest, view in zip(job.digests, job.views, strict=True):
-                    if digest not in present:
-                        self.objects.put(digest, view)
-        self._insert([StoredBlob(digest, len(view), blob_codec, codec.CHUNK_SIZE,
-                                 tuple(zip(map(len, codec.chunk_views(view, codec.CHUNK_SIZE)),
-                                           chunks)))
-                      for job, done in zip(jobs, results, strict=True)
-                      for digest, view, blob_codec, (_, chunks)
-                      in zip(job.digests, job.views, job.codecs, done, strict=True)])
+                    Blob.digest.in_([b.digest for b in blobs]), Blob.complete)))
+            views = {d: v for job in jobs for d, v in zip(job.digests, job.views, strict=True)}
+            for blob in blobs:  # the object first: a row never names a missing object
+                if blob.digest not in present:
+                    self.objects.put(blob.digest, views[blob.digest])
+        self._insert(blobs)
 
     def _insert(self, blobs: list[StoredBlob]) -> None:
         """Insert verified blobs (their chunks as stored; none for a blob kept as an object);
@@ -322,7 +206,7 @@ class BlobStore(Uploads):
 
         Blobs are fetched a batch of about :data:`_READ_BYTES` per query and decoded and hashed
         by worker threads; a blob larger than that streams through :meth:`iter`. ``streamed``:
-        a blob larger than :data:`_BATCH_BYTES` comes as a :class:`BlobStream` that reads it
+        a blob larger than :data:`BATCH_BYTES` comes as a :class:`BlobStream` that reads it
         chunk by chunk (verified as it is read through), for a caller that sends or stores
         it on without holding it whole.
         """
@@ -342,7 +226,7 @@ class BlobStore(Uploads):
                 if group and (blob is None or size + blob.size > _READ_BYTES):
                     yield from self._read_group(group)
                     group, size = [], 0
-                if blob is not None and streamed and blob.size > _BATCH_BYTES:
+                if blob is not None and streamed and blob.size > BATCH_BYTES:
                     yield digest, BlobStream(blob.size, partial(self.iter, digest))
                 elif blob is not None and blob.codec == OBJECT_CODEC:
                     yield digest, self._objects().read(digest, blob.size)
@@ -372,7 +256,7 @@ class BlobStore(Uploads):
 
     def read_stored(self, digests: Iterable[str]) -> Iterator[StoredBlob]:
         """Each blob as stored (chunks not decoded, not hashed: the receiver checks them), in
-        order; rows are fetched about :data:`_BATCH_BYTES` of raw bytes per query, so a
+        order; rows are fetched about :data:`BATCH_BYTES` of raw bytes per query, so a
         stream's first bytes go out while later rows are read."""
         wanted = list(dict.fromkeys(check_digest(d) for d in digests))
         for names in batched(wanted):
@@ -387,7 +271,7 @@ class BlobStore(Uploads):
             for digest in names + [None]:
                 blob = found.get(digest)
                 if group and (blob is None
-                              or sum(b.size for b in group) + blob.size > _BATCH_BYTES):
+                              or sum(b.size for b in group) + blob.size > BATCH_BYTES):
                     yield from self._read_stored_group(group)
                     group = []
                 if blob is not None:
@@ -448,7 +332,7 @@ class BlobStore(Uploads):
             raise IntegrityError(f"blob {digest} is corrupt: chunks {indexes[:10]} are not a "
                                   f"complete sequence")
         total = 0
-        per_read = max(1, _BATCH_BYTES // chunk_size)  # bounded memory, few round trips
+        per_read = max(1, BATCH_BYTES // chunk_size)  # bounded memory, few round trips
         for start in range(0, len(indexes), per_read):
             with self.db.read() as s:
                 rows = s.execute(select(Chunk.index, Chunk.raw_size, Chunk.data)

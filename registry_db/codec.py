@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 8 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 << 20
 MAX_BLOB_BYTES = 64 << 30  # the largest blob (one tensor) a registry accepts
+#: the codec of a blob kept whole as an object (:mod:`registry_db.objectstore`): no chunk rows
+OBJECT_CODEC = "s3"
 PLANE_ITEMSIZES = (2, 4, 8)
 
 # zstd's fast strategy with a small hash table: on tensor byte planes it is ~30% faster than

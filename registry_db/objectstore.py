@@ -36,13 +36,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Union
 
+from registry_db.codec import OBJECT_CODEC
 from registry_db.errors import IntegrityError, InvalidRequestError, ObjectStoreError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 Buffer = Union[bytes, bytearray, memoryview]
-CODEC = "s3"  # the Blob.codec of a blob whose bytes are an object, not chunk rows
+CODEC = OBJECT_CODEC  # the Blob.codec of a blob whose bytes are an object, not chunk rows
 PART_SIZE = 16 << 20  # multipart part size (S3's minimum part is 5 MiB)
 DIRECT_MAX = 1 << 30  # blobs up to this size go in one checksummed PUT (S3 allows 5 GiB)
 CHECKSUM_PARAM = "x-amz-checksum-sha256"

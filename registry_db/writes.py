@@ -4,10 +4,11 @@ entries), the counterpart of :mod:`registry_db.reads`.
 
 The statements run on whatever executes SQL (:class:`Statements`): a SQLAlchemy session
 inside the service (both backends), or a bare ``sqlite3`` connection
-(:func:`open_sqlite_writer`). The second is why this module exists: ``adapterhub pull`` into
-a SQLite registry stores what it received without importing SQLAlchemy, whose import alone
-takes longer than the rest of such a pull (``benchmarks/pull.py``). This module imports
-nothing but the standard library and SQLAlchemy-free parts of ``registry_db``.
+(:func:`open_sqlite_writer`). The second is why this module exists: ``adapterhub push``
+and ``pull`` on a SQLite registry store blobs and versions without importing SQLAlchemy,
+whose import alone takes longer than the rest of a small pull (``benchmarks/pull.py``). This
+module imports nothing but the standard library and SQLAlchemy-free parts of
+``registry_db``.
 
 Access is decided as the service decides it: ``caller.require`` before anything is written,
 and the caller's view of the blobs (``visible``) and versions (:func:`reads.find_id`) before
@@ -31,8 +32,9 @@ from registry_db.digests import canonical_json
 from registry_db.errors import (IntegrityError, InvalidRequestError, LimitExceededError,
                                 MissingBlobsError, MissingParentsError, PermissionDeniedError,
                                 RegistryError)
+from registry_db.encode import encoded, write_encoded
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
-from registry_db.records import CommitResult, StoredBlob, VersionInfo
+from registry_db.records import BlobStream, Buffer, CommitResult, StoredBlob, VersionInfo
 from registry_db.refs import validate_key, validate_name, validate_tag
 from registry_db.stored import write_checked
 
@@ -363,9 +365,9 @@ def open_sqlite_writer(url: str | os.PathLike[str]) -> SqliteWriter | None:
 
 
 class SqliteWriter(reads.SqliteReader):
-    """A SQLite registry's reads, and what a pull stores in it (blobs as another registry
-    stored them, the version, the audit entry), with the standard library alone. Each write
-    is one ``BEGIN IMMEDIATE`` transaction, as the service's are."""
+    """A SQLite registry's reads, and what a push or a pull stores in it (blobs, the
+    version, the audit entry), with the standard library alone. Each write is one
+    ``BEGIN IMMEDIATE`` transaction, as the service's are."""
 
     def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         conn = self.conn
@@ -401,6 +403,15 @@ class SqliteWriter(reads.SqliteReader):
         :func:`registry_db.stored.write_checked`)."""
         caller.require("write")
         write_checked(blobs, lambda batch: self._write(insert_blobs, batch, utcnow()))
+
+    def write_many(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
+                   caller: Caller, stream: Callable[[str, BlobStream, int], None]) -> None:
+        """Store blobs from their raw bytes, each hashed and compressed first (see
+        :func:`registry_db.encode.write_encoded`); a blob too large for one transaction goes
+        to ``stream``, which must store it otherwise (the service writes it as it is read)."""
+        caller.require("write")
+        write_encoded(blobs, encode=True, stream=stream, store=lambda jobs: self._write(
+            insert_blobs, encoded(jobs), utcnow()))
 
     def commit(self, name: str, manifest: Manifest, *, caller: Caller,
                message: str | None = None, author: str | None = None,

@@ -333,11 +333,11 @@ def test_read_many_in_groups_and_streaming_large_blobs(svc, monkeypatch):
 
 def test_write_many_refuses_a_corrupt_small_blob_and_stores_nothing_of_its_batch(svc,
                                                                                   monkeypatch):
-    from registry_db import blobstore
+    from registry_db import encode, stored
 
     # tasks of ~3 small blobs, transactions of ~9: the third batch holds the corrupt blob
-    monkeypatch.setattr(blobstore, "_TASK_BYTES", 3 * 4000)
-    monkeypatch.setattr(blobstore, "_BATCH_BYTES", 9 * 4000)
+    monkeypatch.setattr(encode, "TASK_BYTES", 3 * 4000)
+    monkeypatch.setattr(stored, "BATCH_BYTES", 9 * 4000)
     blobs = [tensor_bytes(i, 4000) for i in range(30)]
     sent = [(digest_of(b), b, 2) for b in blobs]
     sent[22] = (sent[22][0], tensor_bytes(999, 4000), 2)  # in the middle of a task

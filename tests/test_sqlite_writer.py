@@ -1,4 +1,4 @@
-"""A pull into an existing SQLite registry is written with the standard library
+"""A push or a pull into an existing SQLite registry is written with the standard library
 (:class:`registry_db.writes.SqliteWriter`, no SQLAlchemy import): the same rows as the
 service writes, the same checks, and the service takes over for what the writer does not do.
 """
@@ -67,7 +67,7 @@ def test_a_pull_writes_the_same_rows_as_the_service(tmp_path, monkeypatch):
         for how, db in (("service", tmp_path / "service.db"),  # a new file: the service
                         ("writer", existing(tmp_path / "writer.db"))):
             with Registry(db) as local:
-                assert (local._pull_target().__class__ is SqliteFileRemote) == (how == "writer")
+                assert (local._write_target().__class__ is SqliteFileRemote) == (how == "writer")
                 pulled = local.pull("team/bot:prod", server.url, progress=False)
                 assert pulled.digest == child.digest and pulled.parents == (parent.digest,)
                 again = local.pull("team/bot:prod", server.url, progress=False)
@@ -130,3 +130,63 @@ def test_pull_from_a_hub_into_a_registry_imports_no_sqlalchemy(tmp_path, monkeyp
         modules = command("pull", "team/bot", "--from", server.url, "-q", db=db)
     assert "sqlalchemy" not in modules and "torch" not in modules
     assert [v[1] for v in rows(db)["versions"]] == [1]
+
+
+def test_a_push_writes_the_same_rows_as_the_service(tmp_path):
+    parent = lora()
+    child = merged(parent)
+    written = {}
+    for how, db in (("service", tmp_path / "service.db"), ("writer", existing(tmp_path / "w.db"))):
+        with Registry(db) as local:
+            assert (local._write_target().__class__ is SqliteFileRemote) == (how == "writer")
+            local.push(parent, "team/base", progress=False, author="ci")
+            result = local.push(child, "team/bot", progress=False, tags=["dev"], author="ci")
+            assert result.created and result.version.tags == ("dev",)
+            again = local.push(child, "team/bot", progress=False, tags=["prod"], author="ci")
+            assert not again.created and set(again.version.tags) == {"dev", "prod"}
+            assert local._service is None or how == "service"
+            assert local.verify().ok
+        written[how] = rows(db)
+        assert all(v[8] for v in written[how]["versions"])
+        written[how]["versions"] = [v[:8] + v[9:] for v in written[how]["versions"]]  # (now)
+    assert written["writer"] == written["service"]
+    assert [e[0] for e in written["writer"]["events"]] == ["push", "push", "tag", "tag"]
+
+
+def test_a_push_refuses_bytes_that_do_not_match_the_manifest(tmp_path):
+    package = lora()
+    package.save(tmp_path / "adapter")
+    tensors = tmp_path / "adapter" / "adapter.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0x01  # the last tensor's last byte
+    tensors.write_bytes(bytes(data))
+    db = existing(tmp_path / "local.db")
+    with Registry(db) as local:
+        with pytest.raises(IntegrityError, match="hash to"):
+            local.push(tmp_path / "adapter", "team/bot", progress=False)
+    assert rows(db)["versions"] == [] and rows(db)["events"] == []
+
+
+def test_a_blob_larger_than_a_transaction_is_streamed_by_the_service(tmp_path, monkeypatch):
+    from registry_db import stored
+
+    monkeypatch.setattr(stored, "BATCH_BYTES", 64 * 1024)  # the 128 KiB tensors stream
+    package = lora()
+    g = torch.Generator().manual_seed(5)
+    big = AdapterPackage.build("lora", {"r": 4, "lora_alpha": 8, "target_modules": ["w"]}, {
+        "w.lora_A": torch.randn(4, 64, generator=g),
+        "w.lora_B": torch.randn(8192, 4, generator=g)}, base_name="tiny")
+    with Registry(existing(tmp_path / "local.db")) as local:
+        local.push(package, "team/small", progress=False)
+        assert local._service is None  # small tensors: the writer alone
+        local.push(big, "team/big", progress=False)
+        assert local._service is not None  # the 128 KiB tensor went through the service
+        assert local.get("team/big").digest == big.digest and local.verify().ok
+
+
+def test_push_into_a_registry_imports_no_sqlalchemy(tmp_path):
+    lora().save(tmp_path / "adapter")
+    db = existing(tmp_path / "local.db")
+    modules = command("push", str(tmp_path / "adapter"), "team/bot", "-q", db=db)
+    assert "sqlalchemy" not in modules and "torch" not in modules
+    assert [v[:2] for v in rows(db)["versions"]] == [("team/bot", 1)]

@@ -85,9 +85,11 @@ class Registry:
         if self._service is None:
             from registry_db import RegistryService
 
+            from registry_db.writes import SqliteWriter
+
             self._service = RegistryService(self._target)
-            if self._reader is not None:  # from now on every call goes through the service
-                self._reader.close()
+            if self._reader is not None and not isinstance(self._reader, SqliteWriter):
+                self._reader.close()  # from now on every read goes through the service
                 self._reader = None
         return self._service
 
@@ -99,18 +101,20 @@ class Registry:
     def _local(self) -> DatabaseRemote:
         return DatabaseRemote(self.url, service=self.service, caller=self.caller)
 
-    def _pull_target(self) -> Remote:
-        """This registry as a pull's destination. A SQLite file not yet opened through the
-        service is written with the standard library (:class:`SqliteFileRemote`): a pull
-        into it starts without importing SQLAlchemy, which takes longer than the rest of a
-        small pull."""
-        if self._reader is not None and self._service is None and self.caller.local:
-            from registry_db.writes import open_sqlite_writer
+    def _write_target(self) -> Remote:
+        """This registry as the destination of a push or a pull. A SQLite file not yet
+        opened through the service is written with the standard library
+        (:class:`SqliteFileRemote`): the command starts without importing SQLAlchemy, which
+        takes longer than the rest of a small pull."""
+        from registry_db.writes import SqliteWriter, open_sqlite_writer
 
+        if isinstance(self._reader, SqliteWriter):
+            return SqliteFileRemote(self._reader, self.caller, lambda: self._local)
+        if self._reader is not None and self._service is None and self.caller.local:
             writer = open_sqlite_writer(self._target)
             if writer is not None:
                 self._reader.close()
-                self._reader = writer  # (it reads too; the service closes it when it opens)
+                self._reader = writer  # it reads too, and stays open beside the service
                 return SqliteFileRemote(writer, self.caller, lambda: self._local)
         return self._local
 
@@ -168,16 +172,16 @@ class Registry:
         manifest = src.manifest
         if labels:
             manifest = manifest.replace(labels={**manifest.labels, **labels})
-        dst = self.remote(to) if to is not None else self._local
+        dst = self.remote(to) if to is not None else self._write_target()
         try:
-            lineage_source = None if dst is self._local else self._local
+            lineage_source = self._local if to is not None else None
             for parent in ancestors_to_copy(manifest, dst, lineage_source, src.origin):
                 copy_version(self._local, dst, parent, show_progress=progress, verb="push")
             return send_version(dst, name, manifest, src.read_blobs, message=message,
                                 author=author or default_author(), tags=tags,
                                 show_progress=progress, what=f"push {name}", files=files)
         finally:
-            if dst is not self._local:
+            if to is not None:
                 dst.close()
 
     def pull(self, ref: str, source: str | Remote | None = None, *,
@@ -200,7 +204,7 @@ class Registry:
             version = self.resolve(ref)
         else:
             remote = source if isinstance(source, Remote) else self.remote(source)
-            target = self._pull_target()
+            target = self._write_target()
             try:
                 found = remote.resolve(ref)
                 version = copy_version(remote, target, found, show_progress=progress,

@@ -45,6 +45,20 @@ def counted_stream(blob: BlobStream, progress: ProgressCallback | None) -> BlobS
     return BlobStream(blob.size, pieces)
 
 
+def counted_raw(blobs: Iterable[tuple[str, Buffer | BlobStream, int]],
+                progress: ProgressCallback | None
+                ) -> Iterator[tuple[str, Buffer | BlobStream, int]]:
+    """``(digest, bytes, itemsize)`` blobs, calling ``progress`` with the size of each once
+    it was taken (a :class:`BlobStream` piece by piece, as it is read)."""
+    for digest, data, itemsize in blobs:
+        if isinstance(data, BlobStream):
+            yield digest, counted_stream(data, progress), itemsize
+            continue
+        yield digest, data, itemsize
+        if progress is not None:
+            progress(len(data))
+
+
 def counted_blobs(blobs: Iterable[StoredBlob], progress: ProgressCallback | None
                   ) -> Iterator[StoredBlob]:
     """``blobs``, calling ``progress`` with the size of each once it was taken."""
@@ -78,16 +92,7 @@ class DatabaseRemote(Remote):
 
     def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
-        def counted() -> Iterator[tuple[str, Buffer | BlobStream, int]]:
-            for digest, data, itemsize in blobs:
-                if isinstance(data, BlobStream):  # counted as its pieces are stored
-                    yield digest, counted_stream(data, progress), itemsize
-                    continue
-                yield digest, data, itemsize
-                if progress is not None:
-                    progress(len(data))
-
-        self.service.blobs.write_many(counted(), caller=self.caller)
+        self.service.blobs.write_many(counted_raw(blobs, progress), caller=self.caller)
 
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
@@ -134,71 +139,57 @@ class DatabaseRemote(Remote):
 
 
 class SqliteFileRemote(Remote):
-    """A SQLite registry as the destination of a pull, written through a
-    :class:`~registry_db.writes.SqliteWriter` (the standard library, no SQLAlchemy) for what
-    a pull of stored blobs does; anything else (raw blobs, kept files) goes to ``full()``,
-    the :class:`DatabaseRemote` over the service, and from then on every call does."""
+    """The local SQLite registry as the destination of a push or a pull, written through a
+    :class:`~registry_db.writes.SqliteWriter` (the standard library, no SQLAlchemy). What the
+    writer does not do goes to ``full()``, the :class:`DatabaseRemote` over the service: a
+    blob too large for one transaction (written as it is read), a commit with kept files.
+    The writer belongs to the :class:`~adapterhub.registry.Registry`; closing this does not
+    close it."""
 
     def __init__(self, writer: SqliteWriter, caller: Caller,
                  full: Callable[[], DatabaseRemote]) -> None:
         super().__init__(writer.url)
-        self.writer, self.caller = writer, caller
-        self._open_full = full
-        self._full: DatabaseRemote | None = None
-
-    def full(self) -> DatabaseRemote:
-        if self._full is None:
-            self._full = self._open_full()  # (closes the writer: the service takes over)
-        return self._full
+        self.writer, self.caller, self.full = writer, caller, full
 
     def resolve(self, ref: str) -> VersionInfo:
-        if self._full is not None:
-            return self._full.resolve(ref)
         return self.writer.resolve(ref, caller=self.caller)
 
     def find(self, digest: str) -> VersionInfo | None:
-        if self._full is not None:
-            return self._full.find(digest)
         return self.writer.find(digest, caller=self.caller)
 
     def missing_blobs(self, digests: Iterable[str]) -> set[str]:
-        if self._full is not None:
-            return self._full.missing_blobs(digests)
         return self.writer.missing(digests, caller=self.caller)
-
-    stored_writes = True
-
-    def upload_stored(self, blobs: Iterable[StoredBlob], *,
-                      progress: ProgressCallback | None = None) -> None:
-        if self._full is not None:
-            return self._full.upload_stored(blobs, progress=progress)
-        self.writer.write_stored(counted_blobs(blobs, progress), caller=self.caller)
 
     def upload_blobs(self, blobs: Iterable[tuple[str, Buffer | BlobStream, int]], *,
                      progress: ProgressCallback | None = None) -> None:
-        self.full().upload_blobs(blobs, progress=progress)
+        def stream(digest: str, blob: BlobStream, itemsize: int) -> None:
+            self.full().upload_blobs([(digest, blob, itemsize)])
+
+        self.writer.write_many(counted_raw(blobs, progress), caller=self.caller, stream=stream)
 
     def download_blobs(self, digests: Iterable[str], *,
                        progress: ProgressCallback | None = None
                        ) -> Iterator[tuple[str, bytes | BlobStream]]:
         return self.full().download_blobs(digests, progress=progress)
 
+    stored_writes = True
+
+    def upload_stored(self, blobs: Iterable[StoredBlob], *,
+                      progress: ProgressCallback | None = None) -> None:
+        self.writer.write_stored(counted_blobs(blobs, progress), caller=self.caller)
+
     def commit(self, name: str, manifest: Manifest, *, message: str | None = None,
                author: str | None = None, tags: Sequence[str] = (),
                created_at: datetime | None = None, files: Sequence[KeptFile] = ()
                ) -> CommitResult:
-        if self._full is not None or files:
+        if files:
             return self.full().commit(name, manifest, message=message, author=author,
                                       tags=tags, created_at=created_at, files=files)
         return self.writer.commit(name, manifest, caller=self.caller, message=message,
                                   author=author, tags=tags, created_at=created_at)
 
     def record_event(self, action: str, version: VersionInfo, detail: dict[str, Any]) -> None:
-        """An audit entry for the pull itself, where the pull was written."""
-        if self._full is not None:
-            self._full.service.record_event(action, version=version, caller=self.caller,
-                                            detail=detail)
-            return
+        """An audit entry for the pull itself."""
         self.writer.record_event(action, version=version, caller=self.caller, detail=detail)
 
 
