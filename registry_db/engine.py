@@ -20,9 +20,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from registry_db.errors import RegistryError
-from registry_db.revision import SCHEMA_REVISION
+from registry_db.revision import BUSY_TIMEOUT_S, SCHEMA_REVISION
 
-BUSY_TIMEOUT_S = 300
 WRITE_OPTION = "registry_db_write"
 _PG_LOCK_KEY = 0x61646872  # "adhr": pg_advisory_xact_lock key for migrations
 

@@ -36,6 +36,7 @@ from registry_db.encode import encoded, write_encoded
 from registry_db.manifest import MAX_MANIFEST_BYTES, Manifest
 from registry_db.records import BlobStream, Buffer, CommitResult, StoredBlob, VersionInfo
 from registry_db.refs import validate_key, validate_name, validate_tag
+from registry_db.revision import BUSY_TIMEOUT_S
 from registry_db.stored import write_checked
 
 if TYPE_CHECKING:
@@ -357,7 +358,8 @@ def open_sqlite_writer(url: str | os.PathLike[str]) -> SqliteWriter | None:
         reader.close()
     if backend not in ([], [(DB_BACKEND,)]):
         return None
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
     # as registry_db.engine opens a connection (the file is WAL already)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
