@@ -40,6 +40,7 @@ _LAZY = {
     # what remote plugins build on
     "DatabaseRemote": "adapterhub.registry.remotes",
     "HubClient": "adapterhub.registry.http_client",
+    "TRANSPORT_ERRORS": "adapterhub.registry.http_client",  # a failed connection (retry)
     # the store's records and names, which remotes trade in
     "CommitResult": "registry_db",
     "Manifest": "registry_db",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from adapterhub.io.formats.repo import ADAPTER_FILES, repo_files
     from adapterhub.io.package import AdapterPackage
     from adapterhub.io.safetensors import RawTensor, raw_parts, tensor_bytes
-    from adapterhub.registry.http_client import HubClient
+    from adapterhub.registry.http_client import TRANSPORT_ERRORS, HubClient
     from adapterhub.registry.remotes import DatabaseRemote
     from registry_db import (CommitResult, Manifest, StoredBlob, VersionInfo, parse_ref,
                              validate_name)
@@ -72,7 +73,7 @@ __all__ = [
     "parse_ref", "validate_name",
     "HubClient", "MergeStrategy", "MethodConfig", "ModuleInput", "ModuleMerge",
     "ProgressCallback", "QuantizedTensor", "Quantizer", "QuantizerConfig", "RawTensor",
-    "Remote", "raw_parts",
+    "Remote", "TRANSPORT_ERRORS", "raw_parts",
     "adapted_layers", "adapter_dtype", "check_finite", "find_targets", "fold_delta",
     "get_method", "get_quantizer", "get_strategy", "hookimpl", "human_size", "layer_kind",
     "lazy_exports", "pattern_key", "progress", "read_adapter", "refactor", "repo_files",

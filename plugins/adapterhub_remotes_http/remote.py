@@ -32,11 +32,10 @@ from functools import partial
 from http.client import HTTPException
 from typing import TYPE_CHECKING
 
-import httpx
-
 from adapterhub.errors import (AdapterNotFoundError, ConflictError, IntegrityError,
                                RegistryError, error_class)
-from adapterhub.plugin_api import BlobStream, Buffer, HubClient, ProgressCallback, Remote
+from adapterhub.plugin_api import (TRANSPORT_ERRORS, BlobStream, Buffer, HubClient,
+                                   ProgressCallback, Remote)
 from adapterhub_remotes_http.presigned import PresignedClient
 
 if TYPE_CHECKING:
@@ -54,16 +53,6 @@ ERROR_FRAME = 2**64 - 1
 
 def _sha256(data: Buffer) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class _Body:
-    """A request body (sent again when a request is retried) whose bytes can be dropped."""
-
-    def __init__(self, data: Buffer) -> None:
-        self.data: Buffer | None = data
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield bytes(self.data)
 
 
 class HttpRemote(Remote):
@@ -153,16 +142,8 @@ class HttpRemote(Remote):
         report(sum(len(v) for _, v, _ in bundle))
 
     def _send(self, method: str, path: str, data: Buffer) -> None:
-        """A request with ``data`` as its body, let go of when the request is done: httpx
-        keeps a response and its request (with the body) in a reference cycle until the
-        garbage collector runs, which an upload of many large chunks may not start for a
-        long time."""
-        body = _Body(data)
-        try:
-            self.client.request(method, path, content=body, headers={
-                "Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
-        finally:
-            body.data = None
+        self.client.request(method, path, content=memoryview(data).cast("B"),
+                            headers={"Content-Type": "application/octet-stream"})
 
     def _begin_upload(self, digest: str, size: int, itemsize: int) -> dict:
         return self.client.post_json("/api/v1/uploads", {
@@ -475,7 +456,7 @@ class HttpRemote(Remote):
         while True:
             headers = {"Range": f"bytes={position}-"} if position else {}
             try:
-                with self.client.http.stream("GET", path, headers=headers) as response:
+                with self.client.stream("GET", path, headers=headers) as response:
                     if response.status_code in (302, 307):
                         yield from self._stream_ranges(response.headers["location"], digest,
                                                        size, report)
@@ -484,7 +465,7 @@ class HttpRemote(Remote):
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):
                             raise self.client.error(response)
-                        raise httpx.RemoteProtocolError(f"HTTP {response.status_code}")
+                        raise HTTPException(f"HTTP {response.status_code}")
                     # the hub sent the whole blob again: skip what was passed on already
                     skip = position if response.status_code != 206 else 0
                     for piece in response.iter_bytes(1 << 20):
@@ -499,8 +480,8 @@ class HttpRemote(Remote):
                 if position >= size:
                     self._checked(digest, b"", "sha256:" + h.hexdigest())
                     return
-                raise httpx.RemoteProtocolError("the stream ended early")
-            except httpx.TransportError as exc:
+                raise HTTPException("the stream ended early")
+            except TRANSPORT_ERRORS as exc:
                 failures += 1
                 if failures > self.client.retries:
                     raise self.client.unreachable(exc) from None
