@@ -53,7 +53,7 @@ def floor_command(url: str, token: str, db: Path) -> list[str]:
 
 
 #: what ``adapterhub pull`` imports before it does any work
-IMPORTS_ADAPTERHUB = ("import adapterhub.cli, registry_db.service, "
+IMPORTS_ADAPTERHUB = ("import adapterhub.cli, adapterhub.registry, registry_db.writes, "
                       "adapterhub_remotes_http.remote")
 
 

@@ -9,6 +9,7 @@
   checkpoint that writes the pushed chunks into the database file) is timed. Beside it,
   the floor of keeping the bytes: the same stored chunks inserted into an empty registry
   file with plain ``sqlite3`` in one transaction, and the file closed;
+- ``adapterhub push`` of the same directory as a fresh process (start-up included);
 - ``pull --out`` of that version from the registry into a directory vs its floor: decode the
   stored chunks + sha256 + write the same bytes to a file, on all cores;
 - a 2 GB adapter (8 LoRA modules, r=4096: 16 tensors of 128 MiB): ``adapterhub push`` into a local registry, ``push
@@ -126,6 +127,9 @@ def small_adapter(root: Path) -> dict[str, Any]:
 
     push_s = repeat(push, REPEAT, setup=open_empty)
     push_floor_s = repeat(lambda: push_floor(tensors), REPEAT)
+    push_cli = [measure([sys.executable, "-m", "adapterhub.cli", "push", str(src),
+                         "bench/adapter", "--db", str(empty(root / f"cli{rep}.db")), "-q"])
+                for rep in range(REPEAT)]
 
     with Registry(root / "push0.db") as reg:
         version = reg.resolve("bench/adapter@1")
@@ -148,6 +152,9 @@ def small_adapter(root: Path) -> dict[str, Any]:
     med = statistics.median
     return {"push_s": round(med(push_s), 3), "push_floor_s": round(med(push_floor_s), 3),
             "push_over_floor": round(med(push_s) / med(push_floor_s), 2),
+            "push_cli": {"what": "adapterhub push as a fresh process (start-up included)",
+                         "wall_s": med(r["wall_s"] for r in push_cli),
+                         "cpu_s": med(r["cpu_s"] for r in push_cli)},
             "store_floor_s": round(med(store_floor_s), 3),
             "push_over_encode_and_store_floors": round(
                 med(push_s) / (med(push_floor_s) + med(store_floor_s)), 2),
