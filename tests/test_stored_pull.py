@@ -54,13 +54,16 @@ def test_pull_over_http_keeps_the_stored_bytes(tmp_path, monkeypatch):
         assert all(codec == "zstd+bp2" for codec, _ in ours.values())
 
 
-def test_pull_over_http_refuses_a_corrupt_stored_chunk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+def test_pull_over_http_refuses_a_corrupt_stored_chunk(tmp_path, monkeypatch, existing):
     package = lora()
     victim = package.manifest.tensors["lin0.lora_A"].digest
     with HubServer(str(tmp_path / "hub.db")) as server:
         monkeypatch.setenv("ADAPTERHUB_TOKEN", server.token("write:team"))
         server.hub.registry.push(package, "team/bot", progress=False)
         corrupt(server.hub.registry.service, victim)
+        if existing:  # written with the standard library (registry_db.writes.SqliteWriter)
+            RegistryService(tmp_path / "local.db").close()
         with Registry(tmp_path / "local.db") as local:
             with pytest.raises(IntegrityError, match=victim):
                 local.pull("team/bot", server.url, progress=False)
