@@ -35,7 +35,7 @@ from registry_db.encode import Job, check_hash, encoded, write_encoded
 from registry_db.stored import BATCH_BYTES, write_checked
 from registry_db.uploads import Uploads, blob_info, check_digest
 from registry_db.workers import WORKERS, pool
-from registry_db.writes import insert_blobs, touch
+from registry_db.writes import DB_BACKEND, insert_blobs, touch
 
 _STREAM_OWNER = "store:stream"  # the owner of a streamed write's upload row (no caller's)
 _READ_BYTES = 64 * 1024 * 1024  # raw bytes fetched per query when reading
@@ -46,7 +46,7 @@ def recorded_objects(db: Database) -> ObjectStore | None:
     None: the ``db`` backend."""
     with db.read() as s:
         where = s.scalar(select(Setting.value).where(Setting.key == "blob_backend"))
-    return None if where in (None, "db") else ObjectStore(Location.parse(where))
+    return None if where in (None, DB_BACKEND) else ObjectStore(Location.parse(where))
 
 
 def _decode_blob(digest: str, size: int, blob_codec: str, rows: list) -> bytearray:

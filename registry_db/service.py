@@ -229,15 +229,15 @@ class RegistryService:
     def blob_backend(self) -> str:
         """``db`` or the ``s3://BUCKET/PREFIX`` the registry keeps its blobs in."""
         objects = self.blobs.store.objects
-        return "db" if objects is None else str(objects.location)
+        return writes.DB_BACKEND if objects is None else str(objects.location)
 
     def choose_blob_backend(self, where: str, *, caller: Caller) -> str:
         """Record where this registry keeps its blobs, once: ``db`` or ``s3://BUCKET/PREFIX``
         (the bucket must be reachable). Choosing again the same is a no-op; changing it once
         blobs are stored is refused. ``admin`` on the whole registry."""
         caller.require_all("admin")
-        objects = None if where == "db" else ObjectStore(Location.parse(where))
-        chosen = "db" if objects is None else str(objects.location)
+        objects = None if where == writes.DB_BACKEND else ObjectStore(Location.parse(where))
+        chosen = writes.DB_BACKEND if objects is None else str(objects.location)
         if chosen == self.blob_backend:
             return chosen
         if objects is not None:

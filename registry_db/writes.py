@@ -71,9 +71,6 @@ class Statements:
             value = value.astimezone(timezone.utc)
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    def in_list(self, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-        return reads.in_list(values)
-
 
 # -- blobs ------------------------------------------------------------------------------------
 
@@ -82,7 +79,7 @@ def stored(sql: Statements, digests: Iterable[str]) -> set[str]:
     """Those of ``digests`` stored as complete blobs (every one the local user may see)."""
     found: set[str] = set()
     for batch in reads.batched(sorted(set(digests))):
-        marks, params = sql.in_list(batch)
+        marks, params = reads.in_list(batch)
         found |= {d for (d,) in sql.rows(
             f"SELECT digest FROM blobs WHERE complete AND digest IN ({marks})", params)}
     return found
@@ -91,7 +88,7 @@ def stored(sql: Statements, digests: Iterable[str]) -> set[str]:
 def touch(sql: Statements, digests: Iterable[str], now: datetime) -> None:
     """Renew ``touched_at`` of stored blobs, so a gc before the caller's commit keeps them."""
     for batch in reads.batched(sorted(set(digests))):
-        marks, params = sql.in_list(batch)
+        marks, params = reads.in_list(batch)
         sql.run(f"UPDATE blobs SET touched_at = :now WHERE complete AND digest IN ({marks})",
                 {**params, "now": sql.time(now)})
 
@@ -267,7 +264,7 @@ def _check_references(sql: Statements, request: Commit, caller: Caller,
 def _sizes(sql: Statements, digests: set[str]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for batch in reads.batched(sorted(digests)):
-        marks, params = sql.in_list(batch)
+        marks, params = reads.in_list(batch)
         sizes.update(sql.rows(f"SELECT digest, size FROM blobs WHERE complete AND digest IN "
                               f"({marks})", params))
     return sizes

@@ -84,7 +84,6 @@ class Registry:
         """The registry database, opened (and migrated) on first use."""
         if self._service is None:
             from registry_db import RegistryService
-
             from registry_db.writes import SqliteWriter
 
             self._service = RegistryService(self._target)
@@ -101,7 +100,7 @@ class Registry:
     def _local(self) -> DatabaseRemote:
         return DatabaseRemote(self.url, service=self.service, caller=self.caller)
 
-    def _write_target(self) -> Remote:
+    def _write_target(self) -> DatabaseRemote | SqliteFileRemote:
         """This registry as the destination of a push or a pull. A SQLite file not yet
         opened through the service is written with the standard library
         (:class:`SqliteFileRemote`): the command starts without importing SQLAlchemy, which
@@ -212,12 +211,7 @@ class Registry:
             finally:
                 if not isinstance(source, Remote):
                     remote.close()
-            detail = {"from": remote.url, "ref": ref}
-            if isinstance(target, SqliteFileRemote):
-                target.record_event("pull", version, detail)
-            else:
-                self.service.record_event("pull", version=version, caller=self.caller,
-                                          detail=detail)
+            target.record_event("pull", version, {"from": remote.url, "ref": ref})
         if out is not None:
             self.write_files(version.ref, out, format=format, force=force)
         return version

@@ -133,6 +133,10 @@ class DatabaseRemote(Remote):
                                    author=author, tags=tags, created_at=created_at,
                                    files=files)
 
+    def record_event(self, action: str, version: VersionInfo, detail: dict[str, Any]) -> None:
+        """An audit entry for what was done with ``version`` outside a commit (a pull)."""
+        self.service.record_event(action, version=version, caller=self.caller, detail=detail)
+
     def close(self) -> None:
         if self._owned:
             self.service.close()
@@ -189,7 +193,7 @@ class SqliteFileRemote(Remote):
                                   author=author, tags=tags, created_at=created_at)
 
     def record_event(self, action: str, version: VersionInfo, detail: dict[str, Any]) -> None:
-        """An audit entry for the pull itself."""
+        """An audit entry for what was done with ``version`` outside a commit (a pull)."""
         self.writer.record_event(action, version=version, caller=self.caller, detail=detail)
 
 
