@@ -18,7 +18,6 @@ a manifest may name them.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -340,27 +339,20 @@ def event(sql: Statements, action: str, repository: str | None, number: int | No
 # -- a SQLite file without SQLAlchemy ---------------------------------------------------------
 
 
-def open_sqlite_writer(url: str | os.PathLike[str]) -> SqliteWriter | None:
-    """A SQLite registry opened for :class:`SqliteWriter`'s writes with the standard library,
-    or None where the service must do them: not a SQLite file at this code's schema (see
-    :func:`reads.open_sqlite`), or one whose blobs live in an object store."""
-    reader = reads.open_sqlite(url)
-    if reader is None:
-        return None
-    path = reader.path
-    try:
-        backend = reader.conn.execute(
-            "SELECT value FROM settings WHERE key = 'blob_backend'").fetchall()
-    finally:
-        reader.close()
+def open_sqlite_writer(reader: reads.SqliteReader) -> SqliteWriter | None:
+    """The registry ``reader`` reads (a SQLite file at this code's schema, see
+    :func:`reads.open_sqlite`) opened for :class:`SqliteWriter`'s writes with the standard
+    library, or None where the service must do them: its blobs live in an object store."""
+    backend = reader.conn.execute(
+        "SELECT value FROM settings WHERE key = 'blob_backend'").fetchall()
     if backend not in ([], [(DB_BACKEND,)]):
         return None
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+    conn = sqlite3.connect(reader.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
     # as registry_db.engine opens a connection (the file is WAL already)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
-    return SqliteWriter(conn, path)
+    return SqliteWriter(conn, reader.path)
 
 
 class SqliteWriter(reads.SqliteReader):

@@ -16,6 +16,7 @@ from adapterhub.io.package import AdapterPackage
 from adapterhub.registry import Registry
 from adapterhub.registry.remotes import SqliteFileRemote
 from registry_db import RegistryService
+from registry_db.reads import open_sqlite
 from registry_db.writes import open_sqlite_writer
 
 TABLES = {  # what a pull writes, without row ids and times (those differ between two pulls)
@@ -98,14 +99,21 @@ def test_large_blobs_hand_the_pull_to_the_service(tmp_path, monkeypatch):
 
 
 def test_only_a_current_sqlite_file_on_the_db_backend_gets_a_writer(tmp_path):
-    assert open_sqlite_writer(tmp_path / "absent.db") is None
+    assert open_sqlite(tmp_path / "absent.db") is None  # (the service creates it)
     db = existing(tmp_path / "registry.db")
-    writer = open_sqlite_writer(db)
-    assert writer is not None
-    writer.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO settings (key, value) VALUES ('blob_backend', 's3://b/p')")
-    assert open_sqlite_writer(db) is None  # blobs in an object store: the service writes
+    for backend, writes in ((None, True), ("db", True), ("s3://bucket/prefix", False)):
+        if backend:
+            with sqlite3.connect(db) as conn:
+                conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES "
+                             "('blob_backend', ?)", (backend,))
+        reader = open_sqlite(db)
+        writer = open_sqlite_writer(reader)
+        reader.close()
+        assert (writer is not None) == writes, backend  # s3: the service writes
+        if writer is not None:
+            writer.close()
+    with Registry(db) as local:
+        assert not isinstance(local._write_target(), SqliteFileRemote)
 
 
 def test_pull_from_a_hub_into_a_registry_imports_no_sqlalchemy(tmp_path, monkeypatch):

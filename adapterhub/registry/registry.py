@@ -110,7 +110,7 @@ class Registry:
         if isinstance(self._reader, SqliteWriter):
             return SqliteFileRemote(self._reader, self.caller, lambda: self._local)
         if self._reader is not None and self._service is None and self.caller.local:
-            writer = open_sqlite_writer(self._target)
+            writer = open_sqlite_writer(self._reader)
             if writer is not None:
                 self._reader.close()
                 self._reader = writer  # it reads too, and stays open beside the service
