@@ -20,14 +20,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from registry_db import writes
 from registry_db.access import Caller
 from registry_db.blobstore import BlobStore, Buffer, check_digest
 from registry_db.clock import utcnow
 from registry_db.database import Database
-from registry_db.reads import batched
 from registry_db.errors import AdapterNotFoundError
-from registry_db.models import Blob, BlobGrant, Repository, Version, VersionTensor
+from registry_db.models import BlobGrant, Repository, Version, VersionTensor
 from registry_db.models_hub import VersionFilePart
+from registry_db.reads import batched
 from registry_db.records import BlobInfo, BlobStream, StoredBlob, UploadInfo
 
 
@@ -49,28 +50,24 @@ class BlobService:
         with self.db.read() as s:
             return self.visible_in(s, digests, caller)
 
-    @staticmethod
-    def visible_in(s: Session, digests: Iterable[str], caller: Caller) -> set[str]:
+    def visible_in(self, s: Session, digests: Iterable[str], caller: Caller) -> set[str]:
         """:meth:`visible` inside an open session (a commit checks its blobs in its own
         transaction: a second connection there could wait on a pool that waits on it)."""
-        wanted = sorted({check_digest(d) for d in digests})
+        stored = writes.stored(self.db.statements(s), {check_digest(d) for d in digests})
+        if caller.local or not stored:  # the local user sees every stored blob
+            return stored
         seen: set[str] = set()
-        for batch in batched(wanted):
-            stored = set(s.scalars(select(Blob.digest).where(Blob.digest.in_(batch),
-                                                             Blob.complete)))
-            if caller.local or not stored:
-                seen |= stored
-                continue
+        for batch in batched(sorted(stored)):
             for ref in (VersionTensor, VersionFilePart):  # tensors, kept files' parts
                 rows = s.execute(
                     select(ref.blob_digest, Repository.name).distinct()
                     .join(Version, Version.id == ref.version_id)
                     .join(Repository, Repository.id == Version.repository_id)
-                    .where(ref.blob_digest.in_(stored)))
+                    .where(ref.blob_digest.in_(batch)))
                 seen |= {digest for digest, name in rows if caller.can("read", name)}
             if caller.owner is not None:
                 seen |= set(s.scalars(select(BlobGrant.digest).where(
-                    BlobGrant.owner == caller.owner, BlobGrant.digest.in_(stored))))
+                    BlobGrant.owner == caller.owner, BlobGrant.digest.in_(batch))))
         return seen
 
     def require_visible(self, digests: Iterable[str], *, caller: Caller) -> None:

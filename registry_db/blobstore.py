@@ -23,15 +23,15 @@ from sqlalchemy.orm import Session
 
 from registry_db import codec
 from registry_db.clock import utcnow
-from registry_db.digests import sha256_digest
 from registry_db.database import Database
-from registry_db.reads import batched
+from registry_db.digests import sha256_digest
+from registry_db.encode import Job, check_hash, encoded, write_encoded
 from registry_db.errors import AdapterNotFoundError, IntegrityError
 from registry_db.models import Blob, Chunk, Setting
 from registry_db.objectstore import CODEC as OBJECT_CODEC
 from registry_db.objectstore import Location, ObjectStore
+from registry_db.reads import batched
 from registry_db.records import BlobInfo, BlobStream, Buffer, StoredBlob
-from registry_db.encode import Job, check_hash, encoded, write_encoded
 from registry_db.stored import BATCH_BYTES, write_checked
 from registry_db.uploads import Uploads, blob_info, check_digest
 from registry_db.workers import WORKERS, pool

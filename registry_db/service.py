@@ -40,6 +40,7 @@ from registry_db.rows import session_rows, version_infos
 from registry_db.tokens import TokenStore
 from registry_db.xet import XetStore
 
+
 class RegistryService:
     """One registry database. ``url`` is any SQLAlchemy URL or a path (a SQLite file).
 

@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 from registry_db.blobstore import BlobStore
 from registry_db.clock import utcnow
 from registry_db.database import Database
-from registry_db.reads import batched
 from registry_db.errors import AdapterNotFoundError
 from registry_db.models_hub import (VersionFile, XetChunk, XetFile, XetFileXorb, XetGrant,
                                     XetShard, XetXorb)
+from registry_db.reads import batched
 
 
 @dataclass(frozen=True)
