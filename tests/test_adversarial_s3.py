@@ -77,6 +77,19 @@ def test_push_and_pull_through_presigned_urls(s3_hub, s3_env, seaweed, tmp_path,
         assert other.verify().ok
     assert f"/blobs/{big.digest}" in s3_hub.log_path.read_text()  # redirected, not served
 
+    from adapterhub_remotes_http.remote import HttpRemote
+
+    remote = HttpRemote(s3_hub.url)  # a redirect the URL batch did not announce
+    try:
+        remote.resolve("team/bot@1")
+        connection = remote.client._local.connection
+        data = b"".join(remote._stream_large(big.digest, big.nbytes, lambda n: None))
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == big.digest
+        assert remote.resolve("team/bot@1").digest == pulled.digest
+        assert remote.client._local.connection is connection  # kept: the redirect was read
+    finally:
+        remote.close()
+
 
 def test_no_url_for_a_blob_the_caller_cannot_see(s3_hub, tmp_path, monkeypatch):
     _, big = _secret(s3_hub, tmp_path, monkeypatch, seed=1)

@@ -458,9 +458,9 @@ class HttpRemote(Remote):
             try:
                 with self.client.stream("GET", path, headers=headers) as response:
                     if response.status_code in (302, 307):
-                        yield from self._stream_ranges(response.headers["location"], digest,
-                                                       size, report)
-                        return
+                        location = response.headers["location"]
+                        response.read()  # (the hub's connection stays free for other requests)
+                        break
                     if response.status_code >= 400:
                         response.read()
                         if response.status_code not in (500, 502, 503, 504):
@@ -486,3 +486,4 @@ class HttpRemote(Remote):
                 if failures > self.client.retries:
                     raise self.client.unreachable(exc) from None
                 self.client.pause(failures - 1)
+        yield from self._stream_ranges(location, digest, size, report)  # (redirected)
